@@ -1,0 +1,179 @@
+//! API errors as RFC 9457 `application/problem+json` with HyperFleet's `HYPERFLEET-*` codes.
+//!
+//! Handlers return [`ApiError`]; its response carries a [`Problem`] in the response extensions and
+//! [`problem_context`] fills in `instance` (the request path) and `trace_id` (the `X-Request-ID`)
+//! on the way out. Server-side failures are logged with their cause and answered with a generic
+//! message: database errors never reach clients.
+
+use axum::{
+    Json,
+    extract::Request,
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const TYPE_BASE: &str = "https://api.hyperfleet.io/errors/";
+
+/// One field-level violation in `errors[]`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    pub constraint: &'static str,
+    pub message: String,
+}
+
+/// The RFC 9457 body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub code: &'static str,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `HYPERFLEET-VAL-000`.
+    #[error("{detail}")]
+    Validation { detail: String, errors: Vec<FieldError> },
+    /// 400 `HYPERFLEET-VAL-006`: the body is not JSON or is empty.
+    #[error("{0}")]
+    Malformed(String),
+    /// 404 `HYPERFLEET-NTF-000`: no such route.
+    #[error("The requested endpoint '{0}' does not exist")]
+    NoRoute(String),
+    /// 404 `HYPERFLEET-NTF-001`.
+    #[error("{kind} with id='{id}' not found")]
+    NotFound { kind: &'static str, id: String },
+    /// 409 `HYPERFLEET-CNF-001`.
+    #[error("This {kind} already exists")]
+    Duplicate { kind: &'static str },
+    /// 503 `HYPERFLEET-SVC-001`: no database connection could be had in time.
+    #[error("Database connection unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// 500 `HYPERFLEET-INT-002`.
+    #[error("Database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl ApiError {
+    pub fn validation(
+        field: &str,
+        value: Option<serde_json::Value>,
+        constraint: &'static str,
+        message: String,
+    ) -> Self {
+        ApiError::Validation {
+            detail: message.clone(),
+            errors: vec![FieldError { field: field.into(), value, constraint, message }],
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, &'static str) {
+        match self {
+            ApiError::Validation { .. } => {
+                (StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-000", "Validation Failed", "validation-error")
+            }
+            ApiError::Malformed(_) => {
+                (StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-006", "Malformed Request", "malformed-request")
+            }
+            ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-000", "Endpoint Not Found", "not-found"),
+            ApiError::NotFound { .. } => {
+                (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-001", "Resource Not Found", "not-found")
+            }
+            ApiError::Duplicate { .. } => (StatusCode::CONFLICT, "HYPERFLEET-CNF-001", "Resource Conflict", "conflict"),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-001", "Service Unavailable", "service-unavailable")
+            }
+            ApiError::Database(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "HYPERFLEET-INT-002", "Database Error", "internal-error")
+            }
+        }
+    }
+
+    /// Label for the error counter metric.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                ApiError::Unavailable(e)
+            }
+            other => ApiError::Database(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, type_suffix) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(code, error = ?self, "request failed");
+        }
+        metrics::counter!("hyperfleet_api_errors_total", "code" => code).increment(1);
+        let errors = match &self {
+            ApiError::Validation { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            type_uri: format!("{TYPE_BASE}{type_suffix}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            instance: None,
+            trace_id: None,
+            errors,
+        };
+        problem_response(problem)
+    }
+}
+
+fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, Json(&problem)).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp.extensions_mut().insert(problem);
+    resp
+}
+
+/// Middleware: completes every problem response with the request path and request id.
+pub async fn problem_context(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let resp = next.run(req).await;
+    match resp.extensions().get::<Problem>().cloned() {
+        Some(mut problem) if problem.instance.is_none() => {
+            problem.instance = Some(path);
+            problem.trace_id = request_id;
+            let mut fresh = problem_response(problem);
+            for (name, value) in resp.headers() {
+                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                    fresh.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            fresh
+        }
+        _ => resp,
+    }
+}

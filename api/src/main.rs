@@ -1,0 +1,139 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use hyperfleet_api::{ApiConfig, config::SslMode};
+use hyperfleet_common::{config, shutdown, telemetry};
+use serde_json::Value;
+
+/// HyperFleet API server.
+///
+/// Configuration: defaults, then the YAML file (--config / HYPERFLEET_CONFIG), then HYPERFLEET_*
+/// environment variables (e.g. HYPERFLEET_DATABASE_HOST), then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "hyperfleet-api", version)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, short, global = true, env = "HYPERFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log level or tracing filter (log.level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format: json or text (log.format).
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    /// API listen host (server.host).
+    #[arg(long, global = true)]
+    server_host: Option<String>,
+    /// API listen port (server.port).
+    #[arg(long, global = true)]
+    server_port: Option<u16>,
+    /// Health listen port (health.port).
+    #[arg(long, global = true)]
+    health_port: Option<u16>,
+    /// Metrics listen port (metrics.port).
+    #[arg(long, global = true)]
+    metrics_port: Option<u16>,
+    /// File holding the database host (database.host), as mounted from a Secret.
+    #[arg(long, global = true)]
+    db_host_file: Option<PathBuf>,
+    /// File holding the database port (database.port).
+    #[arg(long, global = true)]
+    db_port_file: Option<PathBuf>,
+    /// File holding the database user (database.username).
+    #[arg(long, global = true)]
+    db_user_file: Option<PathBuf>,
+    /// File holding the database password (database.password).
+    #[arg(long, global = true)]
+    db_password_file: Option<PathBuf>,
+    /// File holding the database name (database.name).
+    #[arg(long, global = true)]
+    db_name_file: Option<PathBuf>,
+    /// CA bundle for verify-ca / verify-full (database.ssl.root_cert_file).
+    #[arg(long, global = true)]
+    db_rootcert_file: Option<PathBuf>,
+    /// disable | require | verify-ca | verify-full (database.ssl.mode).
+    #[arg(long, global = true, value_parser = |s: &str| s.parse::<SslMode>().map(|_| s.to_string()))]
+    db_sslmode: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (migrations are not applied; run `migrate` first).
+    Serve,
+    /// Apply the embedded database migrations and exit.
+    Migrate,
+    /// Print the version and exit.
+    Version,
+}
+
+impl Cli {
+    fn overrides(&self) -> Result<Vec<(&'static str, Value)>, String> {
+        let mut o: Vec<(&'static str, Value)> = Vec::new();
+        let mut put = |k: &'static str, v: Option<Value>| {
+            if let Some(v) = v {
+                o.push((k, v));
+            }
+        };
+        put("log.level", self.log_level.clone().map(Value::from));
+        put("log.format", self.log_format.clone().map(Value::from));
+        put("server.host", self.server_host.clone().map(Value::from));
+        put("server.port", self.server_port.map(Value::from));
+        put("health.port", self.health_port.map(Value::from));
+        put("metrics.port", self.metrics_port.map(Value::from));
+        put("database.ssl.mode", self.db_sslmode.clone().map(Value::from));
+        put("database.ssl.root_cert_file", self.db_rootcert_file.as_ref().map(|p| p.display().to_string().into()));
+        for (key, file) in [
+            ("database.host", &self.db_host_file),
+            ("database.username", &self.db_user_file),
+            ("database.password", &self.db_password_file),
+            ("database.name", &self.db_name_file),
+        ] {
+            if let Some(path) = file {
+                let v = config::read_value_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                o.push((key, v.into()));
+            }
+        }
+        if let Some(path) = &self.db_port_file {
+            let v = config::read_value_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let port: u16 = v.trim().parse().map_err(|_| format!("{}: {v:?} is not a port number", path.display()))?;
+            o.push(("database.port", port.into()));
+        }
+        Ok(o)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::install_crypto_provider();
+    let cli = Cli::parse();
+    if let Command::Version = cli.command {
+        println!("hyperfleet-api {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let cfg: ApiConfig =
+        match cli.overrides().and_then(|o| config::load(cli.config.as_deref(), &o).map_err(|e| e.to_string())) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("hyperfleet-api: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if let Err(e) = telemetry::init(&cfg.log) {
+        eprintln!("hyperfleet-api: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Migrate => hyperfleet_api::migrate(&cfg).await,
+        Command::Serve => hyperfleet_api::serve(cfg, shutdown::on_signal()).await,
+        Command::Version => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hyperfleet-api failed");
+            ExitCode::FAILURE
+        }
+    }
+}

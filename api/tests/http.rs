@@ -1,0 +1,152 @@
+//! The API's HTTP contract against a real PostgreSQL (a fresh database per test, migrated with the
+//! embedded migrations), driven through the router without a socket.
+
+use anyhow::Result;
+use axum::{
+    Router,
+    body::{Body, to_bytes},
+    http::{Method, Request, StatusCode, header},
+};
+use hyperfleet_tests::{LocalEnv, TestDb};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+
+struct App {
+    router: Router,
+    db: TestDb,
+    pool: sqlx::PgPool,
+}
+
+async fn app() -> Result<App> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
+    hyperfleet_api::MIGRATOR.run(&pool).await?;
+    Ok(App { router: hyperfleet_api::router(pool.clone()), db, pool })
+}
+
+impl App {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&str>,
+    ) -> Result<(StatusCode, Vec<(String, String)>, Value)> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let resp =
+            self.router.clone().oneshot(req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())?).await?;
+        let status = resp.status();
+        let headers =
+            resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await?;
+        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Ok((status, headers, json))
+    }
+
+    async fn done(self) {
+        self.pool.close().await;
+        self.db.drop_db().await;
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn cluster(name: &str) -> String {
+    json!({"kind": "Cluster", "name": name, "spec": {"region": "eu"}, "labels": {"env": "test"}}).to_string()
+}
+
+const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
+
+#[tokio::test]
+async fn create_get_and_list() -> Result<()> {
+    let app = app().await?;
+    let (status, headers, created) = app.call(Method::POST, CLUSTERS, Some(&cluster("alpha"))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&id)?.get_version_num(), 7);
+    assert_eq!(header(&headers, "location"), Some(format!("{CLUSTERS}/{id}").as_str()));
+    assert!(header(&headers, "x-request-id").is_some());
+    assert_eq!(created["kind"], "Cluster");
+    assert_eq!(created["generation"], 1);
+    assert_eq!(created["labels"]["env"], "test");
+    assert_eq!(created["spec"]["region"], "eu");
+    assert_eq!(created["status"]["conditions"], json!([]));
+    assert_eq!(created["created_by"], "system@hyperfleet.local");
+
+    let (status, _, got) = app.call(Method::GET, &format!("{CLUSTERS}/{id}"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, created);
+
+    app.call(Method::POST, CLUSTERS, Some(&cluster("beta"))).await?;
+    app.call(Method::POST, CLUSTERS, Some(&cluster("gamma"))).await?;
+    let (status, _, page) = app.call(Method::GET, &format!("{CLUSTERS}?page=1&size=2"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((page["page"].as_i64(), page["size"].as_i64(), page["total"].as_i64()), (Some(1), Some(2), Some(3)));
+    let names: Vec<_> =
+        page["items"].as_array().map(|a| a.iter().map(|i| i["name"].clone()).collect()).unwrap_or_default();
+    assert_eq!(names, vec![json!("gamma"), json!("beta")], "newest first");
+    let (_, _, page2) = app.call(Method::GET, &format!("{CLUSTERS}?page=2&size=2"), None).await?;
+    assert_eq!(page2["items"][0]["name"], "alpha");
+    assert_eq!(page2["size"], 1);
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn errors_are_problem_json_and_change_nothing() -> Result<()> {
+    let app = app().await?;
+    app.call(Method::POST, CLUSTERS, Some(&cluster("taken"))).await?;
+
+    let cases: Vec<(Method, String, Option<String>, StatusCode, &str)> = vec![
+        (Method::POST, CLUSTERS.into(), Some(cluster("taken")), StatusCode::CONFLICT, "HYPERFLEET-CNF-001"),
+        (Method::POST, CLUSTERS.into(), Some("{not json".into()), StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-006"),
+        (Method::POST, CLUSTERS.into(), Some(cluster("Bad_Name")), StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-000"),
+        (
+            Method::POST,
+            CLUSTERS.into(),
+            Some(r#"{"kind":"Cluster","name":"nospec"}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "HYPERFLEET-VAL-000",
+        ),
+        (
+            Method::GET,
+            format!("{CLUSTERS}/{}", uuid::Uuid::now_v7()),
+            None,
+            StatusCode::NOT_FOUND,
+            "HYPERFLEET-NTF-001",
+        ),
+        (Method::GET, format!("{CLUSTERS}/not-a-uuid"), None, StatusCode::NOT_FOUND, "HYPERFLEET-NTF-001"),
+        (Method::GET, format!("{CLUSTERS}?size=101"), None, StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-000"),
+        (Method::GET, format!("{CLUSTERS}?page=x"), None, StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-000"),
+        (Method::GET, "/api/hyperfleet/v1/nothing-here".into(), None, StatusCode::NOT_FOUND, "HYPERFLEET-NTF-000"),
+    ];
+    for (method, uri, body, want_status, want_code) in cases {
+        let (status, headers, problem) = app.call(method.clone(), &uri, body.as_deref()).await?;
+        assert_eq!(status, want_status, "{method} {uri}: {problem}");
+        assert_eq!(header(&headers, "content-type"), Some("application/problem+json"), "{method} {uri}");
+        assert_eq!(problem["code"], want_code, "{method} {uri}: {problem}");
+        assert_eq!(problem["status"], want_status.as_u16());
+        assert!(problem["type"].as_str().unwrap_or("").starts_with("https://api.hyperfleet.io/errors/"));
+        assert_eq!(problem["instance"], uri.split('?').next().unwrap_or_default());
+        assert_eq!(problem["trace_id"].as_str(), header(&headers, "x-request-id"), "trace_id is the request id");
+        assert!(!problem["detail"].as_str().unwrap_or("").is_empty());
+    }
+    let (_, _, bad) = app.call(Method::POST, CLUSTERS, Some(&cluster("x"))).await?;
+    assert_eq!(bad["errors"][0]["field"], "name");
+    assert_eq!(bad["errors"][0]["constraint"], "min_length");
+
+    let (status, headers, _) = app.call(Method::DELETE, CLUSTERS, None).await?;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(header(&headers, "allow").is_some_and(|a| a.contains("GET") && a.contains("POST")), "{headers:?}");
+
+    let (_, _, list) = app.call(Method::GET, CLUSTERS, None).await?;
+    assert_eq!(list["total"], 1, "failed requests created nothing");
+    app.done().await;
+    Ok(())
+}

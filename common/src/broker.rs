@@ -1,0 +1,211 @@
+//! AMQP 0-9-1 (RabbitMQ) connection and topology helpers.
+//!
+//! The services reach the broker with an `amqp://` or `amqps://` URL. For `amqps://` the server
+//! certificate is always verified — against the system roots plus the CA bundle in `ca_file` when
+//! given (a private CA, as Amazon MQ or the local environment use). A client certificate
+//! (`cert_file` + `key_file`, PEM) is presented when configured. There is no switch to skip
+//! verification.
+
+use std::path::{Path, PathBuf};
+
+use lapin::{
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::ExchangeDeclareOptions,
+    tcp::{OwnedIdentity, OwnedTLSConfig},
+    types::FieldTable,
+    uri::AMQPUri,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// The `broker:` configuration section shared by the sentinel and the adapters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `amqps://user:password@host:5671/vhost` (or `amqp://` for plain AMQP). Never logged.
+    pub url: Secret,
+    /// PEM bundle of CA certificates trusted for the broker's server certificate, in addition to
+    /// the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to the broker (needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM (PKCS#8) private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Exchange the reconcile events go through; declared durable if missing.
+    pub exchange: String,
+    /// Exchange type: `topic` (default), `direct`, `fanout` or `headers`.
+    pub exchange_type: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: Secret::default(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            exchange: "hyperfleet-clusters".into(),
+            exchange_type: "topic".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker.url is not set (HYPERFLEET_BROKER_URL)")]
+    MissingUrl,
+    #[error("broker.url is not a valid amqp:// or amqps:// URL: {0}")]
+    InvalidUrl(String),
+    #[error("{what} is set but the broker URL is plain amqp://; use amqps:// so TLS is used")]
+    TlsSettingsWithoutTls { what: &'static str },
+    #[error("broker.cert_file and broker.key_file must be set together")]
+    HalfClientIdentity,
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: String, source: std::io::Error },
+    #[error("unknown broker.exchange_type {0:?} (use topic, direct, fanout or headers)")]
+    ExchangeType(String),
+    #[error("cannot connect to the broker at {endpoint}: {source}")]
+    Connect { endpoint: String, source: Box<lapin::Error> },
+    #[error("cannot declare exchange {exchange:?} as {kind}: {source}")]
+    Declare { exchange: String, kind: String, source: Box<lapin::Error> },
+    #[error("broker error: {0}")]
+    Amqp(Box<lapin::Error>),
+}
+
+impl From<lapin::Error> for BrokerError {
+    fn from(e: lapin::Error) -> Self {
+        BrokerError::Amqp(Box::new(e))
+    }
+}
+
+impl BrokerConfig {
+    /// `scheme://host:port/vhost` — the URL without credentials, safe to log.
+    pub fn endpoint(&self) -> String {
+        match self.url.expose().parse::<AMQPUri>() {
+            Ok(u) => format!(
+                "{}://{}:{}/{}",
+                if matches!(u.scheme, lapin::uri::AMQPScheme::AMQPS) { "amqps" } else { "amqp" },
+                u.authority.host,
+                u.authority.port,
+                u.vhost.replace('/', "%2f")
+            ),
+            Err(_) => "<invalid url>".into(),
+        }
+    }
+
+    pub fn exchange_kind(&self) -> Result<ExchangeKind, BrokerError> {
+        exchange_kind(&self.exchange_type)
+    }
+
+    /// Checks everything that can be checked without a network connection.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        self.tls_config().map(|_| ())?;
+        self.exchange_kind().map(|_| ())
+    }
+
+    fn tls_config(&self) -> Result<(AMQPUri, OwnedTLSConfig), BrokerError> {
+        if self.url.is_empty() {
+            return Err(BrokerError::MissingUrl);
+        }
+        // lapin's parse errors never echo the URL, so the password cannot leak through them.
+        let uri: AMQPUri = self.url.expose().parse().map_err(BrokerError::InvalidUrl)?;
+        let tls = matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS);
+        let mut config = OwnedTLSConfig::default();
+        if let Some(ca) = &self.ca_file {
+            if !tls {
+                return Err(BrokerError::TlsSettingsWithoutTls { what: "broker.ca_file" });
+            }
+            config.cert_chain = Some(read_text(ca)?);
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                if !tls {
+                    return Err(BrokerError::TlsSettingsWithoutTls { what: "broker.cert_file" });
+                }
+                config.identity = Some(OwnedIdentity::PKCS8 {
+                    pem: read_text(cert)?.into_bytes(),
+                    key: read_text(key)?.into_bytes(),
+                });
+            }
+            (None, None) => {}
+            _ => return Err(BrokerError::HalfClientIdentity),
+        }
+        Ok((uri, config))
+    }
+
+    /// Opens a connection named `name` (shown in the broker's management UI).
+    pub async fn connect(&self, name: &str) -> Result<Connection, BrokerError> {
+        let (uri, tls) = self.tls_config()?;
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(uri, props, tls, runtime)
+            .await
+            .map_err(|source| BrokerError::Connect { endpoint: self.endpoint(), source: Box::new(source) })
+    }
+
+    /// Declares the configured exchange, durable. If it exists with another type the broker's
+    /// refusal names both types; it is returned as [`BrokerError::Declare`].
+    pub async fn declare_exchange(&self, channel: &Channel) -> Result<(), BrokerError> {
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                self.exchange_kind()?,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| BrokerError::Declare {
+                exchange: self.exchange.clone(),
+                kind: self.exchange_type.clone(),
+                source: Box::new(source),
+            })
+    }
+}
+
+/// Parses an exchange type name.
+pub fn exchange_kind(name: &str) -> Result<ExchangeKind, BrokerError> {
+    match name {
+        "topic" => Ok(ExchangeKind::Topic),
+        "direct" => Ok(ExchangeKind::Direct),
+        "fanout" => Ok(ExchangeKind::Fanout),
+        "headers" => Ok(ExchangeKind::Headers),
+        other => Err(BrokerError::ExchangeType(other.into())),
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, BrokerError> {
+    std::fs::read_to_string(path).map_err(|source| BrokerError::ReadFile { path: path.display().to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> BrokerConfig {
+        BrokerConfig { url: Secret::new(url), ..Default::default() }
+    }
+
+    #[test]
+    fn endpoint_hides_credentials() {
+        let c = cfg("amqps://admin:s3cret@mq.example.com:5671/prod");
+        let e = c.endpoint();
+        assert!(!e.contains("s3cret") && !e.contains("admin"), "{e}");
+        assert!(e.contains("mq.example.com:5671"), "{e}");
+    }
+
+    #[test]
+    fn invalid_settings_are_clear_errors() {
+        assert!(matches!(cfg("").validate(), Err(BrokerError::MissingUrl)));
+        assert!(matches!(cfg("http://x").validate(), Err(BrokerError::InvalidUrl(_))));
+        let plain_with_ca = BrokerConfig { ca_file: Some("/ca.pem".into()), ..cfg("amqp://localhost") };
+        assert!(matches!(plain_with_ca.validate(), Err(BrokerError::TlsSettingsWithoutTls { .. })));
+        let half = BrokerConfig { cert_file: Some("/c.pem".into()), ..cfg("amqps://localhost") };
+        assert!(matches!(half.validate(), Err(BrokerError::HalfClientIdentity)));
+        let missing_ca = BrokerConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..cfg("amqps://localhost") };
+        assert!(matches!(missing_ca.validate(), Err(BrokerError::ReadFile { .. })));
+        let bad_kind = BrokerConfig { exchange_type: "fan-out".into(), ..cfg("amqps://localhost") };
+        assert!(matches!(bad_kind.validate(), Err(BrokerError::ExchangeType(_))));
+        assert!(cfg("amqps://u:p@localhost:5671/%2f").validate().is_ok());
+    }
+}

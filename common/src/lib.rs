@@ -1,0 +1,22 @@
+//! Shared plumbing for the three HyperFleet services (`api`, `sentinel`, `adapter`).
+//!
+//! Nothing in here knows what a cluster is; it only provides the pieces every service needs in the
+//! same shape:
+//!
+//! * [`config`] — layered configuration: defaults → YAML file → `HYPERFLEET_*` environment → flags,
+//!   plus [`config::Secret`] for values that must never be printed and a duration format (`"5s"`).
+//! * [`telemetry`] — `tracing` setup (JSON or text) and the rustls crypto-provider install.
+//! * [`ops`] — the health (`/healthz`, `/readyz`) and metrics (`/metrics`) listeners.
+//! * [`shutdown`] — SIGINT/SIGTERM → a [`tokio_util::sync::CancellationToken`].
+//! * [`broker`] — an AMQP 0-9-1 connection from an `amqp://`/`amqps://` URL with a CA bundle and an
+//!   optional client certificate, and idempotent exchange declaration.
+//! * [`cloudevent`] — CloudEvents 1.0 over AMQP in structured mode, and the reconcile-event payload
+//!   shared by the sentinel (producer) and the adapters (consumers).
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod cloudevent;
+pub mod config;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;

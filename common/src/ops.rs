@@ -1,0 +1,126 @@
+//! The operational listeners every service runs next to its main work:
+//!
+//! * health (default port 8080): `GET /healthz` → 200 while the process lives; `GET /readyz` → 200
+//!   `{"status":"ok"}` when the service's readiness check passes, else 503 with the reason, and 503
+//!   `shutting_down` once shutdown has begun (so load balancers stop sending work first);
+//! * metrics (default port 9090): `GET /metrics` in the Prometheus text format.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A listener address: `host` + `port`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Listen {
+    pub fn new(host: &str, port: u16) -> Self {
+        Listen { host: host.into(), port }
+    }
+    /// `host:port`, bracketing IPv6 literals.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen::new("0.0.0.0", 0)
+    }
+}
+
+/// Why the service is not ready; shown in the `/readyz` body.
+pub type ReadyResult = Result<(), String>;
+/// The service's readiness check, called for every `/readyz` request.
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ReadyResult> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct HealthState {
+    check: ReadinessCheck,
+    shutdown: CancellationToken,
+}
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle.
+pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Binds both listeners (failing fast when a port is taken) and serves them until `shutdown` is
+/// cancelled and `drain` has passed. Returns the bound addresses (useful with port 0).
+pub async fn serve(
+    health: &Listen,
+    metrics: &Listen,
+    check: ReadinessCheck,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    let health_listener = bind(health, "health").await?;
+    let metrics_listener = bind(metrics, "metrics").await?;
+    let addrs = (health_listener.local_addr()?, metrics_listener.local_addr()?);
+
+    let health_app = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(HealthState { check, shutdown: shutdown.clone() });
+    let metrics_app = Router::new().route("/metrics", get(move || std::future::ready(prometheus.render())));
+
+    // The health listener keeps answering (503 shutting_down) until the process exits, so it is not
+    // tied to the shutdown token; the tasks end with the runtime.
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(health_listener, health_app).await {
+            tracing::error!(error = %e, "health listener failed");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    tracing::info!(health = %addrs.0, metrics = %addrs.1, "ops listeners up");
+    Ok(addrs)
+}
+
+async fn bind(listen: &Listen, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen.addr())
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for {what} on {}: {e}", listen.addr())))
+}
+
+async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
+    if state.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down", "reason": "the service is shutting down"})),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(3), (state.check)()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Ok(Err(reason)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason}))),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "readiness check timed out"})),
+        ),
+    }
+}
