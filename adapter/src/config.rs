@@ -2,7 +2,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use hyperfleet_common::{broker::BrokerConfig, config::duration, ops::Listen, telemetry::LogConfig};
+use hyperfleet_common::{
+    broker::BrokerConfig, config::duration, ops::Listen, process::ServiceConfig, telemetry::LogConfig,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,8 +80,12 @@ impl Default for KubernetesConfig {
     }
 }
 
-impl AdapterConfig {
-    pub fn validate(&self) -> Result<(), String> {
+impl ServiceConfig for AdapterConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn validate(&self) -> Result<(), String> {
         if self.queue.is_empty() {
             return Err("queue must not be empty".into());
         }

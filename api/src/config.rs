@@ -6,6 +6,7 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use hyperfleet_common::{
     config::{Secret, duration},
     ops::Listen,
+    process::ServiceConfig,
     telemetry::LogConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,12 @@ impl Default for ApiConfig {
             log: LogConfig::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+impl ServiceConfig for ApiConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
     }
 }
 

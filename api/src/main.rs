@@ -2,7 +2,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use hyperfleet_api::{ApiConfig, config::SslMode};
-use hyperfleet_common::{config, shutdown, telemetry};
+use hyperfleet_common::{
+    config,
+    process::{self, CommonFlags},
+    shutdown, telemetry,
+};
 use serde_json::Value;
 
 /// HyperFleet API server.
@@ -12,27 +16,14 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(name = "hyperfleet-api", version)]
 struct Cli {
-    /// YAML configuration file.
-    #[arg(long, short, global = true, env = "HYPERFLEET_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log level or tracing filter (log.level).
-    #[arg(long, global = true)]
-    log_level: Option<String>,
-    /// Log format: json or text (log.format).
-    #[arg(long, global = true)]
-    log_format: Option<String>,
+    #[command(flatten)]
+    common: CommonFlags,
     /// API listen host (server.host).
     #[arg(long, global = true)]
     server_host: Option<String>,
     /// API listen port (server.port).
     #[arg(long, global = true)]
     server_port: Option<u16>,
-    /// Health listen port (health.port).
-    #[arg(long, global = true)]
-    health_port: Option<u16>,
-    /// Metrics listen port (metrics.port).
-    #[arg(long, global = true)]
-    metrics_port: Option<u16>,
     /// File holding the database host (database.host), as mounted from a Secret.
     #[arg(long, global = true)]
     db_host_file: Option<PathBuf>,
@@ -70,18 +61,14 @@ enum Command {
 
 impl Cli {
     fn overrides(&self) -> Result<Vec<(&'static str, Value)>, String> {
-        let mut o: Vec<(&'static str, Value)> = Vec::new();
+        let mut o = self.common.overrides([]);
         let mut put = |k: &'static str, v: Option<Value>| {
             if let Some(v) = v {
                 o.push((k, v));
             }
         };
-        put("log.level", self.log_level.clone().map(Value::from));
-        put("log.format", self.log_format.clone().map(Value::from));
         put("server.host", self.server_host.clone().map(Value::from));
         put("server.port", self.server_port.map(Value::from));
-        put("health.port", self.health_port.map(Value::from));
-        put("metrics.port", self.metrics_port.map(Value::from));
         put("database.ssl.mode", self.db_sslmode.clone().map(Value::from));
         put("database.ssl.root_cert_file", self.db_rootcert_file.as_ref().map(|p| p.display().to_string().into()));
         for (key, file) in [
@@ -112,28 +99,21 @@ async fn main() -> ExitCode {
         println!("hyperfleet-api {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let cfg: ApiConfig =
-        match cli.overrides().and_then(|o| config::load(cli.config.as_deref(), &o).map_err(|e| e.to_string())) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("hyperfleet-api: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    if let Err(e) = telemetry::init(&cfg.log) {
-        eprintln!("hyperfleet-api: {e}");
-        return ExitCode::from(2);
-    }
+    let overrides = match cli.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("hyperfleet-api: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg: ApiConfig = match process::start("hyperfleet-api", cli.common.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Migrate => hyperfleet_api::migrate(&cfg).await,
         Command::Serve => hyperfleet_api::serve(cfg, shutdown::on_signal()).await,
         Command::Version => Ok(()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "hyperfleet-api failed");
-            ExitCode::FAILURE
-        }
-    }
+    process::exit("hyperfleet-api", result)
 }

@@ -29,17 +29,34 @@ pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(String),
     #[error("invalid configuration: {0}")]
-    Invalid(Box<figment::Error>),
+    Invalid(String),
     #[error("cannot describe the configuration defaults: {0}")]
     Defaults(#[from] serde_json::Error),
     #[error("two configuration keys map to the same environment variable {0}")]
     AmbiguousEnv(String),
 }
 
-impl From<figment::Error> for ConfigError {
-    fn from(e: figment::Error) -> Self {
-        ConfigError::Invalid(Box::new(e))
-    }
+/// Describes every error of an extraction as `key.path: problem (origin)`, where the origin is the
+/// file, the environment variable or the flag the bad value came from.
+fn describe(errors: figment::Error, origins: &HashMap<String, String>) -> ConfigError {
+    let parts: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = origins.get(&key).cloned().or_else(|| {
+                e.metadata.as_ref().and_then(|m| m.source.as_ref()).and_then(|s| match s {
+                    figment::Source::File(path) => Some(format!("in {}", path.display())),
+                    _ => None,
+                })
+            });
+            let what = if key.is_empty() { e.kind.to_string() } else { format!("{key}: {}", e.kind) };
+            match origin {
+                Some(o) => format!("{what} ({o})"),
+                None => what,
+            }
+        })
+        .collect();
+    ConfigError::Invalid(parts.join("; "))
 }
 
 /// Loads `T` from defaults, an optional YAML file, the environment and flag overrides.
@@ -69,19 +86,18 @@ where
         }
         figment = figment.merge(Yaml::file_exact(path));
     }
-    let mut env_values: Vec<(Leaf, String)> = Vec::new();
+    let mut origins = HashMap::new();
     for (name, value) in env {
-        if let Some(path) = name.strip_prefix(ENV_PREFIX).and_then(|rest| env_keys.get(rest)) {
-            env_values.push((path.clone(), value));
+        if let Some(leaf) = name.strip_prefix(ENV_PREFIX).and_then(|rest| env_keys.get(rest)) {
+            figment = figment.merge(Serialized::default(&leaf.path, leaf.parse(&value)));
+            origins.insert(leaf.path.clone(), format!("from {name}"));
         }
-    }
-    for (leaf, value) in env_values {
-        figment = figment.merge(Serialized::default(&leaf.path, leaf.parse(&value)));
     }
     for (path, value) in overrides {
         figment = figment.merge(Serialized::default(path, value.clone()));
+        origins.insert(path.to_string(), "from the command line".to_string());
     }
-    Ok(figment.extract()?)
+    figment.extract().map_err(|e| describe(e, &origins))
 }
 
 /// A configuration key reachable from the environment, typed by its default value.
@@ -371,7 +387,10 @@ mod tests {
     #[test]
     fn bad_values_and_missing_files_are_clear_errors() {
         let e = load_with_env::<Sample>(None, &[], env(&[("HYPERFLEET_PORT", "99999")])).expect_err("range");
-        assert!(e.to_string().contains("port"), "{e}");
+        assert!(e.to_string().starts_with("invalid configuration: port: "), "{e}");
+        assert!(e.to_string().contains("(from HYPERFLEET_PORT)"), "{e}");
+        let e = load_with_env::<Sample>(None, &[("port", "x".into())], env(&[])).expect_err("flag");
+        assert!(e.to_string().contains("(from the command line)"), "{e}");
         let e = load_with_env::<Sample>(None, &[], env(&[("HYPERFLEET_INTERVAL", "5 parsecs")])).expect_err("unit");
         assert!(e.to_string().contains("unknown unit"), "{e}");
         let e = load_with_env::<Sample>(Some(Path::new("/nonexistent/c.yaml")), &[], env(&[])).expect_err("file");

@@ -7,6 +7,7 @@
 //!   plus [`config::Secret`] for values that must never be printed and a duration format (`"5s"`).
 //! * [`telemetry`] — `tracing` setup (JSON or text) and the rustls crypto-provider install.
 //! * [`ops`] — the health (`/healthz`, `/readyz`) and metrics (`/metrics`) listeners.
+//! * [`process`] — the shared start-up and exit-code handling of the service binaries.
 //! * [`shutdown`] — SIGINT/SIGTERM → a [`tokio_util::sync::CancellationToken`].
 //! * [`broker`] — an AMQP 0-9-1 connection from an `amqp://`/`amqps://` URL with a CA bundle and an
 //!   optional client certificate, and idempotent exchange declaration.
@@ -18,5 +19,6 @@ pub mod broker;
 pub mod cloudevent;
 pub mod config;
 pub mod ops;
+pub mod process;
 pub mod shutdown;
 pub mod telemetry;

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use hyperfleet_common::{broker::BrokerConfig, config::duration, ops::Listen, telemetry::LogConfig};
+use hyperfleet_common::{
+    broker::BrokerConfig, config::duration, ops::Listen, process::ServiceConfig, telemetry::LogConfig,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,9 +62,12 @@ impl Default for ApiClientConfig {
     }
 }
 
-impl SentinelConfig {
-    /// Semantic checks that `serde` cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+impl ServiceConfig for SentinelConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn validate(&self) -> Result<(), String> {
         if !matches!(self.resource_type.as_str(), "clusters" | "nodepools") {
             return Err(format!("resource_type {:?} is not clusters or nodepools", self.resource_type));
         }
@@ -78,7 +83,9 @@ impl SentinelConfig {
         }
         self.broker.validate().map_err(|e| e.to_string())
     }
+}
 
+impl SentinelConfig {
     /// The kind of the watched resources (`Cluster` for `clusters`).
     pub fn kind(&self) -> &'static str {
         if self.resource_type == "nodepools" { "NodePool" } else { "Cluster" }

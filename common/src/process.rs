@@ -1,0 +1,94 @@
+//! Process bootstrap shared by the service binaries: load the layered configuration, install
+//! logging, and turn the service's result into an exit code (2 for bad configuration, 1 for a
+//! failure while running), so every binary starts and fails the same way.
+
+use std::{fmt::Display, path::Path, process::ExitCode};
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{config, telemetry};
+
+/// A service's configuration type.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
+    fn log(&self) -> &telemetry::LogConfig;
+    /// Semantic checks `serde` cannot express; the message names the key.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Keeps the flags that were given, as `(key.path, value)` overrides.
+pub fn overrides<'a>(flags: impl IntoIterator<Item = (&'a str, Option<Value>)>) -> Vec<(&'a str, Value)> {
+    flags.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+}
+
+/// Loads, validates and installs logging. On failure prints `bin: reason` to stderr and returns
+/// exit code 2.
+pub fn start<T: ServiceConfig>(bin: &str, file: Option<&Path>, overrides: &[(&str, Value)]) -> Result<T, ExitCode> {
+    let cfg: T = config::load(file, overrides).map_err(|e| usage_error(bin, e))?;
+    cfg.validate().map_err(|e| usage_error(bin, e))?;
+    telemetry::init(cfg.log()).map_err(|e| usage_error(bin, e))?;
+    Ok(cfg)
+}
+
+fn usage_error(bin: &str, e: impl Display) -> ExitCode {
+    eprintln!("{bin}: {e}");
+    ExitCode::from(2)
+}
+
+/// Logs a failure and maps the service's result to the process exit code.
+pub fn exit<E: Display>(bin: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{bin} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `HYPERFLEET_*` variables of `T` that `readme` does not mention as `` `VAR` ``.
+pub fn undocumented_env_vars<T: Serialize + Default>(readme: &str) -> Vec<String> {
+    config::env_vars::<T>()
+        .into_iter()
+        .map(|(var, _)| var)
+        .filter(|var| !readme.contains(&format!("`{var}`")))
+        .collect()
+}
+
+/// The flags every service binary accepts; `#[command(flatten)]` them into the binary's `Cli`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonFlags {
+    /// YAML configuration file.
+    #[arg(long, short, global = true, env = "HYPERFLEET_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log level or tracing filter (log.level).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Log format: json or text (log.format).
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+    /// Health listen port (health.port).
+    #[arg(long, global = true)]
+    pub health_port: Option<u16>,
+    /// Metrics listen port (metrics.port).
+    #[arg(long, global = true)]
+    pub metrics_port: Option<u16>,
+}
+
+impl CommonFlags {
+    /// The given flags as `(key.path, value)` pairs, followed by `more`.
+    pub fn overrides<'a>(&self, more: impl IntoIterator<Item = (&'a str, Option<Value>)>) -> Vec<(&'a str, Value)> {
+        overrides(
+            [
+                ("log.level", self.log_level.clone().map(Value::from)),
+                ("log.format", self.log_format.clone().map(Value::from)),
+                ("health.port", self.health_port.map(Value::from)),
+                ("metrics.port", self.metrics_port.map(Value::from)),
+            ]
+            .into_iter()
+            .chain(more),
+        )
+    }
+}
