@@ -9,7 +9,7 @@
 pub mod config;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -176,7 +176,9 @@ pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(),
         polled.store(true, Ordering::Relaxed);
         let Some(pubr) = publisher.as_ref() else { continue };
         let now = Instant::now();
-        announced.retain(|id, _| resources.iter().any(|r| &r.id == id));
+        // Forget resources that are gone, so the map stays the size of the fleet.
+        let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
+        announced.retain(|id, _| live.contains(id.as_str()));
         for r in &resources {
             let Some(reason) = decide(r, announced.get(&r.id), now, cfg.max_age_not_ready) else {
                 continue;

@@ -30,6 +30,8 @@ if have_kube && have_helm && command -v etcd >/dev/null; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# Something is missing, so package lists are needed; refresh them once.
+$SUDO apt-get update -q >/dev/null
 if ! command -v etcd >/dev/null; then
   log "installing etcd-server"
   $SUDO apt-get install -y -q --no-upgrade --no-install-recommends etcd-server >/dev/null
