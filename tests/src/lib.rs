@@ -115,6 +115,7 @@ pub struct Service {
     pub name: String,
     pub log: PathBuf,
     pub health_port: u16,
+    pub metrics_port: u16,
     child: Child,
 }
 
@@ -143,7 +144,7 @@ impl Service {
             .stderr(file)
             .kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("spawn hyperfleet-{name}"))?;
-        Ok(Service { name: name.into(), log, health_port, child })
+        Ok(Service { name: name.into(), log, health_port, metrics_port, child })
     }
 
     /// Waits until `/readyz` answers 200, failing early if the process exits.
@@ -173,6 +174,11 @@ impl Service {
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
         format!("--- {} (last lines) ---\n{tail}", self.log.display())
+    }
+
+    /// The service's Prometheus text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await?.text().await?)
     }
 
     pub async fn stop(mut self) {
@@ -223,5 +229,87 @@ where
             bail!("condition not met within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The three services wired together for one test: own database, exchange and queue.
+pub struct Stack {
+    pub env: LocalEnv,
+    pub api_url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub api: Service,
+    pub sentinel: Service,
+    pub adapter: Service,
+    db: TestDb,
+}
+
+impl Stack {
+    pub async fn start() -> Result<Self> {
+        let env = LocalEnv::load()?;
+        let db = TestDb::create(&env).await?;
+        migrate(&env, &db).await?;
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let exchange = format!("hf-test-{tag}");
+        let queue = format!("hf-test-{tag}-landing-zone");
+        let api_port = free_port();
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        let broker = vec![
+            ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
+            ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
+            ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
+            ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.clone()),
+        ];
+        let mut api_vars = api_db_vars(&env, &db)?;
+        api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
+        api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
+        let mut sentinel_vars = broker.clone();
+        sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
+        let mut adapter_vars = broker;
+        adapter_vars.push(("HYPERFLEET_QUEUE", queue.clone()));
+        adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()));
+
+        let mut api = Service::start(&env, &tag, "api", &["serve"], &api_vars)?;
+        let mut sentinel = Service::start(&env, &tag, "sentinel", &[], &sentinel_vars)?;
+        let mut adapter = Service::start(&env, &tag, "adapter", &[], &adapter_vars)?;
+        let ready = Duration::from_secs(60);
+        api.wait_ready(ready).await?;
+        sentinel.wait_ready(ready).await?;
+        adapter.wait_ready(ready).await?;
+        Ok(Stack { env, api_url, exchange, queue, api, sentinel, adapter, db })
+    }
+
+    /// The last log lines of all three services, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("{}\n{}\n{}", self.api.log_tail(), self.sentinel.log_tail(), self.adapter.log_tail())
+    }
+
+    /// A broker configuration for the test's own connections (AMQPS, local CA, this exchange).
+    pub fn broker(&self) -> Result<hyperfleet_common::broker::BrokerConfig> {
+        Ok(hyperfleet_common::broker::BrokerConfig {
+            url: hyperfleet_common::config::Secret::new(self.env.get("HF_AMQPS_URL")?),
+            ca_file: Some(self.env.get("HF_AMQPS_CA_FILE")?.into()),
+            exchange: self.exchange.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// Stops the services and removes the database, exchange and queues (best effort).
+    pub async fn stop(self) {
+        let broker = self.broker();
+        self.adapter.stop().await;
+        self.sentinel.stop().await;
+        self.api.stop().await;
+        if let Ok(cfg) = broker
+            && let Ok(conn) = cfg.connect("hyperfleet-test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            for q in [self.queue.clone(), format!("{}.dead-letter", self.queue)] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = ch.exchange_delete(self.exchange.as_str().into(), Default::default()).await;
+            let _ = conn.close(200, "done".into()).await;
+        }
+        self.db.drop_db().await;
     }
 }
