@@ -61,16 +61,12 @@ enum Command {
 
 impl Cli {
     fn overrides(&self) -> Result<Vec<(&'static str, Value)>, String> {
-        let mut o = self.common.overrides([]);
-        let mut put = |k: &'static str, v: Option<Value>| {
-            if let Some(v) = v {
-                o.push((k, v));
-            }
-        };
-        put("server.host", self.server_host.clone().map(Value::from));
-        put("server.port", self.server_port.map(Value::from));
-        put("database.ssl.mode", self.db_sslmode.clone().map(Value::from));
-        put("database.ssl.root_cert_file", self.db_rootcert_file.as_ref().map(|p| p.display().to_string().into()));
+        let mut o = self.common.overrides([
+            ("server.host", self.server_host.clone().map(Value::from)),
+            ("server.port", self.server_port.map(Value::from)),
+            ("database.ssl.mode", self.db_sslmode.clone().map(Value::from)),
+            ("database.ssl.root_cert_file", self.db_rootcert_file.as_ref().map(|p| p.display().to_string().into())),
+        ]);
         for (key, file) in [
             ("database.host", &self.db_host_file),
             ("database.username", &self.db_user_file),

@@ -235,6 +235,8 @@ where
 /// The three services wired together for one test: own database, exchange and queue.
 pub struct Stack {
     pub env: LocalEnv,
+    /// Unique per test; names the database, exchange, queue and log files.
+    pub tag: String,
     pub api_url: String,
     pub exchange: String,
     pub queue: String,
@@ -276,7 +278,7 @@ impl Stack {
         api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
         adapter.wait_ready(ready).await?;
-        Ok(Stack { env, api_url, exchange, queue, api, sentinel, adapter, db })
+        Ok(Stack { env, tag, api_url, exchange, queue, api, sentinel, adapter, db })
     }
 
     /// The last log lines of all three services, for failure messages.

@@ -53,7 +53,7 @@ async fn delete_namespace(stack: &Stack, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lands_as_namespace_and_service_account() -> Result<()> {
     let stack = Stack::start().await?;
-    let name = format!("e2e-{}", &stack.queue[8..20]);
+    let name = format!("e2e-{}", stack.tag);
     let posted = Instant::now();
     let id = create_cluster(&stack, &name).await?;
 
@@ -119,7 +119,7 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         assert!(confirm.is_ack(), "broker confirmed the poison message");
     }
 
-    let id = create_cluster(&stack, &format!("poison-{}", &stack.queue[8..20])).await?;
+    let id = create_cluster(&stack, &format!("poison-{}", stack.tag)).await?;
     wait_landed(&stack, &id).await?;
 
     let dlq = format!("{}.dead-letter", stack.queue);
