@@ -22,6 +22,8 @@ pub struct ApiConfig {
     /// `/metrics`.
     pub metrics: Listen,
     pub database: DatabaseConfig,
+    /// Adapters that must report before a resource counts as reconciled (and finalized).
+    pub required_adapters: RequiredAdapters,
     pub log: LogConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "duration")]
@@ -35,6 +37,7 @@ impl Default for ApiConfig {
             health: Listen::new("0.0.0.0", 8080),
             metrics: Listen::new("0.0.0.0", 9090),
             database: DatabaseConfig::default(),
+            required_adapters: RequiredAdapters::default(),
             log: LogConfig::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
@@ -44,6 +47,39 @@ impl Default for ApiConfig {
 impl ServiceConfig for ApiConfig {
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (kind, names) in
+            [("clusters", &self.required_adapters.clusters), ("nodepools", &self.required_adapters.nodepools)]
+        {
+            let mut seen = std::collections::HashSet::new();
+            for name in names {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                    return Err(format!(
+                        "required_adapters.{kind}: {name:?} is not a valid adapter name (lowercase letters, digits, '-')"
+                    ));
+                }
+                if !seen.insert(name) {
+                    return Err(format!("required_adapters.{kind}: {name:?} is listed twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Required adapters per kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequiredAdapters {
+    pub clusters: Vec<String>,
+    pub nodepools: Vec<String>,
+}
+
+impl Default for RequiredAdapters {
+    fn default() -> Self {
+        RequiredAdapters { clusters: vec!["landing-zone".into()], nodepools: Vec::new() }
     }
 }
 

@@ -54,6 +54,15 @@ pub enum ApiError {
     /// 400 `HYPERFLEET-VAL-006`: the body is not JSON or is empty.
     #[error("{0}")]
     Malformed(String),
+    /// 400 `HYPERFLEET-VAL-005`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422 `HYPERFLEET-VAL-000`: a well-formed request this route cannot take.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 409 `HYPERFLEET-CNF-003`: the resource's state forbids the operation.
+    #[error("{0}")]
+    StateConflict(String),
     /// 404 `HYPERFLEET-NTF-000`: no such route.
     #[error("The requested endpoint '{0}' does not exist")]
     NoRoute(String),
@@ -92,6 +101,11 @@ impl ApiError {
             ApiError::Malformed(_) => {
                 (StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-006", "Malformed Request", "malformed-request")
             }
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "HYPERFLEET-VAL-005", "Bad Request", "bad-request"),
+            ApiError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "HYPERFLEET-VAL-000", "Validation Failed", "validation-error")
+            }
+            ApiError::StateConflict(_) => (StatusCode::CONFLICT, "HYPERFLEET-CNF-003", "State Conflict", "conflict"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-000", "Endpoint Not Found", "not-found"),
             ApiError::NotFound { .. } => {
                 (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-001", "Resource Not Found", "not-found")

@@ -1,14 +1,19 @@
 //! HyperFleet API: the REST front of the fleet, over PostgreSQL.
 //!
-//! Clusters are declared here (`/api/hyperfleet/v1/clusters`); the sentinel reads them and the
-//! adapters report back. The binary (`hyperfleet-api`) has three subcommands: `serve`, `migrate`
+//! Clusters and their nodepools are declared here (`/api/hyperfleet/v1/clusters`,
+//! `…/clusters/{id}/nodepools`); the sentinel reads them, the adapters report back through
+//! `…/statuses`, and [`aggregation`] turns the reports into `Reconciled` and friends. The binary (`hyperfleet-api`) has three subcommands: `serve`, `migrate`
 //! (embedded migrations under PostgreSQL's advisory lock, safe with many replicas) and `version`.
 //! [`serve`] runs three listeners: the API (8000), health (8080) and metrics (9090).
 #![forbid(unsafe_code)]
 
-pub mod clusters;
+pub mod aggregation;
 pub mod config;
 pub mod error;
+pub mod model;
+pub mod resources;
+pub mod statuses;
+pub mod validation;
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +28,7 @@ use tower_http::{
 };
 
 pub use config::ApiConfig;
+pub use resources::AppState;
 
 /// Every resource route lives under this prefix.
 pub const API_PREFIX: &str = "/api/hyperfleet/v1";
@@ -72,9 +78,9 @@ pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
 }
 
 /// The API router (without listeners), for the server and for tests.
-pub fn router(db: PgPool) -> Router {
+pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let api = clusters::router().with_state(db);
+    let api = resources::router().with_state(state);
     Router::new()
         .nest(API_PREFIX, api)
         .fallback(|req: Request| async move { error::ApiError::NoRoute(req.uri().path().to_string()) })
@@ -109,7 +115,8 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     tracing::info!(addr = %listener.local_addr()?, database = %db_endpoint(&cfg), "API listening");
     let drain = cfg.shutdown_timeout;
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router(db.clone())).with_graceful_shutdown(stop.cancelled_owned());
+    let state = AppState::new(db.clone(), cfg.required_adapters.clone());
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned());
     tokio::select! {
         res = server => res?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {

@@ -1,67 +1,12 @@
 //! The API's HTTP contract against a real PostgreSQL (a fresh database per test, migrated with the
 //! embedded migrations), driven through the router without a socket.
 
+mod support;
+
 use anyhow::Result;
-use axum::{
-    Router,
-    body::{Body, to_bytes},
-    http::{Method, Request, StatusCode, header},
-};
-use hyperfleet_tests::{LocalEnv, TestDb};
-use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use tower::ServiceExt;
-
-struct App {
-    router: Router,
-    db: TestDb,
-    pool: sqlx::PgPool,
-}
-
-async fn app() -> Result<App> {
-    let env = LocalEnv::load()?;
-    let db = TestDb::create(&env).await?;
-    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
-    hyperfleet_api::MIGRATOR.run(&pool).await?;
-    Ok(App { router: hyperfleet_api::router(pool.clone()), db, pool })
-}
-
-impl App {
-    async fn call(
-        &self,
-        method: Method,
-        uri: &str,
-        body: Option<&str>,
-    ) -> Result<(StatusCode, Vec<(String, String)>, Value)> {
-        let mut req = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let resp =
-            self.router.clone().oneshot(req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())?).await?;
-        let status = resp.status();
-        let headers =
-            resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-        let bytes = to_bytes(resp.into_body(), 1 << 20).await?;
-        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-        Ok((status, headers, json))
-    }
-
-    async fn done(self) {
-        self.pool.close().await;
-        self.db.drop_db().await;
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn cluster(name: &str) -> String {
-    json!({"kind": "Cluster", "name": name, "spec": {"region": "eu"}, "labels": {"env": "test"}}).to_string()
-}
-
-const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+use support::{CLUSTERS, app, cluster, header};
 
 #[tokio::test]
 async fn create_get_and_list() -> Result<()> {
@@ -76,7 +21,19 @@ async fn create_get_and_list() -> Result<()> {
     assert_eq!(created["generation"], 1);
     assert_eq!(created["labels"]["env"], "test");
     assert_eq!(created["spec"]["region"], "eu");
-    assert_eq!(created["status"]["conditions"], json!([]));
+    let conditions = &created["status"]["conditions"];
+    assert_eq!(conditions[0]["type"], "Reconciled");
+    assert_eq!(conditions[0]["status"], "False");
+    assert_eq!(conditions[0]["reason"], "ReconciledMissingAdapters");
+    assert_eq!(
+        conditions[0]["message"],
+        "Required adapters not reporting Available=True: [landing-zone]. Currently reporting: []"
+    );
+    assert_eq!(conditions[0]["observed_generation"], 1);
+    assert_eq!(conditions[0]["last_transition_time"], created["created_time"]);
+    assert_eq!(conditions[1]["type"], "LastKnownReconciled");
+    assert_eq!(conditions[1]["reason"], "AdaptersMissingReports");
+    assert_eq!(conditions.as_array().map(Vec::len), Some(2));
     assert_eq!(created["created_by"], "system@hyperfleet.local");
 
     let (status, _, got) = app.call(Method::GET, &format!("{CLUSTERS}/{id}"), None).await?;

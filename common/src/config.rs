@@ -106,14 +106,23 @@ struct Leaf {
     path: String,
     numeric: bool,
     boolean: bool,
+    list: bool,
 }
 
 impl Leaf {
-    /// Environment values are strings; a key whose default is a number or a boolean gets the value
+    /// Environment values are strings; a key whose default is a list takes a JSON array or a
+    /// comma-separated list, a key whose default is a number or a boolean gets the value
     /// parsed as one (so `HYPERFLEET_SERVER_PORT=8000` fills a `u16`), everything else stays a
     /// string (so a password of digits is still a string). Unparsable values are passed on as
     /// strings and rejected by the typed extraction with the key named.
     fn parse(&self, raw: &str) -> serde_json::Value {
+        if self.list {
+            // A JSON array (`["a","b"]`), or a comma-separated list (`a,b`); empty means none.
+            if let Ok(v @ serde_json::Value::Array(_)) = serde_json::from_str(raw) {
+                return v;
+            }
+            return raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(serde_json::Value::from).collect();
+        }
         if self.numeric {
             if let Ok(n) = raw.trim().parse::<i64>() {
                 return n.into();
@@ -152,7 +161,12 @@ fn env_key_map(defaults: &serde_json::Value) -> Result<HashMap<String, Leaf>, Co
             _ if path.is_empty() => Ok(()),
             leaf => {
                 let env = path.join("_").to_ascii_uppercase();
-                let entry = Leaf { path: path.join("."), numeric: leaf.is_number(), boolean: leaf.is_boolean() };
+                let entry = Leaf {
+                    path: path.join("."),
+                    numeric: leaf.is_number(),
+                    boolean: leaf.is_boolean(),
+                    list: leaf.is_array(),
+                };
                 if out.insert(env.clone(), entry).is_some() {
                     return Err(ConfigError::AmbiguousEnv(format!("{ENV_PREFIX}{env}")));
                 }
@@ -320,6 +334,7 @@ mod tests {
         #[serde(with = "duration")]
         interval: Duration,
         nested: Nested,
+        names: Vec<String>,
     }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -337,6 +352,7 @@ mod tests {
                 password: Secret::default(),
                 interval: Duration::from_secs(5),
                 nested: Nested { ssl_mode: "disable".into(), ca_file: None },
+                names: vec!["a".into()],
             }
         }
     }
@@ -395,6 +411,14 @@ mod tests {
         assert!(e.to_string().contains("unknown unit"), "{e}");
         let e = load_with_env::<Sample>(Some(Path::new("/nonexistent/c.yaml")), &[], env(&[])).expect_err("file");
         assert!(matches!(e, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn list_values_from_the_environment() {
+        for (raw, want) in [("x, y", vec!["x", "y"]), (r#"["p","q"]"#, vec!["p", "q"]), ("", vec![])] {
+            let c: Sample = load_with_env(None, &[], env(&[("HYPERFLEET_NAMES", raw)])).expect(raw);
+            assert_eq!(c.names, want, "{raw:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! Resource kinds, the stored row and the representation clients see (reference §2.3).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{FromRow, types::Json};
+use uuid::Uuid;
+
+use crate::{API_PREFIX, aggregation::Condition};
+
+/// The resource kinds this API serves. NodePools are children of Clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Cluster,
+    NodePool,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "Cluster",
+            Kind::NodePool => "NodePool",
+        }
+    }
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Cluster => "clusters",
+            Kind::NodePool => "nodepools",
+        }
+    }
+    /// Name length limits (min, max).
+    pub fn name_len(self) -> (usize, usize) {
+        match self {
+            Kind::Cluster => (3, 53),
+            Kind::NodePool => (3, 15),
+        }
+    }
+}
+
+/// Who writes when no authenticated identity is known (as the original).
+pub const SYSTEM_IDENTITY: &str = "system@hyperfleet.local";
+
+/// Current time at the database's precision (µs), so values read back compare equal.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A row of `resources`.
+#[derive(Debug, Clone, FromRow)]
+pub struct Row {
+    pub id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub owner_id: Option<Uuid>,
+    pub spec: Json<serde_json::Map<String, Value>>,
+    pub labels: Json<BTreeMap<String, String>>,
+    pub conditions: Json<Vec<Condition>>,
+    pub generation: i32,
+    pub created_time: DateTime<Utc>,
+    pub updated_time: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+    pub deleted_time: Option<DateTime<Utc>>,
+    pub deleted_by: Option<String>,
+}
+
+/// Columns in [`Row`] order.
+pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
+                           created_by, updated_by, deleted_time, deleted_by";
+
+pub fn href(kind: Kind, id: Uuid, owner: Option<Uuid>) -> String {
+    match (kind, owner) {
+        (Kind::NodePool, Some(cluster)) => format!("{API_PREFIX}/clusters/{cluster}/nodepools/{id}"),
+        _ => format!("{API_PREFIX}/{}/{id}", kind.plural()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct OwnerRef {
+    id: Uuid,
+    kind: &'static str,
+    href: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    conditions: Vec<ConditionView>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConditionView {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    observed_generation: i32,
+    created_time: String,
+    last_updated_time: String,
+    last_transition_time: String,
+}
+
+/// The representation of a resource.
+#[derive(Debug, Serialize)]
+pub struct Resource {
+    id: Uuid,
+    kind: String,
+    name: String,
+    href: String,
+    spec: serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    generation: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_references: Option<OwnerRef>,
+    status: Status,
+    created_time: String,
+    updated_time: String,
+    created_by: String,
+    updated_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_by: Option<String>,
+}
+
+impl Row {
+    pub fn kind(&self) -> Kind {
+        if self.kind == "NodePool" { Kind::NodePool } else { Kind::Cluster }
+    }
+
+    pub fn to_resource(&self) -> Resource {
+        let kind = self.kind();
+        Resource {
+            id: self.id,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            href: href(kind, self.id, self.owner_id),
+            spec: self.spec.0.clone(),
+            labels: self.labels.0.clone(),
+            generation: self.generation,
+            owner_references: self.owner_id.map(|id| OwnerRef {
+                id,
+                kind: "Cluster",
+                href: href(Kind::Cluster, id, None),
+            }),
+            status: Status {
+                conditions: self
+                    .conditions
+                    .0
+                    .iter()
+                    .map(|c| ConditionView {
+                        kind: c.kind.clone(),
+                        status: c.status.clone(),
+                        reason: c.reason.clone(),
+                        message: c.message.clone(),
+                        observed_generation: c.observed_generation,
+                        created_time: rfc3339(c.created_time),
+                        last_updated_time: rfc3339(c.last_updated_time),
+                        last_transition_time: rfc3339(c.last_transition_time),
+                    })
+                    .collect(),
+            },
+            created_time: rfc3339(self.created_time),
+            updated_time: rfc3339(self.updated_time),
+            created_by: self.created_by.clone(),
+            updated_by: self.updated_by.clone(),
+            deleted_time: self.deleted_time.map(rfc3339),
+            deleted_by: self.deleted_by.clone(),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Clusters and nodepools: flat and nested routes (reference §2.2), CRUD semantics (§2.8).
+//!
+//! Every write runs in one transaction and locks the rows it changes (`SELECT … FOR UPDATE`), so
+//! concurrent writers serialise per resource. Handlers are shared by the flat and nested forms of
+//! a route: a `cluster_id` path parameter, when present, scopes a nodepool to its cluster.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, types::Json as SqlJson};
+use uuid::Uuid;
+
+use crate::{
+    aggregation,
+    config::RequiredAdapters,
+    error::ApiError,
+    model::{COLUMNS, Kind, Resource, Row, SYSTEM_IDENTITY, href, now},
+    statuses, validation,
+};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub adapters: Arc<RequiredAdapters>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, adapters: RequiredAdapters) -> Self {
+        AppState { db, adapters: Arc::new(adapters) }
+    }
+    pub fn required(&self, kind: Kind) -> &[String] {
+        match kind {
+            Kind::Cluster => &self.adapters.clusters,
+            Kind::NodePool => &self.adapters.nodepools,
+        }
+    }
+}
+
+/// A route's kind, as a type so one handler serves both kinds.
+pub trait KindRoute: Send + Sync + 'static {
+    const KIND: Kind;
+}
+pub struct Clusters;
+pub struct NodePools;
+impl KindRoute for Clusters {
+    const KIND: Kind = Kind::Cluster;
+}
+impl KindRoute for NodePools {
+    const KIND: Kind = Kind::NodePool;
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/clusters", get(list::<Clusters>).post(create::<Clusters>))
+        .route("/clusters/{id}", get(fetch::<Clusters>).patch(patch::<Clusters>).delete(delete::<Clusters>))
+        .route("/clusters/{id}/force-delete", post(force_delete::<Clusters>))
+        .route("/clusters/{id}/statuses", get(statuses::list::<Clusters>).put(statuses::put::<Clusters>))
+        .route("/nodepools", get(list::<NodePools>).post(child_create_on_flat_route))
+        .route("/nodepools/{id}", get(fetch::<NodePools>).patch(patch::<NodePools>).delete(delete::<NodePools>))
+        .route("/nodepools/{id}/force-delete", post(force_delete::<NodePools>))
+        .route("/nodepools/{id}/statuses", get(statuses::list::<NodePools>).put(statuses::put::<NodePools>))
+        .route("/clusters/{cluster_id}/nodepools", get(list::<NodePools>).post(create::<NodePools>))
+        .route(
+            "/clusters/{cluster_id}/nodepools/{id}",
+            get(fetch::<NodePools>).patch(patch::<NodePools>).delete(delete::<NodePools>),
+        )
+        .route("/clusters/{cluster_id}/nodepools/{id}/force-delete", post(force_delete::<NodePools>))
+        .route(
+            "/clusters/{cluster_id}/nodepools/{id}/statuses",
+            get(statuses::list::<NodePools>).put(statuses::put::<NodePools>),
+        )
+}
+
+/// JSON body extractor whose rejections are problem+json (`HYPERFLEET-VAL-006`).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::Malformed("Content-Type must be application/json".into()))
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::Malformed(format!("Invalid JSON: {}", e.body_text())))
+            }
+            Err(e) => Err(ApiError::Malformed(e.body_text())),
+        }
+    }
+}
+
+/// Where a request points: the kind, the parent cluster for nested routes, the resource id.
+pub struct Target {
+    pub kind: Kind,
+    pub parent: Option<Uuid>,
+    pub id: Option<Uuid>,
+    raw_parent: Option<String>,
+    raw_id: Option<String>,
+}
+
+impl Target {
+    pub fn from_path(kind: Kind, params: &HashMap<String, String>) -> Self {
+        let raw_parent = params.get("cluster_id").cloned();
+        let raw_id = params.get("id").cloned();
+        Target {
+            kind,
+            parent: raw_parent.as_deref().and_then(|s| Uuid::parse_str(s).ok()),
+            id: raw_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()),
+            raw_parent,
+            raw_id,
+        }
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::NotFound { kind: self.kind.name(), id: self.raw_id.clone().unwrap_or_default() }
+    }
+
+    fn parent_not_found(&self) -> ApiError {
+        ApiError::NotFound { kind: Kind::Cluster.name(), id: self.raw_parent.clone().unwrap_or_default() }
+    }
+
+    /// For nested routes: 404 unless the parent cluster exists (optionally locking it).
+    async fn check_parent(&self, conn: &mut PgConnection, lock: bool) -> Result<Option<Row>, ApiError> {
+        if self.raw_parent.is_none() {
+            return Ok(None);
+        }
+        let parent = self.parent.ok_or_else(|| self.parent_not_found())?;
+        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(select_one(lock)))
+            .bind(parent)
+            .bind(Kind::Cluster.name())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(Some).ok_or_else(|| self.parent_not_found())
+    }
+
+    /// Loads the addressed resource (404 when missing or under another parent).
+    pub async fn load(&self, conn: &mut PgConnection, lock: bool) -> Result<Row, ApiError> {
+        self.check_parent(conn, false).await?;
+        let id = self.id.ok_or_else(|| self.not_found())?;
+        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(select_one(lock)))
+            .bind(id)
+            .bind(self.kind.name())
+            .fetch_optional(&mut *conn)
+            .await?;
+        match row {
+            Some(r) if self.parent.is_none() || r.owner_id == self.parent => Ok(r),
+            _ => Err(self.not_found()),
+        }
+    }
+}
+
+/// The statement loading one resource by id and kind, optionally locking it.
+fn select_one(lock: bool) -> String {
+    format!("select {COLUMNS} from resources where id = $1 and kind = $2{}", if lock { " for update" } else { "" })
+}
+
+fn marked_for_deletion(row: &Row) -> ApiError {
+    ApiError::StateConflict(format!("{} '{}' is marked for deletion", row.kind, row.id))
+}
+
+/// Recomputes and stores a resource's aggregated conditions; returns the updated row.
+pub async fn reaggregate(state: &AppState, conn: &mut PgConnection, mut row: Row) -> Result<Row, ApiError> {
+    let reports = statuses::reports(conn, row.id).await?;
+    let live_children: bool =
+        sqlx::query_scalar("select exists(select 1 from resources where owner_id = $1 and deleted_time is null)")
+            .bind(row.id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let conditions = aggregation::aggregate(&aggregation::Input {
+        generation: row.generation,
+        ref_time: row.updated_time,
+        deleting: row.deleted_time.is_some(),
+        live_children,
+        required: state.required(row.kind()),
+        reports: &reports,
+        previous: &row.conditions.0,
+    });
+    if conditions != row.conditions.0 {
+        sqlx::query("update resources set conditions = $2 where id = $1")
+            .bind(row.id)
+            .bind(SqlJson(&conditions))
+            .execute(&mut *conn)
+            .await?;
+        if row.conditions.0.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "True")
+            && conditions.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "False")
+        {
+            metrics::counter!("hyperfleet_api_reconciliation_started_total",
+                "resource_type" => row.kind().plural(), "is_delete" => row.deleted_time.is_some().to_string())
+            .increment(1);
+        }
+        row.conditions = SqlJson(conditions);
+    }
+    Ok(row)
+}
+
+fn created(row: &Row) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(loc) = HeaderValue::from_str(&href(row.kind(), row.id, row.owner_id)) {
+        headers.insert(header::LOCATION, loc);
+    }
+    (StatusCode::CREATED, headers, Json(row.to_resource())).into_response()
+}
+
+async fn child_create_on_flat_route() -> ApiError {
+    ApiError::Unprocessable("kind \"NodePool\" is a child kind; create it via /clusters/{id}/nodepools".into())
+}
+
+async fn create<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let target = Target::from_path(K::KIND, &params);
+    let new = validation::create(K::KIND, &body)?;
+    let mut tx = state.db.begin().await?;
+    if let Some(parent) = target.check_parent(&mut tx, true).await?
+        && parent.deleted_time.is_some()
+    {
+        return Err(marked_for_deletion(&parent));
+    }
+    let at = now();
+    let conditions = aggregation::aggregate(&aggregation::Input {
+        generation: 1,
+        ref_time: at,
+        deleting: false,
+        live_children: false,
+        required: state.required(K::KIND),
+        reports: &[],
+        previous: &[],
+    });
+    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into resources (id, kind, name, owner_id, spec, labels, conditions, created_time, updated_time, \
+         created_by, updated_by) values ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9) returning {COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(K::KIND.name())
+    .bind(&new.name)
+    .bind(target.parent)
+    .bind(SqlJson(&new.spec))
+    .bind(SqlJson(&new.labels))
+    .bind(SqlJson(&conditions))
+    .bind(at)
+    .bind(SYSTEM_IDENTITY)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("resources_top_level_name_key" | "resources_child_name_key") => {
+            ApiError::Duplicate { kind: K::KIND.name() }
+        }
+        _ => ApiError::from(e),
+    })?;
+    tx.commit().await?;
+    metrics::counter!("hyperfleet_api_resources_created_total", "kind" => K::KIND.name()).increment(1);
+    tracing::info!(id = %row.id, kind = K::KIND.name(), name = %row.name, "resource created");
+    Ok(created(&row))
+}
+
+async fn fetch<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Resource>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let row = Target::from_path(K::KIND, &params).load(&mut conn, false).await?;
+    Ok(Json(row.to_resource()))
+}
+
+async fn patch<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Json<Resource>, ApiError> {
+    let changes = validation::patch(&body)?;
+    let mut tx = state.db.begin().await?;
+    let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    if row.deleted_time.is_some() {
+        return Err(marked_for_deletion(&row));
+    }
+    let spec = changes.spec.unwrap_or_else(|| row.spec.0.clone());
+    let labels = changes.labels.unwrap_or_else(|| row.labels.0.clone());
+    if spec == row.spec.0 && labels == row.labels.0 {
+        return Ok(Json(row.to_resource()));
+    }
+    let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update resources set spec = $2, labels = $3, generation = generation + 1, updated_time = $4, updated_by = $5 \
+         where id = $1 returning {COLUMNS}"
+    )))
+    .bind(row.id)
+    .bind(SqlJson(&spec))
+    .bind(SqlJson(&labels))
+    .bind(now())
+    .bind(SYSTEM_IDENTITY)
+    .fetch_one(&mut *tx)
+    .await?;
+    let updated = reaggregate(&state, &mut tx, updated).await?;
+    tx.commit().await?;
+    Ok(Json(updated.to_resource()))
+}
+
+/// Marks a resource deleted (generation +1) and recomputes its conditions, or removes it at once
+/// when nobody will report `Finalized` for it.
+async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Result<Row, ApiError> {
+    let at = now();
+    // Children go first: each is marked (or removed) the same way.
+    let children: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from resources where owner_id = $1 and deleted_time is null order by id for update"
+    )))
+    .bind(row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for child in children {
+        Box::pin(mark_deleted(state, conn, child)).await?;
+    }
+    let waiting_children: bool = sqlx::query_scalar("select exists(select 1 from resources where owner_id = $1)")
+        .bind(row.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let marked: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
+         generation = generation + 1 where id = $1 returning {COLUMNS}"
+    )))
+    .bind(row.id)
+    .bind(at)
+    .bind(SYSTEM_IDENTITY)
+    .fetch_one(&mut *conn)
+    .await?;
+    if state.required(row.kind()).is_empty() && !waiting_children {
+        sqlx::query("delete from resources where id = $1").bind(row.id).execute(&mut *conn).await?;
+        tracing::info!(id = %row.id, kind = %row.kind, "resource deleted (no adapters to finalize it)");
+        return Ok(marked);
+    }
+    tracing::info!(id = %row.id, kind = %row.kind, "resource marked for deletion");
+    reaggregate(state, conn, marked).await
+}
+
+async fn delete<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    let row = if row.deleted_time.is_some() { row } else { mark_deleted(&state, &mut tx, row).await? };
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(row.to_resource())).into_response())
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct ForceDelete {
+    reason: Option<Value>,
+}
+
+async fn force_delete<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    JsonBody(body): JsonBody<ForceDelete>,
+) -> Result<StatusCode, ApiError> {
+    let reason = match body.reason {
+        Some(Value::String(s)) if (1..=1024).contains(&s.chars().count()) => s,
+        Some(Value::String(s)) => {
+            return Err(ApiError::validation(
+                "reason",
+                Some(Value::String(s)),
+                "max_length",
+                "reason must be between 1 and 1024 characters".into(),
+            ));
+        }
+        None | Some(Value::Null) => {
+            return Err(ApiError::validation("reason", None, "required", "reason is required".into()));
+        }
+        Some(other) => {
+            return Err(ApiError::validation(
+                "reason",
+                Some(other),
+                "format",
+                "field 'reason' must be a string".into(),
+            ));
+        }
+    };
+    let mut tx = state.db.begin().await?;
+    let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    if row.deleted_time.is_none() {
+        return Err(ApiError::StateConflict(format!("{} '{}' is not in Finalizing state", row.kind, row.id)));
+    }
+    // Children, adapter statuses and conditions go with the row (foreign keys cascade).
+    sqlx::query("delete from resources where id = $1").bind(row.id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::warn!(id = %row.id, kind = %row.kind, by = SYSTEM_IDENTITY, %reason, "resource force-deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    page: Option<String>,
+    size: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListBody<T> {
+    pub page: i64,
+    pub size: i64,
+    pub total: i64,
+    pub items: Vec<T>,
+}
+
+/// Parses `page` and `size` (defaults 1 and 20; size 1–100).
+pub fn paging(
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(i64, i64), ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", None, "format", e.body_text()))?;
+    Ok((int_param("page", q.page.as_deref(), 1, 1, 100_000)?, int_param("size", q.size.as_deref(), 20, 1, 100)?))
+}
+
+pub fn int_param(name: &'static str, raw: Option<&str>, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let value = Some(Value::String(raw.to_string()));
+    let n: i64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::validation(name, value.clone(), "format", "must be a valid integer".into()))?;
+    if n < min {
+        return Err(ApiError::validation(name, value, "min", format!("{name} must be at least {min}")));
+    }
+    if n > max {
+        return Err(ApiError::validation(name, value, "max", format!("{name} must be at most {max}")));
+    }
+    Ok(n)
+}
+
+async fn list<K: KindRoute>(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListBody<Resource>>, ApiError> {
+    let (page, size) = paging(query)?;
+    let target = Target::from_path(K::KIND, &params);
+    let mut tx = state.db.begin().await?;
+    target.check_parent(&mut tx, false).await?;
+    let total: i64 =
+        sqlx::query_scalar("select count(*) from resources where kind = $1 and ($2::uuid is null or owner_id = $2)")
+            .bind(K::KIND.name())
+            .bind(target.parent)
+            .fetch_one(&mut *tx)
+            .await?;
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from resources where kind = $1 and ($2::uuid is null or owner_id = $2) \
+         order by created_time desc, id desc limit $3 offset $4"
+    )))
+    .bind(K::KIND.name())
+    .bind(target.parent)
+    .bind(size)
+    .bind((page - 1) * size)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let items: Vec<Resource> = rows.iter().map(Row::to_resource).collect();
+    Ok(Json(ListBody { page, size: items.len() as i64, total, items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_parameters() {
+        assert_eq!(int_param("size", None, 20, 1, 100).expect("default"), 20);
+        assert_eq!(int_param("size", Some("100"), 20, 1, 100).expect("max"), 100);
+        assert!(int_param("size", Some("101"), 20, 1, 100).expect_err("too big").to_string().contains("at most 100"));
+        assert!(int_param("page", Some("0"), 1, 1, 10).is_err());
+        assert!(int_param("page", Some("x"), 1, 1, 10).expect_err("nan").to_string().contains("valid integer"));
+    }
+}

@@ -1,0 +1,336 @@
+//! Resource lifecycle against a real PostgreSQL: nodepools on flat and nested routes, generation
+//! rules, adapter status reports and their aggregation, deletion with finalization, force-delete.
+
+mod support;
+
+use anyhow::{Context, Result};
+use axum::http::{Method, StatusCode};
+use chrono::{Duration, SecondsFormat, Utc};
+use hyperfleet_api::config::RequiredAdapters;
+use serde_json::{Value, json};
+use support::{App, CLUSTERS, app, app_with, cluster};
+
+async fn create(app: &App, uri: &str, body: Value) -> Result<Value> {
+    let (status, _, v) = app.call(Method::POST, uri, Some(&body.to_string())).await?;
+    assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
+    Ok(v)
+}
+
+async fn create_cluster(app: &App, name: &str) -> Result<String> {
+    let (status, _, v) = app.call(Method::POST, CLUSTERS, Some(&cluster(name))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    Ok(v["id"].as_str().context("id")?.to_string())
+}
+
+async fn total(app: &App, uri: &str) -> Result<Value> {
+    Ok(app.call(Method::GET, uri, None).await?.2["total"].clone())
+}
+
+fn nodepool(name: &str) -> Value {
+    json!({"kind": "NodePool", "name": name, "spec": {"replicas": 2}})
+}
+
+fn time(offset_secs: i64) -> String {
+    (Utc::now() + Duration::seconds(offset_secs)).to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A report with the mandatory conditions plus `Finalized`.
+fn report(adapter: &str, generation: i64, available: &str, finalized: &str, at: &str) -> String {
+    json!({
+        "adapter": adapter, "observed_generation": generation, "observed_time": at,
+        "conditions": [
+            {"type": "Available", "status": available, "reason": "Checked", "message": format!("available={available}")},
+            {"type": "Applied", "status": "True", "reason": "Applied"},
+            {"type": "Health", "status": "True", "reason": "Healthy"},
+            {"type": "Finalized", "status": finalized},
+        ],
+        "data": {"namespace": "x"}
+    })
+    .to_string()
+}
+
+fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
+    resource["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
+    let app = app().await?;
+    let a = create_cluster(&app, "alpha").await?;
+    let b = create_cluster(&app, "beta").await?;
+    let np = create(&app, &format!("{CLUSTERS}/{a}/nodepools"), nodepool("pool-1")).await?;
+    let id = np["id"].as_str().context("id")?;
+    assert_eq!(np["href"], format!("{CLUSTERS}/{a}/nodepools/{id}"));
+    assert_eq!(np["owner_references"], json!({"id": a, "kind": "Cluster", "href": format!("{CLUSTERS}/{a}")}));
+    assert_eq!(np["status"]["conditions"], json!([]), "nodepools have no required adapters by default");
+
+    let (status, _, body) =
+        app.call(Method::POST, "/api/hyperfleet/v1/nodepools", Some(&nodepool("x").to_string())).await?;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("HYPERFLEET-VAL-000")));
+
+    for uri in [format!("/api/hyperfleet/v1/nodepools/{id}"), format!("{CLUSTERS}/{a}/nodepools/{id}")] {
+        let (status, _, got) = app.call(Method::GET, &uri, None).await?;
+        assert_eq!((status, &got["id"]), (StatusCode::OK, &np["id"]), "{uri}");
+    }
+    let (status, _, body) = app.call(Method::GET, &format!("{CLUSTERS}/{b}/nodepools/{id}"), None).await?;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("HYPERFLEET-NTF-001")), "wrong cluster");
+    let missing = uuid::Uuid::now_v7();
+    let (status, _, body) = app.call(Method::GET, &format!("{CLUSTERS}/{missing}/nodepools"), None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["detail"], format!("Cluster with id='{missing}' not found"));
+
+    assert_eq!(total(&app, "/api/hyperfleet/v1/nodepools").await?, 1);
+    assert_eq!(total(&app, &format!("{CLUSTERS}/{a}/nodepools")).await?, 1);
+    assert_eq!(total(&app, &format!("{CLUSTERS}/{b}/nodepools")).await?, 0);
+
+    let (status, _, body) =
+        app.call(Method::POST, &format!("{CLUSTERS}/{a}/nodepools"), Some(&nodepool("pool-1").to_string())).await?;
+    assert_eq!((status, body["detail"].as_str()), (StatusCode::CONFLICT, Some("This NodePool already exists")));
+    create(&app, &format!("{CLUSTERS}/{b}/nodepools"), nodepool("pool-1")).await?;
+    let (status, _, _) = app
+        .call(Method::POST, &format!("{CLUSTERS}/{a}/nodepools"), Some(&nodepool("a-too-long-name").to_string()))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "15 characters is the limit");
+    let (status, _, body) = app
+        .call(Method::POST, &format!("{CLUSTERS}/{a}/nodepools"), Some(&nodepool("a-much-too-long-1").to_string()))
+        .await?;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("name must be at most 15 characters"))
+    );
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn generation_counts_effective_changes_and_delete_once() -> Result<()> {
+    let app = app().await?;
+    let id = create_cluster(&app, "gen").await?;
+    let uri = format!("{CLUSTERS}/{id}");
+    let patch = |body: Value| {
+        let uri = uri.clone();
+        let app = &app;
+        async move { app.call(Method::PATCH, &uri, Some(&body.to_string())).await }
+    };
+
+    let (status, _, v) = patch(json!({"labels": {"env": "prod"}})).await?;
+    assert_eq!((status, v["generation"].as_i64()), (StatusCode::OK, Some(2)), "label-only change counts");
+    assert_eq!(v["labels"], json!({"env": "prod"}), "labels are replaced wholesale");
+    let (_, _, v) = patch(json!({"labels": {"env": "prod"}, "spec": {"region": "eu"}})).await?;
+    assert_eq!(v["generation"], 2, "an identical patch changes nothing");
+    let (_, _, v) = patch(json!({"spec": {"size": "xl"}})).await?;
+    assert_eq!((v["generation"].as_i64(), &v["spec"]), (Some(3), &json!({"size": "xl"})), "spec replaced, not merged");
+    assert_eq!(condition(&v, "Reconciled")["observed_generation"], 3);
+    let (status, _, v) = patch(json!({})).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("HYPERFLEET-VAL-005")));
+    let (status, _, _) = patch(json!({"name": "renamed"})).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, _, deleted) = app.call(Method::DELETE, &uri, None).await?;
+    assert_eq!((status, deleted["generation"].as_i64()), (StatusCode::ACCEPTED, Some(4)));
+    assert!(deleted["deleted_time"].is_string());
+    let (status, _, again) = app.call(Method::DELETE, &uri, None).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (&again["generation"], &again["deleted_time"]),
+        (&deleted["generation"], &deleted["deleted_time"]),
+        "idempotent"
+    );
+
+    let (status, _, v) = patch(json!({"labels": {}})).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::CONFLICT, Some("HYPERFLEET-CNF-003")));
+    assert_eq!(v["detail"], format!("Cluster '{id}' is marked for deletion"));
+    let (status, _, v) =
+        app.call(Method::POST, &format!("{uri}/nodepools"), Some(&nodepool("late").to_string())).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::CONFLICT, Some("HYPERFLEET-CNF-003")));
+    let (status, _, v) = app.call(Method::GET, &uri, None).await?;
+    assert_eq!(
+        (status, &v["deleted_time"]),
+        (StatusCode::OK, &deleted["deleted_time"]),
+        "finalizing is still readable"
+    );
+    let r = condition(&v, "Reconciled");
+    assert_eq!(r["message"], "Required adapters not reporting Finalized=True: [landing-zone]. Currently reporting: []");
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
+    let app = app().await?;
+    let id = create_cluster(&app, "reported").await?;
+    let uri = format!("{CLUSTERS}/{id}");
+    let statuses = format!("{uri}/statuses");
+    let put = |body: String| {
+        let statuses = statuses.clone();
+        let app = &app;
+        async move { app.call(Method::PUT, &statuses, Some(&body)).await }
+    };
+
+    let (status, _, _) = put(report("landing-zone", 2, "True", "False", &time(0))).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT, "a future generation is discarded");
+    let missing_health = json!({"adapter": "landing-zone", "observed_generation": 1, "observed_time": time(0),
+        "conditions": [{"type": "Available", "status": "True"}, {"type": "Applied", "status": "True"}]});
+    let (status, _, v) = put(missing_health.to_string()).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["detail"],
+        "missing mandatory condition 'Health': all adapters must report Available, Applied, and Health"
+    );
+    let (status, _, v) = put(report("landing-zone", 1, "True", "False", &time(-3600))).await?;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("HYPERFLEET-VAL-000")),
+        "outside the time window"
+    );
+
+    let first_at = time(-10);
+    let (status, _, stored) = put(report("landing-zone", 1, "True", "False", &first_at)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{stored}");
+    assert_eq!((stored["adapter"].as_str(), stored["observed_generation"].as_i64()), (Some("landing-zone"), Some(1)));
+    assert_eq!(stored["data"], json!({"namespace": "x"}));
+    let (status, _, same) = put(report("landing-zone", 1, "True", "False", &first_at)).await?;
+    assert_eq!((status, &same), (StatusCode::CREATED, &stored), "an identical re-send returns the stored report");
+    let (status, _, _) = put(report("landing-zone", 1, "False", "False", &time(-20))).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT, "older than the stored report");
+    let no_time = json!({"adapter": "landing-zone", "observed_generation": 1,
+        "conditions": [{"type": "Available", "status": "True"}, {"type": "Applied", "status": "True"}, {"type": "Health", "status": "True"}]});
+    assert_eq!(put(no_time.to_string()).await?.0, StatusCode::NO_CONTENT, "no observed_time");
+
+    let (_, _, c) = app.call(Method::GET, &uri, None).await?;
+    let r = condition(&c, "Reconciled");
+    assert_eq!((r["status"].as_str(), r["reason"].as_str()), (Some("True"), Some("ReconciledAll")));
+    assert_eq!(condition(&c, "LastKnownReconciled")["status"], "True");
+    let lz = condition(&c, "LandingZoneSuccessful");
+    assert_eq!(
+        (lz["status"].as_str(), lz["reason"].as_str(), lz["message"].as_str()),
+        (Some("True"), Some("Checked"), Some("available=True"))
+    );
+
+    // Another adapter reporting Unknown: stored once, then discarded; not required, so ignored.
+    assert_eq!(put(report("audit", 1, "Unknown", "False", &time(0))).await?.0, StatusCode::CREATED);
+    assert_eq!(put(report("audit", 1, "Unknown", "False", &time(1))).await?.0, StatusCode::NO_CONTENT);
+    let (_, _, list) = app.call(Method::GET, &statuses, None).await?;
+    assert_eq!(list["total"], 2);
+
+    // A PATCH makes the reports stale: not reconciled at generation 2, last known still True.
+    let (_, _, c) = app.call(Method::PATCH, &uri, Some(&json!({"labels": {"x": "y"}}).to_string())).await?;
+    assert_eq!(
+        (condition(&c, "Reconciled")["status"].as_str(), condition(&c, "Reconciled")["observed_generation"].as_i64()),
+        (Some("False"), Some(2))
+    );
+    assert_eq!(condition(&c, "Reconciled")["last_transition_time"], c["updated_time"], "flipped at the PATCH");
+    assert_eq!(condition(&c, "LastKnownReconciled")["status"], "True");
+
+    // The adapter catches up, but reports not available.
+    assert_eq!(put(report("landing-zone", 2, "False", "False", &time(0))).await?.0, StatusCode::CREATED);
+    let (_, _, c) = app.call(Method::GET, &uri, None).await?;
+    assert_eq!(condition(&c, "Reconciled")["status"], "False");
+    assert_eq!(condition(&c, "LandingZoneSuccessful")["status"], "False");
+    let (status, _, _) = put(report("landing-zone", 1, "True", "False", &time(1))).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT, "a newer generation is already stored");
+
+    let missing = uuid::Uuid::now_v7();
+    let (status, _, _) = app
+        .call(Method::PUT, &format!("{CLUSTERS}/{missing}/statuses"), Some(&report("x", 1, "True", "False", &time(0))))
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, headers, _) = app.call(Method::POST, &statuses, Some("{}")).await?;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(support::header(&headers, "allow").is_some_and(|a| a.contains("PUT")));
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletion_is_finalized_by_the_adapters() -> Result<()> {
+    let app = app().await?;
+    let id = create_cluster(&app, "doomed").await?;
+    let uri = format!("{CLUSTERS}/{id}");
+    let np = create(&app, &format!("{uri}/nodepools"), nodepool("pool")).await?;
+    let np_uri = format!("/api/hyperfleet/v1/nodepools/{}", np["id"].as_str().context("id")?);
+
+    let (_, _, deleted) = app.call(Method::DELETE, &uri, None).await?;
+    let generation = deleted["generation"].as_i64().context("generation")?;
+    assert_eq!(
+        app.call(Method::GET, &np_uri, None).await?.0,
+        StatusCode::NOT_FOUND,
+        "nodepools without adapters go at once"
+    );
+
+    let statuses = format!("{uri}/statuses");
+    let (status, _, _) =
+        app.call(Method::PUT, &statuses, Some(&report("landing-zone", generation, "False", "False", &time(0)))).await?;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::OK, "not finalized yet");
+    let (status, _, _) =
+        app.call(Method::PUT, &statuses, Some(&report("landing-zone", generation, "False", "True", &time(1)))).await?;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::NOT_FOUND, "hard-deleted once finalized");
+    assert_eq!(app.call(Method::GET, &statuses, None).await?.0, StatusCode::NOT_FOUND);
+
+    let again = create_cluster(&app, "doomed").await?;
+    assert_ne!(again, id, "the name is free again, under a new id");
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_waits_for_its_nodepools_to_be_finalized() -> Result<()> {
+    let app =
+        app_with(RequiredAdapters { clusters: vec!["landing-zone".into()], nodepools: vec!["pools".into()] }).await?;
+    let id = create_cluster(&app, "parent").await?;
+    let uri = format!("{CLUSTERS}/{id}");
+    let np = create(&app, &format!("{uri}/nodepools"), nodepool("child")).await?;
+    let np_uri = format!("{uri}/nodepools/{}", np["id"].as_str().context("id")?);
+
+    let (_, _, cluster) = app.call(Method::DELETE, &uri, None).await?;
+    let (status, _, child) = app.call(Method::GET, &np_uri, None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(child["deleted_time"].is_string(), "deletion cascades to the nodepool");
+    assert_eq!(child["generation"], 2);
+
+    let cluster_gen = cluster["generation"].as_i64().context("generation")?;
+    let finalize_cluster = |at: String| report("landing-zone", cluster_gen, "False", "True", &at);
+    app.call(Method::PUT, &format!("{uri}/statuses"), Some(&finalize_cluster(time(0)))).await?;
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::OK, "the nodepool is still there");
+
+    app.call(Method::PUT, &format!("{np_uri}/statuses"), Some(&report("pools", 2, "False", "True", &time(0)))).await?;
+    assert_eq!(app.call(Method::GET, &np_uri, None).await?.0, StatusCode::NOT_FOUND, "nodepool finalized");
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::OK, "the cluster needs one more report");
+    app.call(Method::PUT, &format!("{uri}/statuses"), Some(&finalize_cluster(time(1)))).await?;
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::NOT_FOUND);
+    app.done().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn force_delete_removes_a_finalizing_cluster_and_its_nodepools() -> Result<()> {
+    let app =
+        app_with(RequiredAdapters { clusters: vec!["landing-zone".into()], nodepools: vec!["pools".into()] }).await?;
+    let id = create_cluster(&app, "stuck").await?;
+    let uri = format!("{CLUSTERS}/{id}");
+    let np = create(&app, &format!("{uri}/nodepools"), nodepool("pool")).await?;
+    let force = format!("{uri}/force-delete");
+
+    let (status, _, v) = app.call(Method::POST, &force, Some(r#"{"reason": "stuck"}"#)).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::CONFLICT, Some("HYPERFLEET-CNF-003")));
+    assert_eq!(v["detail"], format!("Cluster '{id}' is not in Finalizing state"));
+    app.call(Method::DELETE, &uri, None).await?;
+    let (status, _, v) = app.call(Method::POST, &force, Some("{}")).await?;
+    assert_eq!((status, v["detail"].as_str()), (StatusCode::BAD_REQUEST, Some("reason is required")));
+    let (status, _, _) = app.call(Method::POST, &force, Some(r#"{"reason": "adapter gone"}"#)).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::NOT_FOUND);
+    let np_uri = format!("/api/hyperfleet/v1/nodepools/{}", np["id"].as_str().context("id")?);
+    assert_eq!(app.call(Method::GET, &np_uri, None).await?.0, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::POST, &force, Some(r#"{"reason": "again"}"#)).await?.0, StatusCode::NOT_FOUND);
+    let again = create_cluster(&app, "stuck").await?;
+    let (_, _, fresh) = app.call(Method::GET, &format!("{CLUSTERS}/{again}"), None).await?;
+    assert_eq!(fresh["generation"], 1);
+    app.done().await;
+    Ok(())
+}

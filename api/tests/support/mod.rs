@@ -1,0 +1,71 @@
+//! Test harness: the API router on a fresh, migrated database per test, called without a socket.
+#![allow(dead_code)]
+
+use anyhow::Result;
+use axum::{
+    Router,
+    body::{Body, to_bytes},
+    http::{Method, Request, StatusCode, header},
+};
+use hyperfleet_api::config::RequiredAdapters;
+use hyperfleet_tests::{LocalEnv, TestDb};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+
+pub const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
+
+pub struct App {
+    router: Router,
+    db: TestDb,
+    pool: sqlx::PgPool,
+}
+
+pub async fn app() -> Result<App> {
+    app_with(RequiredAdapters::default()).await
+}
+
+/// An app whose kinds require the given adapters.
+pub async fn app_with(adapters: RequiredAdapters) -> Result<App> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
+    hyperfleet_api::MIGRATOR.run(&pool).await?;
+    let state = hyperfleet_api::AppState::new(pool.clone(), adapters);
+    Ok(App { router: hyperfleet_api::router(state), db, pool })
+}
+
+impl App {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&str>,
+    ) -> Result<(StatusCode, Vec<(String, String)>, Value)> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let resp =
+            self.router.clone().oneshot(req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())?).await?;
+        let status = resp.status();
+        let headers =
+            resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await?;
+        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Ok((status, headers, json))
+    }
+
+    pub async fn done(self) {
+        self.pool.close().await;
+        self.db.drop_db().await;
+    }
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+pub fn cluster(name: &str) -> String {
+    json!({"kind": "Cluster", "name": name, "spec": {"region": "eu"}, "labels": {"env": "test"}}).to_string()
+}
