@@ -68,6 +68,10 @@ pub struct KubernetesConfig {
     pub field_manager: String,
     /// Name of the ServiceAccount created in each cluster's Namespace.
     pub service_account: String,
+    /// How long one event waits for a deleted Namespace to disappear before reporting
+    /// `Finalized=False` (CleanupInProgress) and leaving the rest to the next event.
+    #[serde(with = "duration")]
+    pub deletion_timeout: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -76,6 +80,7 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             field_manager: "hyperfleet-adapter".into(),
             service_account: "landing-zone".into(),
+            deletion_timeout: Duration::from_secs(30),
         }
     }
 }

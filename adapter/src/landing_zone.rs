@@ -14,6 +14,9 @@ pub struct ClusterView {
     pub id: String,
     pub name: String,
     pub generation: i64,
+    /// Set once the cluster is being deleted.
+    #[serde(default)]
+    pub deleted_time: Option<String>,
 }
 
 /// Labels every object the adapter creates carries.
@@ -50,6 +53,27 @@ pub fn service_account_manifest(cluster: &ClusterView, name: &str) -> Value {
     })
 }
 
+/// Deletes the cluster's Namespace (its ServiceAccount goes with it) and waits up to `within` for
+/// the controller-manager to finish removing it. Returns whether it is gone.
+pub async fn remove(client: &Client, cluster: &ClusterView, within: std::time::Duration) -> Result<bool, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(&cluster.id, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(true),
+        Err(e) => return Err(e),
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if namespaces.get_opt(&cluster.id).await?.is_none() {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Applies the Namespace, then the ServiceAccount inside it.
 pub async fn apply(
     client: &Client,
@@ -71,7 +95,7 @@ mod tests {
 
     #[test]
     fn manifests_carry_identity_and_generation() {
-        let c = ClusterView { id: "0194-x".into(), name: "prod".into(), generation: 4 };
+        let c = ClusterView { id: "0194-x".into(), name: "prod".into(), generation: 4, deleted_time: None };
         let ns = namespace_manifest(&c);
         assert_eq!(ns["metadata"]["name"], "0194-x");
         assert_eq!(ns["metadata"]["labels"]["hyperfleet.io/cluster-name"], "prod");

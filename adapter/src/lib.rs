@@ -2,7 +2,10 @@
 //!
 //! It consumes CloudEvents from a durable queue bound to the sentinel's exchange, reads the cluster
 //! from the API, server-side applies a Namespace named after the cluster id and a ServiceAccount in
-//! it, and acknowledges the event only after that succeeded. Messages that are not reconcile
+//! it, reports `Applied`/`Available`/`Health`/`Finalized` back to the API at the cluster's
+//! generation, and acknowledges the event only after that succeeded. For a cluster being deleted it
+//! removes the Namespace and reports `Finalized=True` once it is gone, so the API can delete the
+//! cluster. Messages that are not reconcile
 //! CloudEvents are moved to `<queue>.dead-letter` with the reason in a header (never redelivered in
 //! a loop); transient failures are requeued after a short pause. Every step is idempotent, so a
 //! redelivery after a crash is harmless.
@@ -268,12 +271,92 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
         Err(e) => return Outcome::Retry(format!("GET {url}: bad body: {e}")),
     };
     let k = &worker.cfg.kubernetes;
-    match landing_zone::apply(&worker.kube, &cluster, &k.field_manager, &k.service_account).await {
-        Ok(()) => {
-            tracing::info!(cluster_id = %cluster.id, generation = cluster.generation, "landing zone applied");
-            Outcome::Done("success")
+    let report = if cluster.deleted_time.is_some() {
+        match landing_zone::remove(&worker.kube, &cluster, worker.cfg.kubernetes.deletion_timeout).await {
+            Ok(true) => {
+                tracing::info!(cluster_id = %cluster.id, "landing zone removed");
+                Report::finalized(&cluster)
+            }
+            Ok(false) => Report::cleanup_in_progress(&cluster),
+            Err(e) => return Outcome::Retry(format!("remove landing zone for {}: {e}", cluster.id)),
         }
-        Err(e) => Outcome::Retry(format!("apply landing zone for {}: {e}", cluster.id)),
+    } else {
+        match landing_zone::apply(&worker.kube, &cluster, &k.field_manager, &k.service_account).await {
+            Ok(()) => {
+                tracing::info!(cluster_id = %cluster.id, generation = cluster.generation, "landing zone applied");
+                Report::applied(&cluster, &k.service_account)
+            }
+            Err(e) => return Outcome::Retry(format!("apply landing zone for {}: {e}", cluster.id)),
+        }
+    };
+    match put_status(worker, &cluster, &report).await {
+        Ok(()) => Outcome::Done("success"),
+        Err(e) => Outcome::Retry(e),
+    }
+}
+
+/// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
+struct Report {
+    conditions: [(&'static str, &'static str, &'static str, String); 4],
+}
+
+impl Report {
+    fn applied(cluster: &ClusterView, sa: &str) -> Self {
+        let objects = format!("Namespace {} and ServiceAccount {sa}", cluster.id);
+        Report {
+            conditions: [
+                ("Applied", "True", "ResourcesApplied", format!("{objects} applied")),
+                ("Available", "True", "LandingZoneReady", format!("{objects} exist")),
+                ("Health", "True", "Healthy", "landing zone reconciled without errors".into()),
+                ("Finalized", "False", "NotDeleting", "the cluster is not being deleted".into()),
+            ],
+        }
+    }
+    fn finalized(cluster: &ClusterView) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "False", "ResourcesDeleted", format!("Namespace {} deleted", cluster.id)),
+                ("Available", "False", "Deleted", "the landing zone has been removed".into()),
+                ("Health", "True", "Healthy", "landing zone removed without errors".into()),
+                ("Finalized", "True", "CleanupConfirmed", format!("Namespace {} is gone", cluster.id)),
+            ],
+        }
+    }
+    fn cleanup_in_progress(cluster: &ClusterView) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "True", "DeletionRequested", format!("Namespace {} is terminating", cluster.id)),
+                ("Available", "False", "Deleting", "the landing zone is being removed".into()),
+                ("Health", "True", "Healthy", "waiting for the namespace to terminate".into()),
+                ("Finalized", "False", "CleanupInProgress", format!("Namespace {} still exists", cluster.id)),
+            ],
+        }
+    }
+}
+
+/// PUTs the report at the cluster's generation. 201 (stored), 204 (discarded as stale) and 404
+/// (the cluster is gone) all end the work; anything else is retried.
+async fn put_status(worker: &Worker, cluster: &ClusterView, report: &Report) -> Result<(), String> {
+    let base = worker.cfg.hyperfleet_api.base_url.trim_end_matches('/');
+    let url = format!("{base}/api/hyperfleet/v1/clusters/{}/statuses", cluster.id);
+    let conditions: Vec<serde_json::Value> = report
+        .conditions
+        .iter()
+        .map(|(kind, status, reason, message)| {
+            serde_json::json!({"type": kind, "status": status, "reason": reason, "message": message})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "adapter": worker.cfg.name,
+        "observed_generation": cluster.generation,
+        "observed_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "conditions": conditions,
+        "data": {"namespace": cluster.id, "service_account": worker.cfg.kubernetes.service_account},
+    });
+    let resp = worker.http.put(&url).json(&body).send().await.map_err(|e| format!("PUT {url}: {e}"))?;
+    match resp.status().as_u16() {
+        201 | 204 | 404 => Ok(()),
+        code => Err(format!("PUT {url}: HTTP {code}: {}", resp.text().await.unwrap_or_default())),
     }
 }
 

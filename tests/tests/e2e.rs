@@ -51,7 +51,7 @@ async fn delete_namespace(stack: &Stack, id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_lands_as_namespace_and_service_account() -> Result<()> {
+async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     let stack = Stack::start().await?;
     let name = format!("e2e-{}", stack.tag);
     let posted = Instant::now();
@@ -82,9 +82,47 @@ async fn cluster_lands_as_namespace_and_service_account() -> Result<()> {
         ns.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
     assert!(managers.iter().any(|m| m == "hyperfleet-adapter"), "server-side applied by the adapter: {managers:?}");
 
-    delete_namespace(&stack, &id).await;
+    // The adapter reports back and the API aggregates: Reconciled at generation 1.
+    let cluster_url = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
+    let reconciled = eventually(LAND, || async {
+        let c: Value = http.get(&cluster_url).send().await?.json().await?;
+        Ok((condition(&c, "Reconciled")["status"] == "True").then_some(c))
+    })
+    .await
+    .with_context(|| format!("cluster {id} never became Reconciled\n{}", stack.logs()))?;
+    println!("create→Reconciled: {} ms", posted.elapsed().as_millis());
+    assert_eq!(condition(&reconciled, "Reconciled")["observed_generation"], 1);
+    assert_eq!(condition(&reconciled, "LastKnownReconciled")["status"], "True");
+    let lz = condition(&reconciled, "LandingZoneSuccessful");
+    assert_eq!((lz["status"].as_str(), lz["reason"].as_str()), (Some("True"), Some("LandingZoneReady")));
+
+    // Deleting it removes the landing zone, then the adapter's Finalized=True removes the cluster.
+    let resp = http.delete(&cluster_url).send().await?;
+    assert_eq!(resp.status(), 202);
+    let deleted: Value = resp.json().await?;
+    assert_eq!(deleted["generation"], 2);
+    assert_eq!(http.get(&cluster_url).send().await?.status(), 200, "finalizing clusters stay readable");
+    let deleting = Instant::now();
+    let kube = stack.env.kube().await?;
+    let namespaces: Api<Namespace> = Api::all(kube);
+    eventually(LAND, || async {
+        let gone = http.get(&cluster_url).send().await?.status() == 404;
+        Ok(gone.then_some(()))
+    })
+    .await
+    .with_context(|| format!("cluster {id} was never finalized\n{}", stack.logs()))?;
+    println!("DELETE→cluster gone: {} ms", deleting.elapsed().as_millis());
+    assert!(namespaces.get_opt(&id).await?.is_none(), "the Namespace is gone before the cluster is");
+
     stack.stop().await;
     Ok(())
+}
+
+fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
+    resource["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
 }
 
 /// Messages that are not reconcile CloudEvents are moved to `<queue>.dead-letter` with the reason,
