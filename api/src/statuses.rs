@@ -301,7 +301,7 @@ pub async fn put<K: KindRoute>(
     .fetch_optional(&mut *tx)
     .await?;
     if stored.as_ref().is_some_and(|s| s.observed_generation > incoming.observed_generation) {
-        return Ok(discard("an newer generation is already reported"));
+        return Ok(discard("a newer generation is already reported"));
     }
     let Some(observed_time) = incoming.observed_time else {
         return Ok(discard("no observed_time"));
