@@ -10,8 +10,10 @@
 pub mod aggregation;
 pub mod config;
 pub mod error;
+pub mod listing;
 pub mod model;
 pub mod resources;
+pub mod search;
 pub mod statuses;
 pub mod validation;
 

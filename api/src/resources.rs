@@ -8,20 +8,21 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    extract::{FromRequest, Path, RawQuery, Request, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, types::Json as SqlJson};
+use sqlx::{Arguments, PgConnection, PgPool, postgres::PgArguments, types::Json as SqlJson};
 use uuid::Uuid;
 
 use crate::{
     aggregation,
     config::RequiredAdapters,
     error::ApiError,
+    listing::{self, ListBody, ListParams},
     model::{COLUMNS, Kind, Resource, Row, SYSTEM_IDENTITY, href, now},
     statuses, validation,
 };
@@ -86,8 +87,13 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
+        match Json::<Value>::from_request(req, state).await {
+            Ok(Json(v)) if contains_nul(&v) => {
+                Err(ApiError::Malformed("Invalid JSON: strings cannot contain the NUL character (\\u0000)".into()))
+            }
+            Ok(Json(v)) => {
+                serde_json::from_value(v).map(JsonBody).map_err(|e| ApiError::Malformed(format!("Invalid JSON: {e}")))
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::Malformed("Content-Type must be application/json".into()))
             }
@@ -96,6 +102,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
             }
             Err(e) => Err(ApiError::Malformed(e.body_text())),
         }
+    }
+}
+
+/// PostgreSQL cannot store NUL in `text` or `jsonb`; such input is refused up front.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
     }
 }
 
@@ -268,10 +284,12 @@ async fn create<K: KindRoute>(
 async fn fetch<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
-) -> Result<Json<Resource>, ApiError> {
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let fields = listing::fields(&listing::pairs(raw.as_deref())?)?;
     let mut conn = state.db.acquire().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut conn, false).await?;
-    Ok(Json(row.to_resource()))
+    Ok(Json(representation(&row, fields.as_deref())))
 }
 
 async fn patch<K: KindRoute>(
@@ -397,84 +415,49 @@ async fn force_delete<K: KindRoute>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    page: Option<String>,
-    size: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ListBody<T> {
-    pub page: i64,
-    pub size: i64,
-    pub total: i64,
-    pub items: Vec<T>,
-}
-
-/// Parses `page` and `size` (defaults 1 and 20; size 1–100).
-pub fn paging(
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<(i64, i64), ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::validation("query", None, "format", e.body_text()))?;
-    Ok((int_param("page", q.page.as_deref(), 1, 1, 100_000)?, int_param("size", q.size.as_deref(), 20, 1, 100)?))
-}
-
-pub fn int_param(name: &'static str, raw: Option<&str>, default: i64, min: i64, max: i64) -> Result<i64, ApiError> {
-    let Some(raw) = raw else { return Ok(default) };
-    let value = Some(Value::String(raw.to_string()));
-    let n: i64 = raw
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::validation(name, value.clone(), "format", "must be a valid integer".into()))?;
-    if n < min {
-        return Err(ApiError::validation(name, value, "min", format!("{name} must be at least {min}")));
-    }
-    if n > max {
-        return Err(ApiError::validation(name, value, "max", format!("{name} must be at most {max}")));
-    }
-    Ok(n)
-}
-
 async fn list<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<ListBody<Resource>>, ApiError> {
-    let (page, size) = paging(query)?;
+    RawQuery(raw): RawQuery,
+) -> Result<Json<ListBody<Value>>, ApiError> {
+    let q = ListParams::parse(raw.as_deref())?;
+    let filter = q.filter(3)?;
     let target = Target::from_path(K::KIND, &params);
+    let search_params = filter.as_ref().map_or(&[][..], |f| &f.params[..]);
+    let and_search = filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();
+    let base = format!("from resources where kind = $1 and ($2::uuid is null or owner_id = $2){and_search}");
+    let arguments = |page: Option<(i64, i64)>| -> Result<PgArguments, ApiError> {
+        let mut args = PgArguments::default();
+        let encode = |e| ApiError::Database(sqlx::Error::Encode(e));
+        args.add(K::KIND.name()).map_err(encode)?;
+        args.add(target.parent).map_err(encode)?;
+        for p in search_params {
+            p.add_to(&mut args).map_err(encode)?;
+        }
+        if let Some((limit, offset)) = page {
+            args.add(limit).map_err(encode)?;
+            args.add(offset).map_err(encode)?;
+        }
+        Ok(args)
+    };
+    let n = 3 + search_params.len();
     let mut tx = state.db.begin().await?;
     target.check_parent(&mut tx, false).await?;
-    let total: i64 =
-        sqlx::query_scalar("select count(*) from resources where kind = $1 and ($2::uuid is null or owner_id = $2)")
-            .bind(K::KIND.name())
-            .bind(target.parent)
-            .fetch_one(&mut *tx)
-            .await?;
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from resources where kind = $1 and ($2::uuid is null or owner_id = $2) \
-         order by created_time desc, id desc limit $3 offset $4"
-    )))
-    .bind(K::KIND.name())
-    .bind(target.parent)
-    .bind(size)
-    .bind((page - 1) * size)
+    let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("select count(*) {base}")), arguments(None)?)
+        .fetch_one(&mut *tx)
+        .await?;
+    let rows: Vec<Row> = sqlx::query_as_with(
+        sqlx::AssertSqlSafe(format!("select {COLUMNS} {base} order by {} limit ${n} offset ${}", q.order, n + 1)),
+        arguments(Some((q.size, (q.page - 1) * q.size)))?,
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let items: Vec<Resource> = rows.iter().map(Row::to_resource).collect();
-    Ok(Json(ListBody { page, size: items.len() as i64, total, items }))
+    let items: Vec<Value> = rows.iter().map(|r| representation(r, q.fields.as_deref())).collect();
+    Ok(Json(ListBody { page: q.page, size: items.len() as i64, total, items }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paging_parameters() {
-        assert_eq!(int_param("size", None, 20, 1, 100).expect("default"), 20);
-        assert_eq!(int_param("size", Some("100"), 20, 1, 100).expect("max"), 100);
-        assert!(int_param("size", Some("101"), 20, 1, 100).expect_err("too big").to_string().contains("at most 100"));
-        assert!(int_param("page", Some("0"), 1, 1, 10).is_err());
-        assert!(int_param("page", Some("x"), 1, 1, 10).expect_err("nan").to_string().contains("valid integer"));
-    }
+/// A row's representation, reduced to `fields` when given.
+fn representation(row: &Row, fields: Option<&[String]>) -> Value {
+    listing::project(serde_json::to_value(row.to_resource()).unwrap_or_default(), fields)
 }

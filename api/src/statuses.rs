@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -20,8 +20,9 @@ use uuid::Uuid;
 use crate::{
     aggregation::{Report, ReportedCondition},
     error::{ApiError, FieldError},
+    listing::{self, ListBody},
     model::{now, rfc3339},
-    resources::{AppState, JsonBody, KindRoute, ListBody, ListQuery, Target, paging, reaggregate},
+    resources::{AppState, JsonBody, KindRoute, Target, reaggregate},
 };
 
 const MANDATORY: [&str; 3] = ["Available", "Applied", "Health"];
@@ -414,9 +415,9 @@ async fn finalize(state: &AppState, conn: &mut PgConnection, row: &crate::model:
 pub async fn list<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<ListBody<AdapterStatus>>, ApiError> {
-    let (page, size) = paging(query)?;
+    let (page, size) = listing::paging(&listing::pairs(raw.as_deref())?)?;
     let mut tx = state.db.begin().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, false).await?;
     let total: i64 = sqlx::query_scalar("select count(*) from adapter_statuses where resource_id = $1")

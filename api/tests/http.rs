@@ -67,6 +67,20 @@ async fn errors_are_problem_json_and_change_nothing() -> Result<()> {
         (
             Method::POST,
             CLUSTERS.into(),
+            Some(r#"{"kind":"Cluster","name":"nul","spec":{"a":"x\u0000y"}}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "HYPERFLEET-VAL-006",
+        ),
+        (
+            Method::PATCH,
+            format!("{CLUSTERS}/{}", uuid::Uuid::now_v7()),
+            Some(r#"{"labels":{"a\u0000":"b"}}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "HYPERFLEET-VAL-006",
+        ),
+        (
+            Method::POST,
+            CLUSTERS.into(),
             Some(r#"{"kind":"Cluster","name":"nospec"}"#.into()),
             StatusCode::BAD_REQUEST,
             "HYPERFLEET-VAL-000",
