@@ -25,6 +25,10 @@ pub struct ApiConfig {
     /// Adapters that must report before a resource counts as reconciled (and finalized).
     pub required_adapters: RequiredAdapters,
     pub log: LogConfig,
+    /// A resource not `Reconciled` for longer than this counts as stuck in the
+    /// `hyperfleet_api_resource_pending_reconciliation_stuck` metric.
+    #[serde(with = "duration")]
+    pub reconciliation_stuck_threshold: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -39,6 +43,7 @@ impl Default for ApiConfig {
             database: DatabaseConfig::default(),
             required_adapters: RequiredAdapters::default(),
             log: LogConfig::default(),
+            reconciliation_stuck_threshold: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(20),
         }
     }

@@ -12,6 +12,8 @@ pub mod config;
 pub mod error;
 pub mod listing;
 pub mod model;
+pub mod observe;
+pub mod openapi;
 pub mod resources;
 pub mod search;
 pub mod statuses;
@@ -63,6 +65,23 @@ pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
         .connect_lazy_with(opts))
 }
 
+/// Connection errors that retrying cannot fix.
+fn refuses_us(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        // A certificate the CA bundle does not vouch for surfaces as an I/O error from rustls.
+        sqlx::Error::Io(io) => io.get_ref().is_some_and(|inner| {
+            matches!(
+                inner.downcast_ref::<rustls::Error>(),
+                Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+            )
+        }),
+        // invalid_authorization_specification, invalid_password, invalid_catalog_name
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("28000" | "28P01" | "3D000")),
+        _ => false,
+    }
+}
+
 fn db_endpoint(cfg: &ApiConfig) -> String {
     format!("{}:{}/{}", cfg.database.host, cfg.database.port, cfg.database.name)
 }
@@ -82,34 +101,62 @@ pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
 /// The API router (without listeners), for the server and for tests.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let api = resources::router().with_state(state);
+    let api = resources::router().with_state(state).merge(openapi::router());
     Router::new()
+        .route("/api/hyperfleet", axum::routing::get(root))
         .nest(API_PREFIX, api)
         .fallback(|req: Request| async move { error::ApiError::NoRoute(req.uri().path().to_string()) })
         .layer(middleware::from_fn(error::problem_context))
+        .layer(middleware::from_fn(observe::track))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
+/// `GET /api/hyperfleet`: what this server is.
+async fn root() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "id": "hyperfleet",
+        "kind": "API",
+        "href": "/api/hyperfleet",
+        "version": observe::VERSION,
+        "commit": observe::COMMIT,
+        "versions": [{"id": "v1", "href": API_PREFIX}],
+    }))
+}
+
 /// Runs the API until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let db = pool(&cfg)?;
+    // A database that is down is waited for (not ready until it is back); one that refuses us —
+    // certificate, credentials, unknown database — is a configuration error and stops the start.
+    match db.acquire().await {
+        Ok(conn) => drop(conn),
+        Err(source) if refuses_us(&source) => return Err(StartError::Connect { endpoint: db_endpoint(&cfg), source }),
+        Err(e) => {
+            tracing::warn!(error = %e, database = %db_endpoint(&cfg), "database not reachable yet; not ready until it is")
+        }
+    }
     let prometheus = ops::install_metrics_recorder().map_err(StartError::Metrics)?;
     let ping_pool = db.clone();
     let check: ops::ReadinessCheck = Arc::new(move || {
         let pool = ping_pool.clone();
         Box::pin(async move {
             let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&pool);
-            match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout(Duration::from_secs(2), ping).await;
+            observe::db_query("ping", started);
+            match outcome {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("database unavailable: {e}")),
                 Err(_) => Err("database ping timeout".into()),
             }
         })
     });
-    ops::serve(&cfg.health, &cfg.metrics, check, prometheus, shutdown.clone()).await?;
+    let scrape = observe::scrape_hook(db.clone(), cfg.reconciliation_stuck_threshold);
+    ops::serve_with_scrape(&cfg.health, &cfg.metrics, check, prometheus, Some(scrape), shutdown.clone()).await?;
+    observe::build_info();
 
     let listener = tokio::net::TcpListener::bind(cfg.server.addr()).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen for the API on {}: {e}", cfg.server.addr()))

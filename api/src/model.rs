@@ -82,19 +82,22 @@ pub fn href(kind: Kind, id: Uuid, owner: Option<Uuid>) -> String {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// The cluster a nodepool belongs to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OwnerRef {
     id: Uuid,
     kind: &'static str,
     href: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     conditions: Vec<ConditionView>,
 }
 
-#[derive(Debug, Serialize)]
+/// An aggregated condition: `Reconciled`, `LastKnownReconciled` or `<Adapter>Successful`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ResourceCondition)]
 struct ConditionView {
     #[serde(rename = "type")]
     kind: String,
@@ -109,18 +112,20 @@ struct ConditionView {
     last_transition_time: String,
 }
 
-/// The representation of a resource.
-#[derive(Debug, Serialize)]
+/// The representation of a resource (a Cluster or a NodePool).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Resource {
     id: Uuid,
     kind: String,
     name: String,
     href: String,
+    #[schema(value_type = Object)]
     spec: serde_json::Map<String, Value>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
     generation: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     owner_references: Option<OwnerRef>,
     status: Status,
     created_time: String,

@@ -11,7 +11,7 @@ use axum::{
     extract::{FromRequest, Path, RawQuery, Request, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,26 +59,33 @@ impl KindRoute for NodePools {
     const KIND: Kind = Kind::NodePool;
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/clusters", get(list::<Clusters>).post(create::<Clusters>))
-        .route("/clusters/{id}", get(fetch::<Clusters>).patch(patch::<Clusters>).delete(delete::<Clusters>))
-        .route("/clusters/{id}/force-delete", post(force_delete::<Clusters>))
-        .route("/clusters/{id}/statuses", get(statuses::list::<Clusters>).put(statuses::put::<Clusters>))
-        .route("/nodepools", get(list::<NodePools>).post(child_create_on_flat_route))
-        .route("/nodepools/{id}", get(fetch::<NodePools>).patch(patch::<NodePools>).delete(delete::<NodePools>))
-        .route("/nodepools/{id}/force-delete", post(force_delete::<NodePools>))
-        .route("/nodepools/{id}/statuses", get(statuses::list::<NodePools>).put(statuses::put::<NodePools>))
-        .route("/clusters/{cluster_id}/nodepools", get(list::<NodePools>).post(create::<NodePools>))
-        .route(
+/// Every resource route (relative to the API prefix) with its handlers. The OpenAPI document
+/// ([`crate::openapi`]) describes exactly these paths; a test holds the two together.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/clusters", get(list::<Clusters>).post(create::<Clusters>)),
+        ("/clusters/{id}", get(fetch::<Clusters>).patch(patch::<Clusters>).delete(delete::<Clusters>)),
+        ("/clusters/{id}/force-delete", post(force_delete::<Clusters>)),
+        ("/clusters/{id}/statuses", get(statuses::list::<Clusters>).put(statuses::put::<Clusters>)),
+        ("/nodepools", get(list::<NodePools>).post(child_create_on_flat_route)),
+        ("/nodepools/{id}", get(fetch::<NodePools>).patch(patch::<NodePools>).delete(delete::<NodePools>)),
+        ("/nodepools/{id}/force-delete", post(force_delete::<NodePools>)),
+        ("/nodepools/{id}/statuses", get(statuses::list::<NodePools>).put(statuses::put::<NodePools>)),
+        ("/clusters/{cluster_id}/nodepools", get(list::<NodePools>).post(create::<NodePools>)),
+        (
             "/clusters/{cluster_id}/nodepools/{id}",
             get(fetch::<NodePools>).patch(patch::<NodePools>).delete(delete::<NodePools>),
-        )
-        .route("/clusters/{cluster_id}/nodepools/{id}/force-delete", post(force_delete::<NodePools>))
-        .route(
+        ),
+        ("/clusters/{cluster_id}/nodepools/{id}/force-delete", post(force_delete::<NodePools>)),
+        (
             "/clusters/{cluster_id}/nodepools/{id}/statuses",
             get(statuses::list::<NodePools>).put(statuses::put::<NodePools>),
-        )
+        ),
+    ]
+}
+
+pub fn router() -> Router<AppState> {
+    routes().into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods))
 }
 
 /// JSON body extractor whose rejections are problem+json (`HYPERFLEET-VAL-006`).

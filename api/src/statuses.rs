@@ -41,19 +41,23 @@ struct StatusRow {
 
 const STATUS_COLUMNS: &str = "adapter, observed_generation, conditions, data, metadata, created_time, last_report_time";
 
-#[derive(Debug, Serialize)]
+/// One adapter's latest report about a resource.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AdapterStatus {
     adapter: String,
     observed_generation: i32,
     conditions: Vec<ConditionView>,
+    #[schema(value_type = Object)]
     data: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
     metadata: Option<Value>,
     created_time: String,
     last_report_time: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AdapterCondition)]
 struct ConditionView {
     #[serde(rename = "type")]
     kind: String,

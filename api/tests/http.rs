@@ -121,3 +121,105 @@ async fn errors_are_problem_json_and_change_nothing() -> Result<()> {
     app.done().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn every_validation_rule_answers_with_its_message() -> Result<()> {
+    let app = app().await?;
+    let long = "a".repeat(54);
+    let cases: Vec<(&str, serde_json::Value, &str, &str, &str)> = vec![
+        // (uri, body, detail, field, constraint)
+        (CLUSTERS, json!({"name": "abc", "spec": {}}), "kind is required", "kind", "required"),
+        (CLUSTERS, json!({"kind": "NodePool", "name": "abc", "spec": {}}), "kind must be 'Cluster'", "kind", "enum"),
+        (CLUSTERS, json!({"kind": "Cluster", "spec": {}}), "name is required", "name", "required"),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": 7, "spec": {}}),
+            "field 'name' must be a string",
+            "name",
+            "format",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "ab", "spec": {}}),
+            "name must be at least 3 characters",
+            "name",
+            "min_length",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": long, "spec": {}}),
+            "name must be at most 53 characters",
+            "name",
+            "max_length",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "-abc", "spec": {}}),
+            "name must start and end with lowercase letter or number, and contain only lowercase letters, numbers, and hyphens",
+            "name",
+            "pattern",
+        ),
+        (CLUSTERS, json!({"kind": "Cluster", "name": "abc"}), "spec is required", "spec", "required"),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "abc", "spec": []}),
+            "field 'spec' must be an object",
+            "spec",
+            "format",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "abc", "spec": {}, "labels": "x"}),
+            "field 'labels' must be an object",
+            "labels",
+            "format",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "abc", "spec": {}, "labels": {"bad key!": "v"}}),
+            "label validation failed",
+            "labels.bad key!",
+            "pattern",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "abc", "spec": {}, "labels": {"k": "-bad-"}}),
+            "label validation failed",
+            "labels.k",
+            "pattern",
+        ),
+        (
+            CLUSTERS,
+            json!({"kind": "Cluster", "name": "abc", "spec": {}, "labels": {"k": 1}}),
+            "label validation failed",
+            "labels.k",
+            "format",
+        ),
+    ];
+    for (uri, body, detail, field, constraint) in cases {
+        let (status, _, v) = app.call(Method::POST, uri, Some(&body.to_string())).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!((v["code"].as_str(), v["detail"].as_str()), (Some("HYPERFLEET-VAL-000"), Some(detail)), "{body}");
+        assert_eq!(
+            (v["errors"][0]["field"].as_str(), v["errors"][0]["constraint"].as_str()),
+            (Some(field), Some(constraint)),
+            "{body}: {v}"
+        );
+    }
+    // Nodepool names are at most 15 characters.
+    let (_, _, c) = app.call(Method::POST, CLUSTERS, Some(&cluster("owner"))).await?;
+    let nested = format!("{CLUSTERS}/{}/nodepools", c["id"].as_str().unwrap_or_default());
+    let np = json!({"kind": "NodePool", "name": "a".repeat(16), "spec": {}}).to_string();
+    let (status, _, v) = app.call(Method::POST, &nested, Some(&np)).await?;
+    assert_eq!((status, v["detail"].as_str()), (StatusCode::BAD_REQUEST, Some("name must be at most 15 characters")));
+    // Several bad labels are reported together.
+    let body = json!({"labels": {"a/b/c": "x", "ok": "fine", "v": "not ok"}}).to_string();
+    let (status, _, v) =
+        app.call(Method::PATCH, &format!("{CLUSTERS}/{}", c["id"].as_str().unwrap_or_default()), Some(&body)).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, _, list) = app.call(Method::GET, CLUSTERS, None).await?;
+    assert_eq!(list["total"], 1, "nothing but the owner was created");
+    app.done().await;
+    Ok(())
+}

@@ -8,7 +8,7 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -47,15 +47,25 @@ pub type ReadyResult = Result<(), String>;
 /// The service's readiness check, called for every `/readyz` request.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ReadyResult> + Send>> + Send + Sync>;
 
+/// Work done before each `/metrics` render, e.g. refreshing gauges that a database answers.
+pub type ScrapeHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 #[derive(Clone)]
 struct HealthState {
     check: ReadinessCheck,
     shutdown: CancellationToken,
 }
 
+/// Histogram buckets (seconds) of every `*_duration_seconds` metric: 5 ms to 10 s.
+pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -76,6 +86,18 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    serve_with_scrape(health, metrics, check, prometheus, None, shutdown).await
+}
+
+/// [`serve`], running `scrape` (bounded to 5 s) before each `/metrics` render.
+pub async fn serve_with_scrape(
+    health: &Listen,
+    metrics: &Listen,
+    check: ReadinessCheck,
+    prometheus: PrometheusHandle,
+    scrape: Option<ScrapeHook>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let health_listener = bind(health, "health").await?;
     let metrics_listener = bind(metrics, "metrics").await?;
     let addrs = (health_listener.local_addr()?, metrics_listener.local_addr()?);
@@ -84,7 +106,18 @@ pub async fn serve(
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .with_state(HealthState { check, shutdown: shutdown.clone() });
-    let metrics_app = Router::new().route("/metrics", get(move || std::future::ready(prometheus.render())));
+    let metrics_app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (prometheus, scrape) = (prometheus.clone(), scrape.clone());
+            async move {
+                if let Some(hook) = scrape {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), hook()).await;
+                }
+                prometheus.render()
+            }
+        }),
+    );
 
     // The health listener keeps answering (503 shutting_down) until the process exits, so it is not
     // tied to the shutdown token; the tasks end with the runtime.

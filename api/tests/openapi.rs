@@ -1,0 +1,84 @@
+//! The OpenAPI document: valid OpenAPI 3.1 (checked by openapi-spec-validator), describing exactly
+//! the routes the server serves — every documented operation answers, every other method on a
+//! documented path is 405.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, bail};
+use axum::http::{Method, StatusCode};
+use hyperfleet_api::{API_PREFIX, resources};
+use hyperfleet_tests::LocalEnv;
+use serde_json::Value;
+use support::{app, header};
+
+#[tokio::test]
+async fn the_document_is_valid_openapi_3_1_and_matches_the_router() -> Result<()> {
+    let app = app().await?;
+    let (status, headers, doc) = app.call(Method::GET, &format!("{API_PREFIX}/openapi"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1"), "{}", doc["openapi"]);
+
+    // Valid according to an independent validator.
+    let env = LocalEnv::load()?;
+    let file = std::env::temp_dir().join(format!("hyperfleet-openapi-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc)?)?;
+    let out = std::process::Command::new(env.get("HF_OPENAPI_VALIDATOR")?)
+        .args(["--schema", "3.1"])
+        .arg(&file)
+        .output()
+        .context("run openapi-spec-validator (installed by tests/env/run infra)")?;
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        bail!("invalid OpenAPI: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    // The documented paths are exactly the routed ones.
+    let paths = doc["paths"].as_object().context("paths")?;
+    let documented: BTreeSet<String> = paths.keys().cloned().collect();
+    let mut routed: BTreeSet<String> = resources::routes().iter().map(|(p, _)| format!("{API_PREFIX}{p}")).collect();
+    routed.extend([format!("{API_PREFIX}/openapi"), format!("{API_PREFIX}/openapi.html"), "/api/hyperfleet".into()]);
+    assert_eq!(documented, routed);
+
+    // Every documented operation is served; every other method is 405 with an Allow header.
+    let id = uuid::Uuid::now_v7().to_string();
+    for (path, item) in paths {
+        let uri = path.replace("{cluster_id}", &id).replace("{id}", &id);
+        for method in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let documented = item.get(method.as_str().to_lowercase()).is_some();
+            let body = matches!(method, Method::POST | Method::PUT | Method::PATCH).then_some("{}");
+            let (status, headers, v) = app.call(method.clone(), &uri, body).await?;
+            if documented {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is documented but not served");
+                assert_ne!(v["code"], "HYPERFLEET-NTF-000", "{method} {path} is documented but not routed");
+                let code = status.as_u16().to_string();
+                let responses = &item[method.as_str().to_lowercase()]["responses"];
+                assert!(
+                    responses.get(&code).is_some() || responses.get("default").is_some(),
+                    "{method} {path} answered {code}, which is not documented"
+                );
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is served but not documented");
+                assert!(header(&headers, "allow").is_some(), "405 names the allowed methods");
+            }
+        }
+    }
+
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap_or_default();
+        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling $ref {name}");
+    }
+
+    let (status, headers, _) = app.call(Method::GET, &format!("{API_PREFIX}/openapi.html"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(header(&headers, "content-type").unwrap_or("").starts_with("text/html"));
+    let (status, _, root) = app.call(Method::GET, "/api/hyperfleet", None).await?;
+    assert_eq!((status, &root["id"], &root["kind"]), (StatusCode::OK, &Value::from("hyperfleet"), &Value::from("API")));
+    assert_eq!(root["version"], env!("CARGO_PKG_VERSION"));
+    app.done().await;
+    Ok(())
+}
