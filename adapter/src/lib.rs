@@ -93,7 +93,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
             client.apiserver_version().await.map(|_| ()).map_err(|e| format!("kubernetes unreachable: {e}"))
         })
     });
-    ops::serve(&cfg.health, &cfg.metrics, check, prometheus, shutdown.clone())
+    ops::serve(&cfg.health, &cfg.metrics, ops::Probes::ready(check), prometheus, shutdown.clone())
         .await
         .map_err(|e| Error::Start(e.to_string()))?;
     let http = reqwest::Client::builder()

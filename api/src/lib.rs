@@ -155,7 +155,8 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         })
     });
     let scrape = observe::scrape_hook(db.clone(), cfg.reconciliation_stuck_threshold);
-    ops::serve_with_scrape(&cfg.health, &cfg.metrics, check, prometheus, Some(scrape), shutdown.clone()).await?;
+    ops::serve(&cfg.health, &cfg.metrics, ops::Probes::ready(check).scrape(scrape), prometheus, shutdown.clone())
+        .await?;
     observe::build_info();
 
     let listener = tokio::net::TcpListener::bind(cfg.server.addr()).await.map_err(|e| {

@@ -73,6 +73,18 @@ pub enum BrokerError {
     Amqp(Box<lapin::Error>),
 }
 
+impl BrokerError {
+    /// Errors that retrying cannot fix: configuration, or an exchange that exists with another type
+    /// (`PRECONDITION_FAILED - inequivalent arg 'type' … received 'topic' but current is 'fanout'`).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BrokerError::Connect { .. } | BrokerError::Amqp(_) => false,
+            BrokerError::Declare { source, .. } => source.to_string().contains("PRECONDITION_FAILED"),
+            _ => true,
+        }
+    }
+}
+
 impl From<lapin::Error> for BrokerError {
     fn from(e: lapin::Error) -> Self {
         BrokerError::Amqp(Box::new(e))

@@ -53,6 +53,7 @@ pub type ScrapeHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> +
 #[derive(Clone)]
 struct HealthState {
     check: ReadinessCheck,
+    live: Option<ReadinessCheck>,
     shutdown: CancellationToken,
 }
 
@@ -77,25 +78,38 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
+/// What the health and metrics listeners ask the service.
+#[derive(Clone)]
+pub struct Probes {
+    /// `/readyz`: 200 when it answers `Ok`.
+    pub ready: ReadinessCheck,
+    /// `/healthz`: 200 unless this answers `Err` (absent: always 200).
+    pub live: Option<ReadinessCheck>,
+    /// Run before each `/metrics` render (bounded to 5 s).
+    pub scrape: Option<ScrapeHook>,
+}
+
+impl Probes {
+    pub fn ready(ready: ReadinessCheck) -> Self {
+        Probes { ready, live: None, scrape: None }
+    }
+    pub fn live(mut self, live: ReadinessCheck) -> Self {
+        self.live = Some(live);
+        self
+    }
+    pub fn scrape(mut self, scrape: ScrapeHook) -> Self {
+        self.scrape = Some(scrape);
+        self
+    }
+}
+
 /// Binds both listeners (failing fast when a port is taken) and serves them until `shutdown` is
 /// cancelled and `drain` has passed. Returns the bound addresses (useful with port 0).
 pub async fn serve(
     health: &Listen,
     metrics: &Listen,
-    check: ReadinessCheck,
+    probes: Probes,
     prometheus: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, SocketAddr)> {
-    serve_with_scrape(health, metrics, check, prometheus, None, shutdown).await
-}
-
-/// [`serve`], running `scrape` (bounded to 5 s) before each `/metrics` render.
-pub async fn serve_with_scrape(
-    health: &Listen,
-    metrics: &Listen,
-    check: ReadinessCheck,
-    prometheus: PrometheusHandle,
-    scrape: Option<ScrapeHook>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let health_listener = bind(health, "health").await?;
@@ -103,9 +117,10 @@ pub async fn serve_with_scrape(
     let addrs = (health_listener.local_addr()?, metrics_listener.local_addr()?);
 
     let health_app = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(HealthState { check, shutdown: shutdown.clone() });
+        .with_state(HealthState { check: probes.ready, live: probes.live, shutdown: shutdown.clone() });
+    let scrape = probes.scrape;
     let metrics_app = Router::new().route(
         "/metrics",
         get(move || {
@@ -139,6 +154,17 @@ async fn bind(listen: &Listen, what: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen.addr())
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for {what} on {}: {e}", listen.addr())))
+}
+
+async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
+    let verdict = match &state.live {
+        None => Ok(()),
+        Some(live) => tokio::time::timeout(Duration::from_secs(3), live()).await.unwrap_or(Ok(())),
+    };
+    match verdict {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unhealthy", "reason": reason}))),
+    }
 }
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {

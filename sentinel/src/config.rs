@@ -15,10 +15,15 @@ pub struct SentinelConfig {
     /// Time between two passes over the API (the first pass starts at once).
     #[serde(with = "duration")]
     pub poll_interval: Duration,
-    /// A resource already announced at its current generation is announced again after this long
-    /// (level-triggered safety net: an adapter that missed it gets another chance).
+    /// A resource that is not `Reconciled` is announced again once its adapters' last report is
+    /// older than this (and a new or changed one is not announced twice within it).
     #[serde(with = "duration")]
     pub max_age_not_ready: Duration,
+    /// A `Reconciled` resource is announced again once its adapters' last report is older than this.
+    #[serde(with = "duration")]
+    pub max_age_ready: Duration,
+    /// Only resources carrying all these labels (sharding across sentinels); empty means all.
+    pub resource_selector: Vec<LabelSelector>,
     pub hyperfleet_api: ApiClientConfig,
     pub broker: BrokerConfig,
     /// Routing key of published events; empty means `<kind>.reconcile` (e.g. `cluster.reconcile`).
@@ -34,6 +39,8 @@ impl Default for SentinelConfig {
             resource_type: "clusters".into(),
             poll_interval: Duration::from_secs(5),
             max_age_not_ready: Duration::from_secs(10),
+            max_age_ready: Duration::from_secs(30 * 60),
+            resource_selector: Vec::new(),
             hyperfleet_api: ApiClientConfig::default(),
             broker: BrokerConfig::default(),
             routing_key: String::new(),
@@ -42,6 +49,14 @@ impl Default for SentinelConfig {
             log: LogConfig::default(),
         }
     }
+}
+
+/// One label equality of `resource_selector`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSelector {
+    pub label: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +92,14 @@ impl ServiceConfig for SentinelConfig {
         if !(1..=100).contains(&self.hyperfleet_api.page_size) {
             return Err("hyperfleet_api.page_size must be between 1 and 100".into());
         }
+        for s in &self.resource_selector {
+            let key_ok = !s.label.is_empty()
+                && s.label.len() <= 317
+                && s.label.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+            if !key_ok {
+                return Err(format!("resource_selector: {:?} is not a label key", s.label));
+            }
+        }
         let url = &self.hyperfleet_api.base_url;
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL without a query"));
@@ -89,6 +112,21 @@ impl SentinelConfig {
     /// The kind of the watched resources (`Cluster` for `clusters`).
     pub fn kind(&self) -> &'static str {
         if self.resource_type == "nodepools" { "NodePool" } else { "Cluster" }
+    }
+
+    /// The API `search` expression for `resource_selector` (`None` when it is empty).
+    pub fn search(&self) -> Option<String> {
+        let terms: Vec<String> = self
+            .resource_selector
+            .iter()
+            .map(|s| format!("labels.{} = '{}'", s.label, s.value.replace('\'', "''")))
+            .collect();
+        (!terms.is_empty()).then(|| terms.join(" and "))
+    }
+
+    /// `label=value,…` for metric labels; empty when every resource is watched.
+    pub fn selector_label(&self) -> String {
+        self.resource_selector.iter().map(|s| format!("{}={}", s.label, s.value)).collect::<Vec<_>>().join(",")
     }
 
     pub fn routing_key(&self) -> String {

@@ -7,16 +7,19 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod decision;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
+use decision::{MaxAge, Published, Reason};
 use hyperfleet_common::{
     broker::BrokerError,
     cloudevent::{self, ObjectRef, ReconcileData},
@@ -61,6 +64,26 @@ pub struct Resource {
     pub generation: i64,
     #[serde(default)]
     pub owner_references: Option<ObjectRef>,
+    #[serde(default)]
+    pub created_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub status: StatusView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StatusView {
+    #[serde(default)]
+    pub conditions: Vec<decision::Condition>,
+}
+
+impl Resource {
+    pub fn state(&self) -> decision::State {
+        decision::State {
+            generation: self.generation,
+            created_time: self.created_time,
+            conditions: self.status.conditions.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,38 +92,22 @@ struct Page {
     items: Vec<Resource>,
 }
 
-/// Why a resource is announced; a metric label and a log field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    New,
-    GenerationChanged,
-    MaxAgeExceeded,
+/// Liveness and readiness inputs shared with the health listener.
+struct Health {
+    broker_up: AtomicBool,
+    /// Milliseconds since `started` of the last successful poll; -1 before the first.
+    last_poll_ms: AtomicI64,
+    started: Instant,
 }
 
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::New => "new",
-            Reason::GenerationChanged => "generation_changed",
-            Reason::MaxAgeExceeded => "max_age_exceeded",
-        }
+impl Health {
+    fn polled(&self) {
+        let ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.last_poll_ms.store(ms, Ordering::Relaxed);
     }
-}
-
-/// The last confirmed announcement of a resource.
-#[derive(Debug, Clone, Copy)]
-pub struct Announced {
-    pub generation: i64,
-    pub at: Instant,
-}
-
-/// Decides whether to announce a resource now. Pure: the clock is a parameter.
-pub fn decide(resource: &Resource, last: Option<&Announced>, now: Instant, max_age: Duration) -> Option<Reason> {
-    match last {
-        None => Some(Reason::New),
-        Some(a) if resource.generation != a.generation => Some(Reason::GenerationChanged),
-        Some(a) if now.saturating_duration_since(a.at) >= max_age => Some(Reason::MaxAgeExceeded),
-        Some(_) => None,
+    fn since_last_poll(&self) -> Option<Duration> {
+        let ms = self.last_poll_ms.load(Ordering::Relaxed);
+        (ms >= 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(ms as u64)))
     }
 }
 
@@ -108,20 +115,34 @@ pub fn decide(resource: &Resource, last: Option<&Announced>, now: Instant, max_a
 pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(), Error> {
     cfg.validate().map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
-    let broker_up = Arc::new(AtomicBool::new(false));
-    let polled = Arc::new(AtomicBool::new(false));
-    let (b, p) = (broker_up.clone(), polled.clone());
-    let check: ops::ReadinessCheck = Arc::new(move || {
-        let (b, p) = (b.load(Ordering::Relaxed), p.load(Ordering::Relaxed));
+    let health = Arc::new(Health {
+        broker_up: AtomicBool::new(false),
+        last_poll_ms: AtomicI64::new(-1),
+        started: Instant::now(),
+    });
+    let h = health.clone();
+    let ready: ops::ReadinessCheck = Arc::new(move || {
+        let (broker, polled) = (h.broker_up.load(Ordering::Relaxed), h.since_last_poll().is_some());
         Box::pin(async move {
-            match (b, p) {
+            match (broker, polled) {
                 (true, true) => Ok(()),
                 (false, _) => Err("broker not connected".into()),
                 (_, false) => Err("no successful poll yet".into()),
             }
         })
     });
-    ops::serve(&cfg.health, &cfg.metrics, check, prometheus, shutdown.clone())
+    let h = health.clone();
+    let stale_after = cfg.poll_interval * 3;
+    let live: ops::ReadinessCheck = Arc::new(move || {
+        let since = h.since_last_poll();
+        Box::pin(async move {
+            match since {
+                Some(d) if d > stale_after => Err(format!("poll stale: last successful poll {}s ago", d.as_secs())),
+                _ => Ok(()),
+            }
+        })
+    });
+    ops::serve(&cfg.health, &cfg.metrics, ops::Probes::ready(ready).live(live), prometheus, shutdown.clone())
         .await
         .map_err(|e| Error::Start(e.to_string()))?;
 
@@ -130,104 +151,186 @@ pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(),
         .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
-    let mut publisher: Option<Publisher> = None;
-    let mut announced: HashMap<String, Announced> = HashMap::new();
-    let labels = [("resource_type", cfg.resource_type.clone())];
+    let mut sentinel = Sentinel { cfg, http, publisher: None, published: HashMap::new(), health };
     tracing::info!(
-        resource_type = %cfg.resource_type,
-        api = %cfg.hyperfleet_api.base_url,
-        broker = %cfg.broker.endpoint(),
-        exchange = %cfg.broker.exchange,
-        poll_interval = ?cfg.poll_interval,
+        resource_type = %sentinel.cfg.resource_type,
+        selector = %sentinel.cfg.selector_label(),
+        api = %sentinel.cfg.hyperfleet_api.base_url,
+        broker = %sentinel.cfg.broker.endpoint(),
+        exchange = %sentinel.cfg.broker.exchange,
+        poll_interval = ?sentinel.cfg.poll_interval,
         "sentinel started"
     );
-
-    let mut tick = tokio::time::interval(cfg.poll_interval);
+    let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if publisher.as_ref().is_none_or(|p| !p.is_open()) {
-            broker_up.store(false, Ordering::Relaxed);
-            match Publisher::open(&cfg).await {
-                Ok(p) => {
-                    tracing::info!(broker = %cfg.broker.endpoint(), "broker connected");
-                    broker_up.store(true, Ordering::Relaxed);
-                    publisher = Some(p);
-                }
-                Err(e) => {
-                    metrics::counter!("hyperfleet_sentinel_broker_errors_total", &labels).increment(1);
-                    tracing::warn!(error = %e, "broker unavailable, retrying next poll");
-                    continue;
-                }
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            res = sentinel.pass() => res?,
         }
-        let started = Instant::now();
-        let resources = match fetch_all(&http, &cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
-                tracing::warn!(error = %e, "poll failed");
-                continue;
-            }
-        };
-        polled.store(true, Ordering::Relaxed);
-        let Some(pubr) = publisher.as_ref() else { continue };
-        let now = Instant::now();
-        // Forget resources that are gone, so the map stays the size of the fleet.
-        let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
-        announced.retain(|id, _| live.contains(id.as_str()));
-        for r in &resources {
-            let Some(reason) = decide(r, announced.get(&r.id), now, cfg.max_age_not_ready) else {
-                continue;
-            };
-            match pubr.publish(r, &cfg).await {
-                Ok(event_id) => {
-                    announced.insert(r.id.clone(), Announced { generation: r.generation, at: now });
-                    metrics::counter!("hyperfleet_sentinel_events_published_total",
-                        "resource_type" => cfg.resource_type.clone(), "reason" => reason.as_str())
-                    .increment(1);
-                    tracing::info!(resource_id = %r.id, generation = r.generation, reason = reason.as_str(), %event_id, "event published");
-                }
-                Err(e) => {
-                    metrics::counter!("hyperfleet_sentinel_broker_errors_total", &labels).increment(1);
-                    tracing::warn!(resource_id = %r.id, error = %e, "publish failed; retrying next poll");
-                    broker_up.store(false, Ordering::Relaxed);
-                    publisher = None;
-                    break;
-                }
-            }
-        }
-        metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
     }
-    if let Some(p) = publisher {
+    if let Some(p) = sentinel.publisher.take() {
         p.close().await;
     }
     tracing::info!("sentinel stopped");
     Ok(())
 }
 
-/// Lists every resource, page by page.
-async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<Resource>, Error> {
+struct Sentinel {
+    cfg: SentinelConfig,
+    http: reqwest::Client,
+    publisher: Option<Publisher>,
+    /// The last confirmed event per resource id; pruned to the resources seen in the last pass.
+    published: HashMap<String, Published>,
+    health: Arc<Health>,
+}
+
+/// Attempts to publish one pass's events before leaving the rest to the next pass.
+const PUBLISH_ATTEMPTS: u32 = 4;
+
+impl Sentinel {
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("resource_type", self.cfg.resource_type.clone()), ("resource_selector", self.cfg.selector_label())]
+    }
+
+    /// One pass: list, decide, publish. Only a permanent broker error (an exchange of another
+    /// type) ends the sentinel; everything else is retried here or at the next pass.
+    async fn pass(&mut self) -> Result<(), Error> {
+        let labels = self.labels();
+        let started = Instant::now();
+        // Connect (or reconnect) up front, so readiness reflects the broker even on idle passes.
+        self.connected_publisher().await?;
+        let resources = match fetch_all(&self.http, &self.cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                let error_type = if e.auth { "auth_error" } else { "fetch_error" };
+                metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
+                metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => error_type)
+                    .increment(1);
+                tracing::warn!(error = %e.message, "poll failed");
+                return Ok(());
+            }
+        };
+        self.health.polled();
+        let now = Utc::now();
+        metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
+            .set(now.timestamp_millis() as f64 / 1000.0);
+        let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
+        self.published.retain(|id, _| live.contains(id.as_str()));
+
+        let max = MaxAge { not_ready: self.cfg.max_age_not_ready, ready: self.cfg.max_age_ready };
+        let mut due: Vec<(&Resource, Reason)> = Vec::new();
+        for r in &resources {
+            match decision::decide(&r.state(), self.published.get(&r.id).copied(), now, max) {
+                Ok(reason) => due.push((r, reason)),
+                Err(skip) => {
+                    metrics::counter!("hyperfleet_sentinel_resources_skipped_total",
+                        "resource_type" => labels[0].1.clone(), "resource_selector" => labels[1].1.clone(),
+                        "reason" => skip.as_str())
+                    .increment(1);
+                }
+            }
+        }
+        metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(due.len() as f64);
+
+        let mut backoff = Duration::from_millis(500);
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            if due.is_empty() {
+                break;
+            }
+            if attempt > 1 {
+                metrics::counter!("hyperfleet_sentinel_publish_retries_total", &labels).increment(due.len() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            let routing_key = self.cfg.routing_key();
+            let Some(publisher) = self.connected_publisher().await? else { continue };
+            let results = publisher.publish_all(&due, &routing_key).await;
+            let mut failed = Vec::new();
+            for ((r, reason), result) in due.into_iter().zip(results) {
+                match result {
+                    Ok(event_id) => {
+                        self.published.insert(r.id.clone(), Published { generation: r.generation, at: now });
+                        metrics::counter!("hyperfleet_sentinel_events_published_total",
+                            "resource_type" => labels[0].1.clone(), "resource_selector" => labels[1].1.clone(),
+                            "reason" => reason.as_str())
+                        .increment(1);
+                        tracing::info!(resource_id = %r.id, generation = r.generation, reason = reason.as_str(), %event_id, "event published");
+                    }
+                    Err(e) => {
+                        metrics::counter!("hyperfleet_sentinel_broker_errors_total", &labels).increment(1);
+                        tracing::warn!(resource_id = %r.id, attempt, error = %e, "publish failed; will retry");
+                        failed.push((r, reason));
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                self.drop_publisher().await;
+            }
+            due = failed;
+        }
+        if !due.is_empty() {
+            tracing::warn!(unpublished = due.len(), "events left for the next pass");
+        }
+        metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The open publisher, connecting when needed; `None` when the broker is unreachable.
+    async fn connected_publisher(&mut self) -> Result<Option<&Publisher>, Error> {
+        if self.publisher.as_ref().is_none_or(|p| !p.is_open()) {
+            self.health.broker_up.store(false, Ordering::Relaxed);
+            match Publisher::open(&self.cfg).await {
+                Ok(p) => {
+                    tracing::info!(broker = %self.cfg.broker.endpoint(), "broker connected");
+                    self.health.broker_up.store(true, Ordering::Relaxed);
+                    self.publisher = Some(p);
+                }
+                Err(Error::Broker(e)) if e.is_permanent() => return Err(Error::Broker(e)),
+                Err(e) => {
+                    metrics::counter!("hyperfleet_sentinel_broker_errors_total", &self.labels()).increment(1);
+                    tracing::warn!(error = %e, "broker unavailable");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self.publisher.as_ref())
+    }
+
+    async fn drop_publisher(&mut self) {
+        self.health.broker_up.store(false, Ordering::Relaxed);
+        if let Some(p) = self.publisher.take() {
+            p.close().await;
+        }
+    }
+}
+
+/// A failed list request, after retries.
+#[derive(Debug)]
+struct FetchError {
+    message: String,
+    auth: bool,
+}
+
+/// Lists every matching resource, page by page; each page is retried (500 ms doubling to 8 s,
+/// ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail at once.
+async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<Resource>, FetchError> {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/');
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let size = cfg.hyperfleet_api.page_size;
+    let search = cfg.search();
     let mut all = Vec::new();
     for page in 1.. {
-        let resp = http
-            .get(&url)
-            .query(&[("page", page.to_string()), ("size", size.to_string())])
-            .send()
-            .await
-            .map_err(|e| Error::Api(format!("GET {url}: {e}")))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(Error::Api(format!("GET {url}: HTTP {status}")));
+        let mut query = vec![("page", page.to_string()), ("size", size.to_string())];
+        if let Some(s) = &search {
+            query.push(("search", s.clone()));
         }
-        let body: Page = resp.json().await.map_err(|e| Error::Api(format!("GET {url}: bad body: {e}")))?;
+        let body = fetch_page(http, &url, &query).await?;
         let got = body.items.len();
         all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
         if got == 0 || all.len() as i64 >= body.total || got < size as usize {
@@ -237,6 +340,44 @@ async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<R
     Ok(all)
 }
 
+async fn fetch_page(http: &reqwest::Client, url: &str, query: &[(&str, String)]) -> Result<Page, FetchError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let message = match http.get(url).query(query).send().await {
+            Ok(resp) if resp.status().is_success() => match resp.json::<Page>().await {
+                Ok(page) => return Ok(page),
+                Err(e) => format!("GET {url}: unreadable body: {e}"),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+                let detail = resp.text().await.unwrap_or_default();
+                let detail: String = detail.chars().take(300).collect();
+                if !retry {
+                    let auth = status.as_u16() == 401 || status.as_u16() == 403;
+                    return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
+                }
+                format!("GET {url}: HTTP {status}")
+            }
+            Err(e) => format!("GET {url}: {e}"),
+        };
+        let wait = jitter(backoff);
+        if Instant::now() + wait > deadline {
+            return Err(FetchError { message, auth: false });
+        }
+        tracing::debug!(%message, ?wait, "list request failed; retrying");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+    }
+}
+
+/// `d` ± 10 %.
+fn jitter(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
+    d.mul_f64(1.0 + r)
+}
+
 /// A confirm-mode channel on its own connection.
 struct Publisher {
     conn: Connection,
@@ -244,12 +385,18 @@ struct Publisher {
     exchange: String,
 }
 
+/// Events in flight (published, confirm not yet awaited) at most.
+const PIPELINE: usize = 512;
+
 impl Publisher {
     async fn open(cfg: &SentinelConfig) -> Result<Self, Error> {
         let conn = cfg.broker.connect("hyperfleet-sentinel").await?;
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        cfg.broker.declare_exchange(&channel).await?;
+        if let Err(e) = cfg.broker.declare_exchange(&channel).await {
+            let _ = conn.close(200, "exchange declaration failed".into()).await;
+            return Err(e.into());
+        }
         Ok(Publisher { conn, channel, exchange: cfg.broker.exchange.clone() })
     }
 
@@ -257,8 +404,31 @@ impl Publisher {
         self.conn.status().connected() && self.channel.status().connected()
     }
 
-    /// Publishes the reconcile event and waits for the broker's confirm.
-    async fn publish(&self, r: &Resource, cfg: &SentinelConfig) -> Result<String, Error> {
+    /// Publishes one reconcile event per resource, pipelined: up to [`PIPELINE`] events are sent
+    /// before their confirms are awaited. One result per input, in order; `Ok` only once the
+    /// broker confirmed.
+    async fn publish_all(&self, due: &[(&Resource, Reason)], routing_key: &str) -> Vec<Result<String, Error>> {
+        let mut results = Vec::with_capacity(due.len());
+        for chunk in due.chunks(PIPELINE) {
+            let mut inflight = Vec::with_capacity(chunk.len());
+            for (r, _) in chunk {
+                inflight.push(self.send(r, routing_key).await);
+            }
+            for sent in inflight {
+                results.push(match sent {
+                    Ok((id, confirm)) => match confirm.await {
+                        Ok(Confirmation::Ack(_)) => Ok(id),
+                        Ok(_) => Err(Error::NotConfirmed(id)),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        results
+    }
+
+    async fn send(&self, r: &Resource, routing_key: &str) -> Result<(String, lapin::PublisherConfirm), Error> {
         let event = cloudevent::reconcile_event(&ReconcileData {
             id: r.id.clone(),
             kind: r.kind.clone(),
@@ -272,17 +442,13 @@ impl Publisher {
             .channel
             .basic_publish(
                 self.exchange.as_str().into(),
-                cfg.routing_key().as_str().into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
                 &body,
                 props,
             )
-            .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(_) => Ok(id),
-            _ => Err(Error::NotConfirmed(id)),
-        }
+        Ok((id, confirm))
     }
 
     async fn close(self) {
@@ -295,19 +461,27 @@ impl Publisher {
 mod tests {
     use super::*;
 
-    fn res(generation: i64) -> Resource {
-        Resource { id: "a".into(), kind: "Cluster".into(), href: "/x".into(), generation, owner_references: None }
+    #[test]
+    fn list_items_carry_what_the_decision_needs() {
+        let item = serde_json::json!({
+            "id": "a", "kind": "Cluster", "href": "/api/hyperfleet/v1/clusters/a", "generation": 2,
+            "name": "x", "spec": {}, "created_time": "2026-11-23T10:00:00.000001Z",
+            "status": {"conditions": [{"type": "Reconciled", "status": "False", "observed_generation": 2,
+                "reason": "R", "created_time": "2026-11-23T10:00:00Z", "last_updated_time": "2026-11-23T10:00:05Z",
+                "last_transition_time": "2026-11-23T10:00:05Z"}]}
+        });
+        let r: Resource = serde_json::from_value(item).expect("a list item");
+        let state = r.state();
+        assert_eq!((state.generation, state.conditions.len()), (2, 1));
+        assert_eq!(state.conditions[0].last_updated_time.map(|t| t.timestamp()), Some(1_795_428_005));
     }
 
     #[test]
-    fn decision() {
-        let t0 = Instant::now();
-        let max = Duration::from_secs(10);
-        assert_eq!(decide(&res(1), None, t0, max), Some(Reason::New));
-        let last = Announced { generation: 1, at: t0 };
-        assert_eq!(decide(&res(1), Some(&last), t0 + Duration::from_secs(9), max), None);
-        assert_eq!(decide(&res(2), Some(&last), t0 + Duration::from_secs(1), max), Some(Reason::GenerationChanged));
-        assert_eq!(decide(&res(1), Some(&last), t0 + max, max), Some(Reason::MaxAgeExceeded));
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(1));
+            assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100), "{d:?}");
+        }
     }
 }
 

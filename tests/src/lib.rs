@@ -315,3 +315,197 @@ impl Stack {
         self.db.drop_db().await;
     }
 }
+
+/// The API alone on its own database, with an exchange name of its own; sentinels are started per
+/// test with [`ApiStack::sentinel`] and observed through [`Tap`]s.
+pub struct ApiStack {
+    pub env: LocalEnv,
+    pub tag: String,
+    pub api_url: String,
+    pub exchange: String,
+    pub api: Service,
+    db: TestDb,
+}
+
+impl ApiStack {
+    pub async fn start() -> Result<Self> {
+        let env = LocalEnv::load()?;
+        let db = TestDb::create(&env).await?;
+        migrate(&env, &db).await?;
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let port = free_port();
+        let mut vars = api_db_vars(&env, &db)?;
+        vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
+        vars.push(("HYPERFLEET_SERVER_PORT", port.to_string()));
+        let mut api = Service::start(&env, &tag, "api", &["serve"], &vars)?;
+        api.wait_ready(Duration::from_secs(60)).await?;
+        Ok(ApiStack {
+            env,
+            exchange: format!("hf-test-{tag}"),
+            tag,
+            api_url: format!("http://127.0.0.1:{port}"),
+            api,
+            db,
+        })
+    }
+
+    /// The broker and API settings a sentinel or adapter of this stack needs.
+    pub fn worker_vars(&self) -> Result<Vec<(&'static str, String)>> {
+        Ok(vec![
+            ("HYPERFLEET_BROKER_URL", self.env.get("HF_AMQPS_URL")?.to_string()),
+            ("HYPERFLEET_BROKER_CA_FILE", self.env.get("HF_AMQPS_CA_FILE")?.to_string()),
+            ("HYPERFLEET_BROKER_EXCHANGE", self.exchange.clone()),
+            ("HYPERFLEET_HYPERFLEET_API_BASE_URL", self.api_url.clone()),
+        ])
+    }
+
+    /// Starts a sentinel (log `target/e2e/<tag>-<suffix>-sentinel.log`) and waits until it is ready.
+    pub async fn sentinel(&self, suffix: &str, extra: &[(&'static str, String)]) -> Result<Service> {
+        let mut vars = self.worker_vars()?;
+        vars.push(("HYPERFLEET_POLL_INTERVAL", "300ms".into()));
+        vars.extend(extra.iter().cloned());
+        let mut s = Service::start(&self.env, &format!("{}-{suffix}", self.tag), "sentinel", &[], &vars)?;
+        s.wait_ready(Duration::from_secs(60)).await?;
+        Ok(s)
+    }
+
+    pub fn broker(&self) -> Result<hyperfleet_common::broker::BrokerConfig> {
+        Ok(hyperfleet_common::broker::BrokerConfig {
+            url: hyperfleet_common::config::Secret::new(self.env.get("HF_AMQPS_URL")?),
+            ca_file: Some(self.env.get("HF_AMQPS_CA_FILE")?.into()),
+            exchange: self.exchange.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// A queue of the test's own bound to the stack's exchange with `binding`.
+    pub async fn tap(&self, binding: &str) -> Result<Tap> {
+        self.tap_on(&self.exchange, binding).await
+    }
+
+    /// A queue of the test's own bound to `exchange` (a topic exchange) with `binding`.
+    pub async fn tap_on(&self, exchange: &str, binding: &str) -> Result<Tap> {
+        self.open_tap(exchange, binding, false).await
+    }
+
+    /// A durable tap that keeps its messages across a broker restart ([`Tap::reconnect`]); deleted
+    /// by [`Tap::close`].
+    pub async fn durable_tap(&self, binding: &str) -> Result<Tap> {
+        self.open_tap(&self.exchange, binding, true).await
+    }
+
+    async fn open_tap(&self, exchange: &str, binding: &str, durable: bool) -> Result<Tap> {
+        let cfg = hyperfleet_common::broker::BrokerConfig { exchange: exchange.into(), ..self.broker()? };
+        let queue = format!("{exchange}-tap-{}", uuid::Uuid::new_v4().simple());
+        let (conn, channel) = Tap::open(&cfg, &queue, binding, durable).await?;
+        Ok(Tap { conn, channel, queue, durable, cfg, seen: std::sync::Mutex::new(Vec::new()) })
+    }
+
+    /// POSTs a cluster with `labels`; returns its id.
+    pub async fn create_cluster(&self, name: &str, labels: serde_json::Value) -> Result<String> {
+        let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/hyperfleet/v1/clusters", self.api_url))
+            .json(&body)
+            .send()
+            .await?;
+        if resp.status() != 201 {
+            bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let v: serde_json::Value = resp.json().await?;
+        Ok(v["id"].as_str().context("id")?.to_string())
+    }
+
+    pub async fn stop(self) {
+        if let Ok(cfg) = self.broker()
+            && let Ok(conn) = cfg.connect("hyperfleet-test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let _ = ch.exchange_delete(self.exchange.as_str().into(), Default::default()).await;
+            let _ = conn.close(200, "done".into()).await;
+        }
+        self.api.stop().await;
+        self.db.drop_db().await;
+    }
+}
+
+/// The sum of every series of a Prometheus metric whose line starts with `prefix` (a name, optionally
+/// followed by the start of its labels, e.g. `foo_total{reason="new"`).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{', ',']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A test-owned queue on the exchange, read with `basic_get`.
+pub struct Tap {
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    durable: bool,
+    cfg: hyperfleet_common::broker::BrokerConfig,
+    seen: std::sync::Mutex<Vec<serde_json::Value>>,
+}
+
+impl Tap {
+    async fn open(
+        cfg: &hyperfleet_common::broker::BrokerConfig,
+        queue: &str,
+        binding: &str,
+        durable: bool,
+    ) -> Result<(lapin::Connection, lapin::Channel)> {
+        let conn = cfg.connect("hyperfleet-test-tap").await?;
+        let channel = conn.create_channel().await?;
+        cfg.declare_exchange(&channel).await?;
+        let opts = lapin::options::QueueDeclareOptions {
+            durable,
+            exclusive: !durable,
+            auto_delete: !durable,
+            ..Default::default()
+        };
+        channel.queue_declare(queue.into(), opts, Default::default()).await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                cfg.exchange.as_str().into(),
+                binding.into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await?;
+        Ok((conn, channel))
+    }
+
+    /// Connects again (after a broker restart) to the same durable queue.
+    pub async fn reconnect(&mut self, binding: &str) -> Result<()> {
+        let (conn, channel) = Tap::open(&self.cfg, &self.queue, binding, self.durable).await?;
+        self.conn = conn;
+        self.channel = channel;
+        Ok(())
+    }
+
+    /// Everything received so far (CloudEvents as JSON), after fetching what is waiting.
+    pub async fn events(&self) -> Result<Vec<serde_json::Value>> {
+        let opts = lapin::options::BasicGetOptions { no_ack: true };
+        let mut fresh = Vec::new();
+        while let Some(msg) = self.channel.basic_get(self.queue.as_str().into(), opts).await? {
+            fresh.push(serde_json::from_slice(&msg.delivery.data)?);
+        }
+        let mut seen = self.seen.lock().map_err(|_| anyhow::anyhow!("tap poisoned"))?;
+        seen.extend(fresh);
+        Ok(seen.clone())
+    }
+
+    /// How many events so far announce resource `id`.
+    pub async fn count(&self, id: &str) -> Result<usize> {
+        Ok(self.events().await?.iter().filter(|e| e["data"]["id"] == id).count())
+    }
+
+    pub async fn close(self) {
+        if self.durable {
+            let _ = self.channel.queue_delete(self.queue.as_str().into(), Default::default()).await;
+        }
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}

@@ -1,0 +1,180 @@
+//! The sentinel against the real API and RabbitMQ over AMQPS: what it publishes, when, to whom.
+//! No adapter runs here; the tests play the adapter's part through the API where needed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hyperfleet_tests::{ApiStack, Service, Tap, eventually, metric_sum};
+use serde_json::json;
+
+/// Waits until the sentinel has completed `passes` more polls than now.
+async fn passes(sentinel: &Service, passes: f64) -> Result<()> {
+    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    let start = metric_sum(&sentinel.metrics().await?, count);
+    eventually(Duration::from_secs(30), || async {
+        Ok((metric_sum(&sentinel.metrics().await?, count) >= start + passes).then_some(()))
+    })
+    .await
+}
+
+async fn all_seen(tap: &Tap, ids: &[String]) -> Result<()> {
+    for id in ids {
+        eventually(Duration::from_secs(30), || async { Ok((tap.count(id).await? > 0).then_some(())) })
+            .await
+            .with_context(|| format!("no event for {id}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishes_each_cluster_once_over_many_pages_then_per_the_decision_rules() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let all = stack.tap("#").await?;
+    let clusters_only = stack.tap("cluster.*").await?;
+    let sentinel = stack
+        .sentinel(
+            "main",
+            &[("HYPERFLEET_HYPERFLEET_API_PAGE_SIZE", "2".into()), ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into())],
+        )
+        .await?;
+
+    // Seven clusters over four pages; each announced promptly, to both bindings.
+    let mut ids = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..7 {
+        let created = Instant::now();
+        let id = stack.create_cluster(&format!("page-{i}"), json!({})).await?;
+        eventually(Duration::from_secs(30), || async { Ok((all.count(&id).await? > 0).then_some(())) }).await?;
+        latencies.push(created.elapsed());
+        ids.push(id);
+    }
+    all_seen(&clusters_only, &ids).await?;
+    latencies.sort();
+    println!("create→published (poll every 300 ms, N=7): median {:?}, max {:?}", latencies[3], latencies[6]);
+    let event = all.events().await?[0].clone();
+    assert_eq!(event["type"], "com.redhat.hyperfleet.cluster.reconcile");
+    assert_eq!(event["source"], "hyperfleet-sentinel");
+    assert_eq!(event["data"]["kind"], "Cluster");
+    assert_eq!(event["data"]["generation"], 1);
+    assert!(event["data"]["href"].as_str().unwrap_or("").ends_with(event["data"]["id"].as_str().unwrap_or("?")));
+
+    // Several more passes: nothing new happened, so nothing is announced twice.
+    passes(&sentinel, 3.0).await?;
+    for id in &ids {
+        assert_eq!(all.count(id).await?, 1, "{id} announced more than once\n{}", sentinel.log_tail());
+    }
+    let metrics = sentinel.metrics().await?;
+    assert_eq!(metric_sum(&metrics, "hyperfleet_sentinel_events_published_total"), 7.0, "{metrics}");
+    assert!(metric_sum(&metrics, "hyperfleet_sentinel_resources_skipped_total") >= 7.0 * 3.0);
+
+    // A PATCH moves the generation past what was announced: published at once.
+    let http = reqwest::Client::new();
+    let uri = format!("{}/api/hyperfleet/v1/clusters/{}", stack.api_url, ids[0]);
+    assert_eq!(http.patch(&uri).json(&json!({"labels": {"x": "y"}})).send().await?.status(), 200);
+    eventually(Duration::from_secs(30), || async {
+        Ok(all
+            .events()
+            .await?
+            .iter()
+            .any(|e| e["data"]["id"] == ids[0].as_str() && e["data"]["generation"] == 2)
+            .then_some(()))
+    })
+    .await?;
+
+    // An adapter reports failure at the current generation: re-announced once that report is older
+    // than max_age_not_ready (here 1 s, on a second sentinel).
+    let at = chrono::Utc::now().to_rfc3339();
+    let report = json!({"adapter": "landing-zone", "observed_generation": 1, "observed_time": at,
+        "conditions": [{"type": "Available", "status": "False", "reason": "Broken"},
+                       {"type": "Applied", "status": "True"}, {"type": "Health", "status": "False"}]});
+    let resp = http
+        .put(format!("{}/api/hyperfleet/v1/clusters/{}/statuses", stack.api_url, ids[1]))
+        .json(&report)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 201);
+    sentinel.stop().await;
+    let fast = stack.sentinel("fast", &[("HYPERFLEET_MAX_AGE_NOT_READY", "1s".into())]).await?;
+    eventually(Duration::from_secs(30), || async {
+        let m = fast.metrics().await?;
+        let republished = m.lines().any(|l| {
+            l.starts_with("hyperfleet_sentinel_events_published_total{") && l.contains("reason=\"not_ready_max_age\"")
+        });
+        Ok(republished.then_some(()))
+    })
+    .await
+    .with_context(|| fast.log_tail())?;
+    let before = all.count(&ids[1]).await?;
+    eventually(Duration::from_secs(30), || async { Ok((all.count(&ids[1]).await? >= before + 2).then_some(())) })
+        .await?;
+
+    fast.stop().await;
+    all.close().await;
+    clusters_only.close().await;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sentinels_with_different_selectors_publish_disjoint_sets() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let (ex_a, ex_b) = (format!("{}-a", stack.exchange), format!("{}-b", stack.exchange));
+    let tap_a = stack.tap_on(&ex_a, "#").await?;
+    let tap_b = stack.tap_on(&ex_b, "#").await?;
+    let selector = |shard: &str| json!([{"label": "shard", "value": shard}]).to_string();
+    let a = stack
+        .sentinel("a", &[("HYPERFLEET_BROKER_EXCHANGE", ex_a.clone()), ("HYPERFLEET_RESOURCE_SELECTOR", selector("a"))])
+        .await?;
+    let b = stack
+        .sentinel("b", &[("HYPERFLEET_BROKER_EXCHANGE", ex_b.clone()), ("HYPERFLEET_RESOURCE_SELECTOR", selector("b"))])
+        .await?;
+    let a1 = stack.create_cluster("in-a-1", json!({"shard": "a"})).await?;
+    let a2 = stack.create_cluster("in-a-2", json!({"shard": "a", "other": "x"})).await?;
+    let b1 = stack.create_cluster("in-b-1", json!({"shard": "b"})).await?;
+    let none = stack.create_cluster("in-none", json!({"shard": "c"})).await?;
+    all_seen(&tap_a, &[a1.clone(), a2.clone()]).await?;
+    all_seen(&tap_b, std::slice::from_ref(&b1)).await?;
+    passes(&a, 2.0).await?;
+    passes(&b, 2.0).await?;
+    for id in [&b1, &none] {
+        assert_eq!(tap_a.count(id).await?, 0, "sentinel a published {id}");
+    }
+    for id in [&a1, &a2, &none] {
+        assert_eq!(tap_b.count(id).await?, 0, "sentinel b published {id}");
+    }
+    let m = a.metrics().await?;
+    assert!(m.contains("resource_selector=\"shard=a\""), "{m}");
+    a.stop().await;
+    b.stop().await;
+    tap_a.close().await;
+    tap_b.close().await;
+    if let Ok(conn) = stack.broker()?.connect("hyperfleet-test-cleanup").await {
+        let ch = conn.create_channel().await?;
+        for ex in [&ex_a, &ex_b] {
+            let _ = ch.exchange_delete(ex.as_str().into(), Default::default()).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_exchange_of_another_type_stops_the_sentinel_naming_both_types() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let fanout = hyperfleet_common::broker::BrokerConfig { exchange_type: "fanout".into(), ..stack.broker()? };
+    let conn = fanout.connect("hyperfleet-test-fanout").await?;
+    fanout.declare_exchange(&conn.create_channel().await?).await?;
+    let mut vars = stack.worker_vars()?;
+    vars.push(("HYPERFLEET_HEALTH_PORT", hyperfleet_tests::free_port().to_string()));
+    vars.push(("HYPERFLEET_METRICS_PORT", hyperfleet_tests::free_port().to_string()));
+    vars.push(("HYPERFLEET_LOG_FORMAT", "text".into()));
+    let run = tokio::process::Command::new(stack.env.bin("hyperfleet-sentinel")?).env_clear().envs(vars).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.context("the sentinel should exit")??;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("received 'topic' but current is 'fanout'"), "{text}");
+    let _ = conn.close(200, "done".into()).await;
+    stack.stop().await;
+    Ok(())
+}
