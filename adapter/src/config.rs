@@ -21,6 +21,11 @@ pub struct AdapterConfig {
     pub binding_key: String,
     /// Unacknowledged deliveries at a time; that many events are processed concurrently.
     pub prefetch: u16,
+    /// The task file (objects to apply, what to report); unset means the built-in landing-zone task.
+    pub task_file: Option<PathBuf>,
+    /// In-process retries of transient failures (API 5xx/408/429/timeouts, Kubernetes 5xx/429/
+    /// conflicts/unreachable) before the failure is reported as `Health=False`.
+    pub retry: RetryConfig,
     pub kubernetes: KubernetesConfig,
     pub health: Listen,
     pub metrics: Listen,
@@ -36,6 +41,8 @@ impl Default for AdapterConfig {
             queue: "hyperfleet-clusters-landing-zone".into(),
             binding_key: "#".into(),
             prefetch: 10,
+            task_file: None,
+            retry: RetryConfig::default(),
             kubernetes: KubernetesConfig::default(),
             health: Listen::new("0.0.0.0", 8080),
             metrics: Listen::new("0.0.0.0", 9090),
@@ -66,8 +73,6 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Field manager of the server-side applies.
     pub field_manager: String,
-    /// Name of the ServiceAccount created in each cluster's Namespace.
-    pub service_account: String,
     /// How long one event waits for a deleted Namespace to disappear before reporting
     /// `Finalized=False` (CleanupInProgress) and leaving the rest to the next event.
     #[serde(with = "duration")]
@@ -79,9 +84,24 @@ impl Default for KubernetesConfig {
         KubernetesConfig {
             kubeconfig: None,
             field_manager: "hyperfleet-adapter".into(),
-            service_account: "landing-zone".into(),
             deletion_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries per step in all (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the second try; doubles each time (±10 %), at most 8 s.
+    #[serde(with = "duration")]
+    pub base_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { attempts: 3, base_delay: Duration::from_millis(500) }
     }
 }
 
@@ -96,6 +116,9 @@ impl ServiceConfig for AdapterConfig {
         }
         if self.prefetch == 0 {
             return Err("prefetch must be at least 1".into());
+        }
+        if self.retry.attempts == 0 {
+            return Err("retry.attempts must be at least 1".into());
         }
         let url = &self.hyperfleet_api.base_url;
         if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -1,18 +1,21 @@
-//! HyperFleet landing-zone adapter: turns reconcile events into Kubernetes objects.
+//! HyperFleet adapter: turns reconcile events into Kubernetes objects.
 //!
-//! It consumes CloudEvents from a durable queue bound to the sentinel's exchange, reads the cluster
-//! from the API, server-side applies a Namespace named after the cluster id and a ServiceAccount in
-//! it, reports `Applied`/`Available`/`Health`/`Finalized` back to the API at the cluster's
-//! generation, and acknowledges the event only after that succeeded. For a cluster being deleted it
-//! removes the Namespace and reports `Finalized=True` once it is gone, so the API can delete the
-//! cluster. Messages that are not reconcile
-//! CloudEvents are moved to `<queue>.dead-letter` with the reason in a header (never redelivered in
-//! a loop); transient failures are requeued after a short pause. Every step is idempotent, so a
-//! redelivery after a crash is harmless.
+//! It consumes CloudEvents from a durable queue bound to the sentinel's exchange, reads the resource
+//! from the API, server-side applies the objects of its task ([`task`]; the landing-zone task — a
+//! Namespace named after the cluster id and a ServiceAccount in it — is built in), and reports
+//! `Applied`/`Available`/`Health`/`Finalized` back to the API at the resource's generation before
+//! acknowledging the event. For a resource being deleted it deletes the objects and reports
+//! `Finalized=True` once they are gone, so the API can delete the resource.
+//!
+//! Transient failures are retried in process with backoff; a failure that outlasts the retries is
+//! reported as `Health=False` and acknowledged — the sentinel re-announces resources that are not
+//! reconciled, which drives the next try. Messages that are not reconcile CloudEvents go to
+//! `<queue>.dead-letter` with the reason in a header. Every step is idempotent, so a redelivery
+//! after a crash is harmless.
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod landing_zone;
+pub mod task;
 
 use std::{
     sync::{
@@ -42,7 +45,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::AdapterConfig;
-use landing_zone::ClusterView;
+use task::{Objects, ResourceView, Task, Vars};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,23 +66,49 @@ impl From<lapin::Error> for Error {
 /// What happened to one delivery.
 #[derive(Debug)]
 enum Outcome {
-    /// Work done (or nothing to do): acknowledge.
+    /// Handled — done, nothing to do, or a failure reported to the API: acknowledge. The label is
+    /// the `status` of `hyperfleet_adapter_events_processed_total`.
     Done(&'static str),
     /// Not a reconcile event: dead-letter, never retry.
     Poison(EventError),
-    /// Could not finish now: requeue.
-    Retry(String),
+}
+
+/// A failed step; transient ones are retried.
+#[derive(Debug)]
+struct Failure {
+    transient: bool,
+    message: String,
+}
+
+impl Failure {
+    fn transient(message: String) -> Self {
+        Failure { transient: true, message }
+    }
+    fn permanent(message: String) -> Self {
+        Failure { transient: false, message }
+    }
+    /// Kubernetes 5xx, 429, conflicts and connection errors are transient; other API errors
+    /// (forbidden, invalid) are not.
+    fn kube(what: &str, e: kube::Error) -> Self {
+        let transient = match &e {
+            kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.code == 409,
+            _ => true,
+        };
+        Failure { transient, message: format!("{what}: {e}") }
+    }
 }
 
 struct Worker {
     cfg: AdapterConfig,
-    kube: Client,
+    task: Task,
+    objects: Objects,
     http: reqwest::Client,
 }
 
 /// Runs the adapter until `shutdown` is cancelled; in-flight events finish first.
 pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), Error> {
     cfg.validate().map_err(Error::Start)?;
+    let task = Task::load(cfg.task_file.as_deref()).map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
     let kube = kube_client(&cfg).await?;
     let consuming = Arc::new(AtomicBool::new(false));
@@ -101,9 +130,14 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
         .user_agent(concat!("hyperfleet-adapter/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
-    let worker = Arc::new(Worker { cfg, kube, http });
+    let objects = Objects::new(kube, &cfg.kubernetes.field_manager);
+    metrics::gauge!("hyperfleet_adapter_build_info", "component" => "adapter", "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    let worker = Arc::new(Worker { cfg, task, objects, http });
     tracing::info!(
         adapter = %worker.cfg.name,
+        task = %worker.task.resource,
+        objects = worker.task.objects.len(),
         broker = %worker.cfg.broker.endpoint(),
         queue = %worker.cfg.queue,
         exchange = %worker.cfg.broker.exchange,
@@ -120,6 +154,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
             }
         }
         consuming.store(false, Ordering::Relaxed);
+        metrics::gauge!("hyperfleet_adapter_up").set(0.0);
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(backoff) => {}
@@ -177,6 +212,7 @@ async fn consume(worker: &Arc<Worker>, consuming: &AtomicBool, shutdown: &Cancel
         )
         .await?;
     consuming.store(true, Ordering::Relaxed);
+    metrics::gauge!("hyperfleet_adapter_up").set(1.0);
     tracing::info!(queue = %cfg.queue, consumer_tag = %tag, prefetch = cfg.prefetch, "consuming");
 
     let dlq = &dlq;
@@ -227,12 +263,6 @@ async fn handle(worker: &Worker, dlq: &Channel, delivery: Delivery) {
             }
             "dead_lettered"
         }
-        Outcome::Retry(why) => {
-            tracing::warn!(error = %why, "event failed; requeueing");
-            pause().await;
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-            "retried"
-        }
     };
     metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => label).increment(1);
     metrics::histogram!("hyperfleet_adapter_event_processing_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -243,55 +273,131 @@ async fn pause() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// Runs `step` up to `retry.attempts` times while it fails transiently.
+async fn with_retry<T, F, Fut>(worker: &Worker, phase: &'static str, mut step: F) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let retry = &worker.cfg.retry;
+    let mut delay = retry.base_delay;
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(f) if f.transient && attempt < retry.attempts => {
+                metrics::counter!("hyperfleet_adapter_retries_total", "phase" => phase).increment(1);
+                tracing::debug!(phase, attempt, error = %f.message, "transient failure; retrying");
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(f) => {
+                metrics::counter!("hyperfleet_adapter_errors_total", "phase" => phase).increment(1);
+                return Err(f);
+            }
+        }
+    }
+}
+
+/// `d` ± 10 %.
+fn jitter(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
+    d.mul_f64(1.0 + r)
+}
+
 async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
     let data = match cloudevent::decode(content_type, &delivery.data).and_then(|e| cloudevent::reconcile_data(&e)) {
         Ok(d) => d,
         Err(e) => return Outcome::Poison(e),
     };
-    if data.kind != "Cluster" {
+    let wanted = if worker.task.resource == "nodepools" { "NodePool" } else { "Cluster" };
+    if data.kind != wanted {
         return Outcome::Done("skipped");
     }
-    let base = worker.cfg.hyperfleet_api.base_url.trim_end_matches('/');
-    let url = format!("{base}/api/hyperfleet/v1/clusters/{}", data.id);
-    let resp = match worker.http.get(&url).send().await {
-        Ok(r) => r,
-        Err(e) => return Outcome::Retry(format!("GET {url}: {e}")),
-    };
-    match resp.status() {
-        s if s == reqwest::StatusCode::NOT_FOUND => {
-            tracing::info!(cluster_id = %data.id, "cluster is gone; nothing to do");
+    let resource = match with_retry(worker, "fetch", || fetch(worker, &data.id)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(resource_id = %data.id, "resource is gone; nothing to do");
             return Outcome::Done("skipped");
         }
-        s if !s.is_success() => return Outcome::Retry(format!("GET {url}: HTTP {s}")),
-        _ => {}
-    }
-    let cluster: ClusterView = match resp.json().await {
-        Ok(c) => c,
-        Err(e) => return Outcome::Retry(format!("GET {url}: bad body: {e}")),
+        Err(f) => {
+            tracing::warn!(resource_id = %data.id, error = %f.message, "cannot read the resource; the sentinel will announce it again");
+            return Outcome::Done("failed");
+        }
     };
-    let k = &worker.cfg.kubernetes;
-    let report = if cluster.deleted_time.is_some() {
-        match landing_zone::remove(&worker.kube, &cluster, worker.cfg.kubernetes.deletion_timeout).await {
+    let vars = Vars { resource: &resource, adapter: &worker.cfg.name };
+    let rendered: Vec<serde_json::Value> = worker.task.objects.iter().map(|o| task::render(o, &vars)).collect();
+    let (report, status) = if resource.deleted_time.is_some() {
+        let started = std::time::Instant::now();
+        metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").increment(1.0);
+        let within = worker.cfg.kubernetes.deletion_timeout;
+        let removed = with_retry(worker, "delete", || async {
+            worker.objects.remove(&rendered, within).await.map_err(|e| Failure::kube("delete", e))
+        })
+        .await;
+        metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").decrement(1.0);
+        match removed {
             Ok(true) => {
-                tracing::info!(cluster_id = %cluster.id, "landing zone removed");
-                Report::finalized(&cluster)
+                metrics::counter!("hyperfleet_adapter_resources_deleted_total").increment(rendered.len() as u64);
+                metrics::histogram!("hyperfleet_adapter_resource_deletion_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::info!(resource_id = %resource.id, "objects removed");
+                (Report::finalized(&resource), "success")
             }
-            Ok(false) => Report::cleanup_in_progress(&cluster),
-            Err(e) => return Outcome::Retry(format!("remove landing zone for {}: {e}", cluster.id)),
+            Ok(false) => (Report::cleanup_in_progress(&resource), "success"),
+            Err(f) => {
+                tracing::warn!(resource_id = %resource.id, error = %f.message, "removal failed; reporting Health=False");
+                (Report::failed(&f, true), "failed")
+            }
         }
     } else {
-        match landing_zone::apply(&worker.kube, &cluster, &k.field_manager, &k.service_account).await {
+        match with_retry(worker, "apply", || async {
+            worker.objects.apply(&rendered).await.map_err(|e| Failure::kube("apply", e))
+        })
+        .await
+        {
             Ok(()) => {
-                tracing::info!(cluster_id = %cluster.id, generation = cluster.generation, "landing zone applied");
-                Report::applied(&cluster, &k.service_account)
+                tracing::info!(resource_id = %resource.id, generation = resource.generation, "objects applied");
+                let spec = &worker.task.report;
+                let applied = task::render_str(&spec.applied_message, &vars);
+                (Report::applied(applied, task::render_str(&spec.available_message, &vars)), "success")
             }
-            Err(e) => return Outcome::Retry(format!("apply landing zone for {}: {e}", cluster.id)),
+            Err(f) => {
+                tracing::warn!(resource_id = %resource.id, error = %f.message, "apply failed; reporting Health=False");
+                (Report::failed(&f, false), "failed")
+            }
         }
     };
-    match put_status(worker, &cluster, &report).await {
-        Ok(()) => Outcome::Done("success"),
-        Err(e) => Outcome::Retry(e),
+    let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
+    match with_retry(worker, "report", || put_status(worker, &resource, &report, &data)).await {
+        Ok(()) => Outcome::Done(status),
+        Err(f) => {
+            tracing::warn!(resource_id = %resource.id, error = %f.message, "cannot report; the sentinel will announce it again");
+            Outcome::Done("failed")
+        }
+    }
+}
+
+fn api_url(worker: &Worker, id: &str) -> String {
+    let base = worker.cfg.hyperfleet_api.base_url.trim_end_matches('/');
+    format!("{base}/api/hyperfleet/v1/{}/{id}", worker.task.resource)
+}
+
+fn http_failure(what: String, status: reqwest::StatusCode) -> Failure {
+    let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+    Failure { transient, message: format!("{what}: HTTP {status}") }
+}
+
+/// The resource, or `None` when the API no longer has it.
+async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
+    let url = api_url(worker, id);
+    let resp = worker.http.get(&url).send().await.map_err(|e| Failure::transient(format!("GET {url}: {e}")))?;
+    match resp.status() {
+        reqwest::StatusCode::NOT_FOUND => Ok(None),
+        s if !s.is_success() => Err(http_failure(format!("GET {url}"), s)),
+        _ => resp.json().await.map(Some).map_err(|e| Failure::permanent(format!("GET {url}: unreadable body: {e}"))),
     }
 }
 
@@ -301,44 +407,60 @@ struct Report {
 }
 
 impl Report {
-    fn applied(cluster: &ClusterView, sa: &str) -> Self {
-        let objects = format!("Namespace {} and ServiceAccount {sa}", cluster.id);
+    fn applied(applied: String, available: String) -> Self {
         Report {
             conditions: [
-                ("Applied", "True", "ResourcesApplied", format!("{objects} applied")),
-                ("Available", "True", "LandingZoneReady", format!("{objects} exist")),
-                ("Health", "True", "Healthy", "landing zone reconciled without errors".into()),
-                ("Finalized", "False", "NotDeleting", "the cluster is not being deleted".into()),
+                ("Applied", "True", "ResourcesApplied", applied),
+                ("Available", "True", "ResourcesAvailable", available),
+                ("Health", "True", "Healthy", "reconciled without errors".into()),
+                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
             ],
         }
     }
-    fn finalized(cluster: &ClusterView) -> Self {
+    fn finalized(resource: &ResourceView) -> Self {
         Report {
             conditions: [
-                ("Applied", "False", "ResourcesDeleted", format!("Namespace {} deleted", cluster.id)),
-                ("Available", "False", "Deleted", "the landing zone has been removed".into()),
-                ("Health", "True", "Healthy", "landing zone removed without errors".into()),
-                ("Finalized", "True", "CleanupConfirmed", format!("Namespace {} is gone", cluster.id)),
+                ("Applied", "False", "ResourcesDeleted", format!("the objects of {} are deleted", resource.id)),
+                ("Available", "False", "Deleted", "the objects have been removed".into()),
+                ("Health", "True", "Healthy", "removed without errors".into()),
+                ("Finalized", "True", "CleanupConfirmed", format!("the objects of {} are gone", resource.id)),
             ],
         }
     }
-    fn cleanup_in_progress(cluster: &ClusterView) -> Self {
+    fn cleanup_in_progress(resource: &ResourceView) -> Self {
         Report {
             conditions: [
-                ("Applied", "True", "DeletionRequested", format!("Namespace {} is terminating", cluster.id)),
-                ("Available", "False", "Deleting", "the landing zone is being removed".into()),
-                ("Health", "True", "Healthy", "waiting for the namespace to terminate".into()),
-                ("Finalized", "False", "CleanupInProgress", format!("Namespace {} still exists", cluster.id)),
+                ("Applied", "True", "DeletionRequested", format!("the objects of {} are terminating", resource.id)),
+                ("Available", "False", "Deleting", "the objects are being removed".into()),
+                ("Health", "True", "Healthy", "waiting for the objects to terminate".into()),
+                ("Finalized", "False", "CleanupInProgress", format!("objects of {} still exist", resource.id)),
+            ],
+        }
+    }
+    fn failed(f: &Failure, deleting: bool) -> Self {
+        let message: String = f.message.chars().take(1000).collect();
+        let (step, reason) = if deleting { ("deletion", "DeleteFailed") } else { ("apply", "ApplyFailed") };
+        let health = if f.transient { "KubernetesUnavailable" } else { "KubernetesError" };
+        Report {
+            conditions: [
+                ("Applied", "False", reason, message.clone()),
+                ("Available", "False", reason, format!("the {step} did not complete")),
+                ("Health", "False", health, message),
+                ("Finalized", "False", "AdapterUnhealthy", format!("the {step} did not complete")),
             ],
         }
     }
 }
 
-/// PUTs the report at the cluster's generation. 201 (stored), 204 (discarded as stale) and 404
-/// (the cluster is gone) all end the work; anything else is retried.
-async fn put_status(worker: &Worker, cluster: &ClusterView, report: &Report) -> Result<(), String> {
-    let base = worker.cfg.hyperfleet_api.base_url.trim_end_matches('/');
-    let url = format!("{base}/api/hyperfleet/v1/clusters/{}/statuses", cluster.id);
+/// PUTs the report at the resource's generation. 201 (stored), 204 (discarded as stale) and 404
+/// (the resource is gone) all end the work.
+async fn put_status(
+    worker: &Worker,
+    resource: &ResourceView,
+    report: &Report,
+    data: &serde_json::Value,
+) -> Result<(), Failure> {
+    let url = format!("{}/statuses", api_url(worker, &resource.id));
     let conditions: Vec<serde_json::Value> = report
         .conditions
         .iter()
@@ -348,15 +470,16 @@ async fn put_status(worker: &Worker, cluster: &ClusterView, report: &Report) -> 
         .collect();
     let body = serde_json::json!({
         "adapter": worker.cfg.name,
-        "observed_generation": cluster.generation,
+        "observed_generation": resource.generation,
         "observed_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "conditions": conditions,
-        "data": {"namespace": cluster.id, "service_account": worker.cfg.kubernetes.service_account},
+        "data": data,
     });
-    let resp = worker.http.put(&url).json(&body).send().await.map_err(|e| format!("PUT {url}: {e}"))?;
+    let resp =
+        worker.http.put(&url).json(&body).send().await.map_err(|e| Failure::transient(format!("PUT {url}: {e}")))?;
     match resp.status().as_u16() {
         201 | 204 | 404 => Ok(()),
-        code => Err(format!("PUT {url}: HTTP {code}: {}", resp.text().await.unwrap_or_default())),
+        _ => Err(http_failure(format!("PUT {url}"), resp.status())),
     }
 }
 

@@ -8,7 +8,8 @@ use hyperfleet_common::{
 };
 use serde_json::Value;
 
-/// HyperFleet landing-zone adapter: a Namespace and a ServiceAccount per cluster.
+/// HyperFleet adapter: applies a task's Kubernetes objects per resource (by default the landing
+/// zone: a Namespace and a ServiceAccount per cluster) and reports their status to the API.
 ///
 /// Configuration: defaults, then the YAML file (--config / HYPERFLEET_CONFIG), then HYPERFLEET_*
 /// environment variables (e.g. HYPERFLEET_BROKER_URL), then these flags.
@@ -29,6 +30,9 @@ struct Cli {
     /// kubeconfig file (kubernetes.kubeconfig).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Task file (task_file); without it the built-in landing-zone task runs.
+    #[arg(long, short = 't', visible_alias = "task-config")]
+    task_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -40,6 +44,7 @@ async fn main() -> ExitCode {
         ("queue", cli.queue.map(Value::from)),
         ("broker.exchange", cli.broker_exchange.map(Value::from)),
         ("kubernetes.kubeconfig", cli.kubeconfig.map(|p| Value::from(p.display().to_string()))),
+        ("task_file", cli.task_file.map(|p| Value::from(p.display().to_string()))),
     ]);
     let cfg: AdapterConfig = match process::start("hyperfleet-adapter", cli.common.config.as_deref(), &overrides) {
         Ok(c) => c,

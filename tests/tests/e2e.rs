@@ -94,7 +94,8 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     assert_eq!(condition(&reconciled, "Reconciled")["observed_generation"], 1);
     assert_eq!(condition(&reconciled, "LastKnownReconciled")["status"], "True");
     let lz = condition(&reconciled, "LandingZoneSuccessful");
-    assert_eq!((lz["status"].as_str(), lz["reason"].as_str()), (Some("True"), Some("LandingZoneReady")));
+    assert_eq!((lz["status"].as_str(), lz["reason"].as_str()), (Some("True"), Some("ResourcesAvailable")));
+    assert!(lz["message"].as_str().is_some_and(|m| m.contains(&id)), "{lz}");
 
     // Deleting it removes the landing zone, then the adapter's Finalized=True removes the cluster.
     let resp = http.delete(&cluster_url).send().await?;

@@ -1,0 +1,336 @@
+//! The task file: which API resource an event names, which Kubernetes objects it gets, and what
+//! the status report says — so a different task needs a different file, not different code.
+//! The landing-zone task ([`LANDING_ZONE`]) is built in and is the default.
+//!
+//! Strings in the file are templates over a fixed set of variables ([`VARIABLES`]); an unknown
+//! variable, a malformed object or an unknown key is refused when the adapter starts.
+
+use std::{collections::HashMap, path::Path, sync::Mutex, time::Duration};
+
+use kube::{
+    Api, Client,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    discovery::{self, Scope},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The built-in landing-zone task.
+pub const LANDING_ZONE: &str = include_str!("../tasks/landing-zone.yaml");
+
+/// Template variables a task may use.
+pub const VARIABLES: &[&str] =
+    &["resource.id", "resource.name", "resource.kind", "resource.generation", "adapter.name"];
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// API collection the event's resource is read from (`clusters`).
+    pub resource: String,
+    /// Objects to apply, in order (and to delete, in reverse order).
+    pub objects: Vec<Value>,
+    pub report: ReportSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    pub applied_message: String,
+    pub available_message: String,
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+/// The resource an event names, as read from the API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResourceView {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub generation: i64,
+    /// Set once the resource is being deleted.
+    #[serde(default)]
+    pub deleted_time: Option<String>,
+}
+
+/// Values of the template variables for one resource.
+pub struct Vars<'a> {
+    pub resource: &'a ResourceView,
+    pub adapter: &'a str,
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "resource.id" => self.resource.id.clone(),
+            "resource.name" => self.resource.name.clone(),
+            "resource.kind" => self.resource.kind.clone(),
+            "resource.generation" => self.resource.generation.to_string(),
+            "adapter.name" => self.adapter.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// The `{{ name }}` placeholders of `s`, or an error naming a malformed one.
+fn placeholders(s: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| format!("unclosed '{{{{' in {s:?}"))?;
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    Ok(out)
+}
+
+/// Replaces the placeholders of `s` with their values.
+pub fn render_str(s: &str, vars: &Vars<'_>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        out.push_str(&vars.get(after[..end].trim()).unwrap_or_default());
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Renders every string (keys included) of a JSON value.
+pub fn render(v: &Value, vars: &Vars<'_>) -> Value {
+    match v {
+        Value::String(s) => Value::String(render_str(s, vars)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| render(x, vars)).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (render_str(k, vars), render(x, vars))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn check_templates(v: &Value, at: &str) -> Result<(), String> {
+    let check = |s: &str, at: &str| -> Result<(), String> {
+        for name in placeholders(s).map_err(|e| format!("{at}: {e}"))? {
+            if !VARIABLES.contains(&name) {
+                return Err(format!("{at}: unknown variable {{{{{name}}}}} (known: {})", VARIABLES.join(", ")));
+            }
+        }
+        Ok(())
+    };
+    match v {
+        Value::String(s) => check(s, at),
+        Value::Array(a) => a.iter().enumerate().try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"))),
+        Value::Object(m) => m.iter().try_for_each(|(k, x)| {
+            check(k, at)?;
+            check_templates(x, &format!("{at}.{k}"))
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Task {
+    /// Parses and validates a task; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let task: Task = serde_yaml::from_str(text).map_err(|e| format!("task {origin}: {e}"))?;
+        task.validate().map_err(|e| format!("task {origin}: {e}"))?;
+        Ok(task)
+    }
+
+    /// The task in `path`, or the built-in landing-zone task.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        match path {
+            None => Task::parse(LANDING_ZONE, "landing-zone (built in)"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("task file {}: {e}", p.display()))?;
+                Task::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !matches!(self.resource.as_str(), "clusters" | "nodepools") {
+            return Err(format!("resource {:?} is not clusters or nodepools", self.resource));
+        }
+        if self.objects.is_empty() {
+            return Err("objects: at least one object is needed".into());
+        }
+        for (i, obj) in self.objects.iter().enumerate() {
+            let at = format!("objects[{i}]");
+            let text = |key: &str| obj.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+            let api_version = text("apiVersion").ok_or_else(|| format!("{at}: apiVersion is required"))?;
+            text("kind").ok_or_else(|| format!("{at}: kind is required"))?;
+            if api_version.split('/').count() > 2 {
+                return Err(format!("{at}: apiVersion {api_version:?} is not group/version or version"));
+            }
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty());
+            name.ok_or_else(|| format!("{at}: metadata.name is required"))?;
+            check_templates(obj, &at)?;
+        }
+        check_templates(&Value::String(self.report.applied_message.clone()), "report.applied_message")?;
+        check_templates(&Value::String(self.report.available_message.clone()), "report.available_message")?;
+        check_templates(&Value::Object(self.report.data.clone()), "report.data")
+    }
+}
+
+fn gvk(obj: &Value) -> GroupVersionKind {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default())
+}
+
+/// Kubernetes access for a task: resolves kinds once (discovery) and applies or removes objects.
+pub struct Objects {
+    client: Client,
+    field_manager: String,
+    kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
+}
+
+impl Objects {
+    pub fn new(client: Client, field_manager: &str) -> Self {
+        Objects { client, field_manager: field_manager.into(), kinds: Mutex::new(HashMap::new()) }
+    }
+
+    /// The API of a rendered object and its name.
+    async fn api(&self, obj: &Value) -> Result<(Api<DynamicObject>, String), kube::Error> {
+        let gvk = gvk(obj);
+        let cached = self.kinds.lock().ok().and_then(|k| k.get(&gvk).cloned());
+        let (resource, namespaced) = match cached {
+            Some(hit) => hit,
+            None => {
+                let (ar, caps) = discovery::pinned_kind(&self.client, &gvk).await?;
+                let entry = (ar, caps.scope == Scope::Namespaced);
+                if let Ok(mut k) = self.kinds.lock() {
+                    k.insert(gvk, entry.clone());
+                }
+                entry
+            }
+        };
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let api = match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+            Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
+            _ if namespaced => Api::default_namespaced_with(self.client.clone(), &resource),
+            _ => Api::all_with(self.client.clone(), &resource),
+        };
+        Ok((api, name))
+    }
+
+    /// Server-side applies the rendered objects in order.
+    pub async fn apply(&self, objects: &[Value]) -> Result<(), kube::Error> {
+        let params = PatchParams::apply(&self.field_manager).force();
+        for obj in objects {
+            let (api, name) = self.api(obj).await?;
+            api.patch(&name, &params, &Patch::Apply(obj)).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the rendered objects in reverse order and waits up to `within` until all are gone
+    /// (a Namespace is finalized by the controller-manager). Returns whether they are gone.
+    pub async fn remove(&self, objects: &[Value], within: Duration) -> Result<bool, kube::Error> {
+        let mut apis = Vec::with_capacity(objects.len());
+        for obj in objects.iter().rev() {
+            let (api, name) = self.api(obj).await?;
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            apis.push((api, name));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut all_gone = true;
+            for (api, name) in &apis {
+                if api.get_opt(name).await?.is_some() {
+                    all_gone = false;
+                    break;
+                }
+            }
+            if all_gone {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> ResourceView {
+        ResourceView {
+            id: "0194-x".into(),
+            kind: "Cluster".into(),
+            name: "prod".into(),
+            generation: 4,
+            deleted_time: None,
+        }
+    }
+
+    #[test]
+    fn the_built_in_task_renders_the_landing_zone() {
+        let task = Task::load(None).expect("built-in task");
+        let c = cluster();
+        let vars = Vars { resource: &c, adapter: "landing-zone" };
+        let objects: Vec<Value> = task.objects.iter().map(|o| render(o, &vars)).collect();
+        let ns = &objects[0];
+        assert_eq!((ns["kind"].as_str(), ns["metadata"]["name"].as_str()), (Some("Namespace"), Some("0194-x")));
+        assert_eq!(ns["metadata"]["labels"]["hyperfleet.io/cluster-id"], "0194-x");
+        assert_eq!(ns["metadata"]["labels"]["hyperfleet.io/cluster-name"], "prod");
+        assert_eq!(ns["metadata"]["labels"]["app.kubernetes.io/managed-by"], "hyperfleet-adapter");
+        assert_eq!(ns["metadata"]["annotations"]["hyperfleet.io/generation"], "4");
+        let sa = &objects[1];
+        assert_eq!(
+            (sa["kind"].as_str(), sa["metadata"]["namespace"].as_str()),
+            (Some("ServiceAccount"), Some("0194-x"))
+        );
+        assert_eq!(render(&Value::Object(task.report.data.clone()), &vars)["namespace"], "0194-x");
+        assert_eq!(gvk(ns), GroupVersionKind::gvk("", "v1", "Namespace"));
+    }
+
+    #[test]
+    fn bad_tasks_are_refused_with_the_place_and_the_problem() {
+        let base = |objects: &str| {
+            format!("resource: clusters\nobjects:\n{objects}\nreport: {{applied_message: a, available_message: b}}\n")
+        };
+        let err = |text: String| Task::parse(&text, "t.yaml").expect_err("must fail");
+        assert!(
+            err(base("  - {apiVersion: v1, kind: Namespace, metadata: {name: \"{{cluster.id}}\"}}"))
+                .contains("objects[0].metadata.name: unknown variable {{cluster.id}}")
+        );
+        assert!(
+            err(base("  - {apiVersion: v1, kind: Namespace, metadata: {name: \"{{resource.id\"}}"))
+                .contains("unclosed")
+        );
+        assert!(err(base("  - {kind: Namespace, metadata: {name: x}}")).contains("objects[0]: apiVersion is required"));
+        assert!(err(base("  - {apiVersion: v1, kind: Namespace, metadata: {}}")).contains("metadata.name is required"));
+        assert!(err(base("  - {apiVersion: a/b/c, kind: X, metadata: {name: x}}")).contains("not group/version"));
+        assert!(
+            err("resource: clusters\nobjects: []\nreport: {applied_message: a, available_message: b}\n".into())
+                .contains("at least one object")
+        );
+        assert!(
+            err(base("  - {apiVersion: v1, kind: Namespace, metadata: {name: x}}").replace("clusters", "pods"))
+                .contains("not clusters or nodepools")
+        );
+        assert!(
+            err(format!("{}extra: 1\n", base("  - {apiVersion: v1, kind: Namespace, metadata: {name: x}}")))
+                .contains("unknown field `extra`")
+        );
+        assert!(err("objects: [".into()).starts_with("task t.yaml:"));
+    }
+
+    #[test]
+    fn rendering_replaces_every_placeholder() {
+        let c = cluster();
+        let vars = Vars { resource: &c, adapter: "lz" };
+        assert_eq!(render_str("{{ resource.name }}-{{adapter.name}}/{{resource.generation}}", &vars), "prod-lz/4");
+        assert_eq!(render_str("plain", &vars), "plain");
+    }
+}
