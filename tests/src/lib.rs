@@ -185,6 +185,13 @@ impl Service {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// SIGKILLs the process and reaps it.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
 }
 
 /// Runs `hyperfleet-api migrate` against `db` and waits for it to finish.
@@ -243,11 +250,24 @@ pub struct Stack {
     pub api: Service,
     pub sentinel: Service,
     pub adapter: Service,
+    adapter_vars: Vec<(&'static str, String)>,
+    adapter_runs: u32,
     db: TestDb,
+}
+
+/// Extra settings for a [`Stack`]'s workers (they win over the defaults).
+#[derive(Default)]
+pub struct StackOptions {
+    pub sentinel: Vec<(&'static str, String)>,
+    pub adapter: Vec<(&'static str, String)>,
 }
 
 impl Stack {
     pub async fn start() -> Result<Self> {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(opts: StackOptions) -> Result<Self> {
         let env = LocalEnv::load()?;
         let db = TestDb::create(&env).await?;
         migrate(&env, &db).await?;
@@ -270,15 +290,67 @@ impl Stack {
         let mut adapter_vars = broker;
         adapter_vars.push(("HYPERFLEET_QUEUE", queue.clone()));
         adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()));
+        sentinel_vars.extend(opts.sentinel);
+        adapter_vars.extend(opts.adapter);
 
         let mut api = Service::start(&env, &tag, "api", &["serve"], &api_vars)?;
         let mut sentinel = Service::start(&env, &tag, "sentinel", &[], &sentinel_vars)?;
         let mut adapter = Service::start(&env, &tag, "adapter", &[], &adapter_vars)?;
+        let adapter_runs = 1;
         let ready = Duration::from_secs(60);
         api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
         adapter.wait_ready(ready).await?;
-        Ok(Stack { env, tag, api_url, exchange, queue, api, sentinel, adapter, db })
+        Ok(Stack { env, tag, api_url, exchange, queue, api, sentinel, adapter, adapter_vars, adapter_runs, db })
+    }
+
+    /// Kills the adapter with SIGKILL (no chance to finish or ack anything).
+    pub async fn kill_adapter(&mut self) -> Result<()> {
+        self.adapter.kill().await
+    }
+
+    /// Starts a new adapter process with the same settings (its log gets a run number).
+    pub async fn restart_adapter(&mut self) -> Result<()> {
+        self.adapter_runs += 1;
+        let tag = format!("{}-run{}", self.tag, self.adapter_runs);
+        let mut adapter = Service::start(&self.env, &tag, "adapter", &[], &self.adapter_vars)?;
+        adapter.wait_ready(Duration::from_secs(60)).await?;
+        let old = std::mem::replace(&mut self.adapter, adapter);
+        old.stop().await;
+        Ok(())
+    }
+
+    /// POSTs a cluster; returns its id.
+    pub async fn create_cluster(&self, name: &str) -> Result<String> {
+        let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}});
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/hyperfleet/v1/clusters", self.api_url))
+            .json(&body)
+            .send()
+            .await?;
+        if resp.status() != 201 {
+            bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let v: serde_json::Value = resp.json().await?;
+        Ok(v["id"].as_str().context("id")?.to_string())
+    }
+
+    /// Waits until cluster `id` is `Reconciled=True` at `generation`; returns it.
+    pub async fn wait_reconciled(&self, id: &str, generation: i64, within: Duration) -> Result<serde_json::Value> {
+        eventually(within, || async {
+            let (_, c) = self.get(&format!("clusters/{id}")).await?;
+            let r = condition(&c, "Reconciled");
+            Ok((r["status"] == "True" && r["observed_generation"] == generation).then_some(c))
+        })
+        .await
+        .with_context(|| format!("cluster {id} not Reconciled at generation {generation}\n{}", self.logs()))
+    }
+
+    /// GETs a resource path under the API prefix, e.g. `clusters/<id>`.
+    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        let resp = reqwest::get(format!("{}/api/hyperfleet/v1/{path}", self.api_url)).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
     /// The last log lines of all three services, for failure messages.
@@ -427,6 +499,14 @@ impl ApiStack {
         self.api.stop().await;
         self.db.drop_db().await;
     }
+}
+
+/// The condition `kind` of a resource's `status.conditions` (`Null` when absent).
+pub fn condition<'a>(resource: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    resource["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 /// The sum of every series of a Prometheus metric whose line starts with `prefix` (a name, optionally

@@ -1,14 +1,14 @@
-//! RabbitMQ stopped and restarted under a running sentinel: the sentinel keeps running, reports
-//! not-ready meanwhile, and every cluster created before, during and after the outage is announced
-//! and confirmed.
+//! RabbitMQ stopped and restarted under the running services: the sentinel and the adapter keep
+//! running and reconnect, the sentinel reports not-ready meanwhile, and every cluster created
+//! before, during and after the outage is announced, confirmed and lands.
 //!
-//! This stops the shared local RabbitMQ, so it is the only test in its binary (cargo runs test
+//! This stops the shared local RabbitMQ, so these tests are alone in their binary (cargo runs test
 //! binaries one at a time) and starts RabbitMQ again whatever happens.
 
 use std::{process::Command, time::Duration};
 
 use anyhow::{Result, bail};
-use hyperfleet_tests::{ApiStack, LocalEnv, eventually, workspace_root};
+use hyperfleet_tests::{ApiStack, LocalEnv, Stack, StackOptions, eventually, workspace_root};
 use serde_json::json;
 
 fn local_mq(env: &LocalEnv, action: &str) -> Result<()> {
@@ -26,6 +26,9 @@ fn local_mq(env: &LocalEnv, action: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tests here take turns: each stops the one broker.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Restart(LocalEnv);
 impl Drop for Restart {
     fn drop(&mut self) {
@@ -34,7 +37,37 @@ impl Drop for Restart {
 }
 
 #[tokio::test]
+async fn the_services_survive_a_broker_restart_and_every_cluster_lands() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let stack = Stack::start_with(StackOptions {
+        sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into())],
+        ..Default::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(stack.create_cluster(&format!("before-{i}")).await?);
+    }
+    let guard = Restart(stack.env.clone());
+    local_mq(&stack.env, "mq-stop")?;
+    for i in 0..5 {
+        ids.push(stack.create_cluster(&format!("during-{i}")).await?);
+    }
+    local_mq(&stack.env, "mq-start")?;
+    drop(guard);
+    for i in 0..5 {
+        ids.push(stack.create_cluster(&format!("after-{i}")).await?);
+    }
+    for id in &ids {
+        stack.wait_reconciled(id, 1, Duration::from_secs(90)).await?;
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_sentinel_survives_a_broker_restart_and_announces_everything() -> Result<()> {
+    let _turn = TURN.lock().await;
     let stack = ApiStack::start().await?;
     let mut tap = stack.durable_tap("#").await?;
     let sentinel = stack.sentinel("outage", &[("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into())]).await?;

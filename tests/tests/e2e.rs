@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{Stack, eventually};
+use hyperfleet_tests::{Stack, condition, eventually};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Api;
 use lapin::{
@@ -119,13 +119,6 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     Ok(())
 }
 
-fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
-    resource["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .unwrap_or(&Value::Null)
-}
-
 /// Messages that are not reconcile CloudEvents are moved to `<queue>.dead-letter` with the reason,
 /// counted, and do not stop the adapter: a cluster created after them still lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +128,15 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
     let conn = cfg.connect("hyperfleet-e2e-poison").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let poison: [(&[u8], Option<&str>); 3] = [
+    let ce = "application/cloudevents+json";
+    let unknown_type = br#"{"specversion":"1.0","id":"x1","source":"elsewhere","type":"com.example.other","data":{}}"#;
+    let no_id = br#"{"specversion":"1.0","id":"x2","source":"s","type":"com.redhat.hyperfleet.cluster.reconcile","datacontenttype":"application/json","data":{"kind":"Cluster","href":"/x","generation":1}}"#;
+    let poison: [(&[u8], Option<&str>); 5] = [
         (b"definitely not json", None),
-        (br#"{"hello": "world"}"#, Some("application/cloudevents+json")),
+        (br#"{"hello": "world"}"#, Some(ce)),
         (b"<xml/>", Some("application/xml")),
+        (unknown_type, Some(ce)),
+        (no_id, Some(ce)),
     ];
     for (body, content_type) in poison {
         let mut props = BasicProperties::default().with_delivery_mode(2);
@@ -164,7 +162,7 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
     let dlq = format!("{}.dead-letter", stack.queue);
     let mut reasons = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reasons.len() < 3 {
+    while reasons.len() < 5 {
         match ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await? {
             Some(msg) => {
                 let headers = msg.delivery.properties.headers().clone().unwrap_or_default();
@@ -179,7 +177,7 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         }
     }
     reasons.sort();
-    assert_eq!(reasons, ["content_type", "not_cloudevent", "not_cloudevent"]);
+    assert_eq!(reasons, ["content_type", "invalid_data", "not_cloudevent", "not_cloudevent", "unknown_type"]);
 
     let metrics = stack.adapter.metrics().await?;
     assert!(
