@@ -29,6 +29,8 @@ pub struct ApiConfig {
     /// `hyperfleet_api_resource_pending_reconciliation_stuck` metric.
     #[serde(with = "duration")]
     pub reconciliation_stuck_threshold: Duration,
+    /// The change feed (`?watch=true`).
+    pub watch: WatchConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -44,6 +46,7 @@ impl Default for ApiConfig {
             required_adapters: RequiredAdapters::default(),
             log: LogConfig::default(),
             reconciliation_stuck_threshold: Duration::from_secs(600),
+            watch: WatchConfig::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -71,6 +74,24 @@ impl ServiceConfig for ApiConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// A watch with nothing to send emits a `BOOKMARK` line this often (keeps proxies from
+    /// closing idle streams).
+    #[serde(with = "duration")]
+    pub heartbeat: Duration,
+    /// How long changes are kept for resuming watches.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig { heartbeat: Duration::from_secs(15), retention: Duration::from_secs(3600) }
     }
 }
 

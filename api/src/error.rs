@@ -70,6 +70,12 @@ pub enum ApiError {
     /// 404 `HYPERFLEET-NTF-001`.
     #[error("{kind} with id='{id}' not found")]
     NotFound { kind: &'static str, id: String },
+    /// 412 `HYPERFLEET-CNF-002`: `If-Match` names an older version.
+    #[error("{0}")]
+    VersionConflict(String),
+    /// 410 `HYPERFLEET-CNF-004`: a watch cannot resume that far back.
+    #[error("{0}")]
+    Gone(String),
     /// 409 `HYPERFLEET-CNF-001`.
     #[error("This {kind} already exists")]
     Duplicate { kind: &'static str },
@@ -112,6 +118,10 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-001", "Resource Not Found", "not-found")
             }
             ApiError::Duplicate { .. } => (StatusCode::CONFLICT, "HYPERFLEET-CNF-001", "Resource Conflict", "conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "HYPERFLEET-CNF-004", "Resource Version Too Old", "gone"),
+            ApiError::VersionConflict(_) => {
+                (StatusCode::PRECONDITION_FAILED, "HYPERFLEET-CNF-002", "Version Conflict", "version-conflict")
+            }
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-001", "Service Unavailable", "service-unavailable")
             }

@@ -18,6 +18,7 @@ pub mod resources;
 pub mod search;
 pub mod statuses;
 pub mod validation;
+pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
@@ -165,7 +166,9 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     tracing::info!(addr = %listener.local_addr()?, database = %db_endpoint(&cfg), "API listening");
     let drain = cfg.shutdown_timeout;
     let stop = shutdown.clone();
-    let state = AppState::new(db.clone(), cfg.required_adapters.clone());
+    let state =
+        AppState::new(db.clone(), cfg.required_adapters.clone()).with_watch(cfg.watch.clone(), shutdown.clone());
+    watch::spawn_pruner(db.clone(), cfg.watch.retention, shutdown.clone());
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned());
     tokio::select! {
         res = server => res?,

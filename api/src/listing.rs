@@ -52,6 +52,10 @@ pub struct ListParams {
     pub fields: Option<Vec<String>>,
     /// The raw `search` text, compiled by [`ListParams::filter`].
     pub search: Option<String>,
+    /// `watch=true`: stream changes instead of a page.
+    pub watch: bool,
+    /// Where a watch resumes (after this change).
+    pub resource_version: Option<String>,
 }
 
 /// The query string as name/value pairs, percent-decoded.
@@ -163,7 +167,20 @@ impl ListParams {
         let pairs = pairs(raw)?;
         let (page, size) = paging(&pairs)?;
         let search = last(&pairs, "search").map(str::trim).filter(|s| !s.is_empty()).map(String::from);
-        Ok(ListParams { page, size, order: order(&pairs)?, fields: fields(&pairs)?, search })
+        let watch = match last(&pairs, "watch") {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(other) => {
+                return Err(ApiError::validation(
+                    "watch",
+                    Some(Value::String(other.into())),
+                    "format",
+                    "watch must be true or false".into(),
+                ));
+            }
+        };
+        let resource_version = last(&pairs, "resource_version").map(String::from);
+        Ok(ListParams { page, size, order: order(&pairs)?, fields: fields(&pairs)?, search, watch, resource_version })
     }
 
     /// The compiled search, placeholders from `$first`.

@@ -69,11 +69,13 @@ pub struct Row {
     pub updated_by: String,
     pub deleted_time: Option<DateTime<Utc>>,
     pub deleted_by: Option<String>,
+    /// Bumped by every change (also of the conditions); the ETag and the change feed's position.
+    pub version: i64,
 }
 
 /// Columns in [`Row`] order.
 pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
-                           created_by, updated_by, deleted_time, deleted_by";
+                           created_by, updated_by, deleted_time, deleted_by, version";
 
 pub fn href(kind: Kind, id: Uuid, owner: Option<Uuid>) -> String {
     match (kind, owner) {
@@ -139,6 +141,11 @@ pub struct Resource {
 }
 
 impl Row {
+    /// The strong ETag of this version of the resource.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
     pub fn kind(&self) -> Kind {
         if self.kind == "NodePool" { Kind::NodePool } else { Kind::Cluster }
     }

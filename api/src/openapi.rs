@@ -119,6 +119,19 @@ pub struct AdapterStatusList {
     items: Vec<AdapterStatus>,
 }
 
+/// One line of a change feed (`?watch=true`, `application/x-ndjson`).
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+pub struct WatchEvent {
+    /// `ADDED`, `MODIFIED`, `DELETED`, or `BOOKMARK` (a heartbeat; no `object`).
+    #[serde(rename = "type")]
+    kind: String,
+    /// The resource after the change (before it, for `DELETED`).
+    object: Option<Resource>,
+    /// Resume after this change with `resource_version=<this>`.
+    resource_version: String,
+}
+
 /// The document, built once.
 pub fn document() -> &'static OpenApi {
     static DOC: OnceLock<OpenApi> = OnceLock::new();
@@ -211,6 +224,28 @@ fn ok_json(description: &str, schema: &str) -> ResponseBuilder {
     ResponseBuilder::new().description(description).content("application/json", json(schema))
 }
 
+/// A single-resource response: the body and its `ETag`.
+fn ok_resource(description: &str) -> ResponseBuilder {
+    ok_json(description, "Resource").header(
+        "ETag",
+        HeaderBuilder::new()
+            .schema(Some(string()))
+            .description(Some("Changes whenever the resource changes (also its status); use with If-Match"))
+            .build(),
+    )
+}
+
+fn version_header() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(Some(string()))
+        .description(Some("The change-feed position of this response: watch from here with resource_version"))
+        .build()
+}
+
+fn if_match() -> ParameterBuilder {
+    param("If-Match", ParameterIn::Header, false, string(), "An ETag: proceed only if the resource is still at it")
+}
+
 struct Ops {
     paths: PathsBuilder,
 }
@@ -257,13 +292,36 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             false,
             string(),
             "Filter, e.g. `labels.env='prod' and status.conditions.Reconciled='True'` (see the README)",
+        ))
+        .parameter(param(
+            "watch",
+            ParameterIn::Query,
+            false,
+            ObjectBuilder::new().schema_type(Type::Boolean).into(),
+            "Stream changes (application/x-ndjson, one WatchEvent per line) instead of a page; `search` applies",
+        ))
+        .parameter(param(
+            "resource_version",
+            ParameterIn::Query,
+            false,
+            string(),
+            "With watch: resume after this change (from a list's X-HyperFleet-Resource-Version or a WatchEvent)",
         ));
     ops.add(
         base,
         HttpMethod::Get,
         parent(list).responses(responses(
-            vec![("200", ok_json("A page", "ResourceList"))],
-            &[("400", "Bad paging, order, fields or search"), ("404", "The cluster does not exist")],
+            vec![(
+                "200",
+                ok_json("A page (or, with watch=true, a stream of WatchEvent lines)", "ResourceList")
+                    .content("application/x-ndjson", json("WatchEvent"))
+                    .header("X-HyperFleet-Resource-Version", version_header()),
+            )],
+            &[
+                ("400", "Bad paging, order, fields, search or resource_version"),
+                ("404", "The cluster does not exist"),
+                ("410", "resource_version is older than the retained history (`HYPERFLEET-CNF-004`): list again"),
+            ],
         )),
     );
 
@@ -281,7 +339,7 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             .responses(responses(
                 vec![(
                     "201",
-                    ok_json("Created", "Resource")
+                    ok_resource("Created")
                         .header("Location", HeaderBuilder::new().schema(Some(string())).description(Some("The new resource's path")).build()),
                 )],
                 &[
@@ -301,8 +359,12 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             .tag(tag)
             .summary(Some(format!("Get a {name}"))))
         .parameter(param("fields", ParameterIn::Query, false, string(), "Comma-separated members to keep (plus `id`)"))
+        .parameter(param("If-None-Match", ParameterIn::Header, false, string(), "An ETag: 304 while it is current"))
         .responses(responses(
-            vec![("200", ok_json("The resource", "Resource"))],
+            vec![
+                ("200", ok_resource("The resource")),
+                ("304", ResponseBuilder::new().description("Not modified since the If-None-Match ETag")),
+            ],
             &[("400", "Bad fields"), ("404", "Not found")],
         )),
     );
@@ -313,6 +375,7 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             .operation_id(Some(format!("patch{name}{suffix}")))
             .tag(tag)
             .summary(Some(format!("Replace a {name}'s spec and/or labels"))))
+        .parameter(if_match())
         .request_body(Some(
             RequestBodyBuilder::new()
                 .required(Some(Required::True))
@@ -320,8 +383,13 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
                 .build(),
         ))
         .responses(responses(
-            vec![("200", ok_json("The resource; generation +1 when spec or labels changed", "Resource"))],
-            &[("400", "Invalid body"), ("404", "Not found"), ("409", "Being deleted (`HYPERFLEET-CNF-003`)")],
+            vec![("200", ok_resource("The resource; generation +1 when spec or labels changed"))],
+            &[
+                ("400", "Invalid body"),
+                ("404", "Not found"),
+                ("409", "Being deleted (`HYPERFLEET-CNF-003`)"),
+                ("412", "If-Match names an older version (`HYPERFLEET-CNF-002`); nothing changed"),
+            ],
         )),
     );
     ops.add(
@@ -331,9 +399,10 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             .operation_id(Some(format!("delete{name}{suffix}")))
             .tag(tag)
             .summary(Some(format!("Delete a {name} (and its children)"))))
+        .parameter(if_match())
         .responses(responses(
-            vec![("202", ok_json("Marked for deletion; removed once its adapters report Finalized=True", "Resource"))],
-            &[("404", "Not found")],
+            vec![("202", ok_resource("Marked for deletion; removed once its adapters report Finalized=True"))],
+            &[("404", "Not found"), ("412", "If-Match names an older version (`HYPERFLEET-CNF-002`)")],
         )),
     );
     ops.add(
@@ -448,6 +517,7 @@ fn build() -> OpenApi {
     components = component::<StatusReport>(components);
     components = component::<ResourceList>(components);
     components = component::<AdapterStatusList>(components);
+    components = component::<WatchEvent>(components);
     let components = components.build();
     OpenApiBuilder::new()
         .info(

@@ -23,21 +23,53 @@ use crate::{
     config::RequiredAdapters,
     error::ApiError,
     listing::{self, ListBody, ListParams},
-    model::{COLUMNS, Kind, Resource, Row, SYSTEM_IDENTITY, href, now},
+    model::{COLUMNS, Kind, Row, SYSTEM_IDENTITY, href, now},
     statuses, validation,
 };
+
+/// The advisory lock that orders versions (the versions migration takes the same number).
+pub const VERSION_LOCK: i64 = 7_306_195_426;
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
     pub adapters: Arc<RequiredAdapters>,
+    pub feed: crate::watch::Feed,
+    pub watch: crate::config::WatchConfig,
+    /// Ends open watches when the server stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
+    /// State with default watch settings; starts the change listener (needs a Tokio runtime).
     pub fn new(db: PgPool, adapters: RequiredAdapters) -> Self {
-        AppState { db, adapters: Arc::new(adapters) }
+        AppState {
+            feed: crate::watch::Feed::start(db.clone()),
+            db,
+            adapters: Arc::new(adapters),
+            watch: crate::config::WatchConfig::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
     }
+
+    pub fn with_watch(
+        mut self,
+        watch: crate::config::WatchConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.watch = watch;
+        self.shutdown = shutdown;
+        self
+    }
+    /// Begins a write transaction. It takes the version lock first (see the versions migration),
+    /// so every writer takes row locks after it and writers cannot deadlock on it.
+    pub async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)").bind(VERSION_LOCK).execute(&mut *tx).await?;
+        Ok(tx)
+    }
+
     pub fn required(&self, kind: Kind) -> &[String] {
         match kind {
             Kind::Cluster => &self.adapters.clusters,
@@ -209,10 +241,10 @@ pub async fn reaggregate(state: &AppState, conn: &mut PgConnection, mut row: Row
         previous: &row.conditions.0,
     });
     if conditions != row.conditions.0 {
-        sqlx::query("update resources set conditions = $2 where id = $1")
+        row.version = sqlx::query_scalar("update resources set conditions = $2 where id = $1 returning version")
             .bind(row.id)
             .bind(SqlJson(&conditions))
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
         if row.conditions.0.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "True")
             && conditions.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "False")
@@ -227,11 +259,41 @@ pub async fn reaggregate(state: &AppState, conn: &mut PgConnection, mut row: Row
 }
 
 fn created(row: &Row) -> Response {
-    let mut headers = HeaderMap::new();
+    let mut resp = with_etag(StatusCode::CREATED, row, Json(row.to_resource()).into_response());
     if let Ok(loc) = HeaderValue::from_str(&href(row.kind(), row.id, row.owner_id)) {
-        headers.insert(header::LOCATION, loc);
+        resp.headers_mut().insert(header::LOCATION, loc);
     }
-    (StatusCode::CREATED, headers, Json(row.to_resource())).into_response()
+    resp
+}
+
+/// `resp` with `status` and the row's `ETag`.
+fn with_etag(status: StatusCode, row: &Row, mut resp: Response) -> Response {
+    *resp.status_mut() = status;
+    if let Ok(tag) = HeaderValue::from_str(&row.etag()) {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp
+}
+
+/// Whether an `If-Match` / `If-None-Match` header value lists the row's ETag (or is `*`).
+fn lists_etag(value: &HeaderValue, row: &Row) -> bool {
+    let tag = row.etag();
+    value.to_str().is_ok_and(|v| {
+        v.split(',').map(str::trim).any(|t| t == "*" || t == tag || t.strip_prefix("W/") == Some(tag.as_str()))
+    })
+}
+
+/// `If-Match` on a write: a stale version is a 412 and changes nothing.
+fn check_if_match(headers: &HeaderMap, row: &Row) -> Result<(), ApiError> {
+    match headers.get(header::IF_MATCH) {
+        Some(v) if !lists_etag(v, row) => Err(ApiError::VersionConflict(format!(
+            "{} '{}' has changed: its current ETag is {}; read it again and retry",
+            row.kind,
+            row.id,
+            row.etag()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn child_create_on_flat_route() -> ApiError {
@@ -245,7 +307,7 @@ async fn create<K: KindRoute>(
 ) -> Result<Response, ApiError> {
     let target = Target::from_path(K::KIND, &params);
     let new = validation::create(K::KIND, &body)?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.write().await?;
     if let Some(parent) = target.check_parent(&mut tx, true).await?
         && parent.deleted_time.is_some()
     {
@@ -292,28 +354,34 @@ async fn fetch<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let fields = listing::fields(&listing::pairs(raw.as_deref())?)?;
     let mut conn = state.db.acquire().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut conn, false).await?;
-    Ok(Json(representation(&row, fields.as_deref())))
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| lists_etag(v, &row)) {
+        return Ok(with_etag(StatusCode::NOT_MODIFIED, &row, ().into_response()));
+    }
+    Ok(with_etag(StatusCode::OK, &row, Json(representation(&row, fields.as_deref())).into_response()))
 }
 
 async fn patch<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Resource>, ApiError> {
+) -> Result<Response, ApiError> {
     let changes = validation::patch(&body)?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    check_if_match(&headers, &row)?;
     if row.deleted_time.is_some() {
         return Err(marked_for_deletion(&row));
     }
     let spec = changes.spec.unwrap_or_else(|| row.spec.0.clone());
     let labels = changes.labels.unwrap_or_else(|| row.labels.0.clone());
     if spec == row.spec.0 && labels == row.labels.0 {
-        return Ok(Json(row.to_resource()));
+        return Ok(with_etag(StatusCode::OK, &row, Json(row.to_resource()).into_response()));
     }
     let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update resources set spec = $2, labels = $3, generation = generation + 1, updated_time = $4, updated_by = $5 \
@@ -328,7 +396,7 @@ async fn patch<K: KindRoute>(
     .await?;
     let updated = reaggregate(&state, &mut tx, updated).await?;
     tx.commit().await?;
-    Ok(Json(updated.to_resource()))
+    Ok(with_etag(StatusCode::OK, &updated, Json(updated.to_resource()).into_response()))
 }
 
 /// Marks a resource deleted (generation +1) and recomputes its conditions, or removes it at once
@@ -370,12 +438,14 @@ async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Re
 async fn delete<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    check_if_match(&headers, &row)?;
     let row = if row.deleted_time.is_some() { row } else { mark_deleted(&state, &mut tx, row).await? };
     tx.commit().await?;
-    Ok((StatusCode::ACCEPTED, Json(row.to_resource())).into_response())
+    Ok(with_etag(StatusCode::ACCEPTED, &row, Json(row.to_resource()).into_response()))
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -410,7 +480,7 @@ async fn force_delete<K: KindRoute>(
             ));
         }
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
     if row.deleted_time.is_none() {
         return Err(ApiError::StateConflict(format!("{} '{}' is not in Finalizing state", row.kind, row.id)));
@@ -426,10 +496,17 @@ async fn list<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<ListBody<Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = ListParams::parse(raw.as_deref())?;
     let filter = q.filter(3)?;
     let target = Target::from_path(K::KIND, &params);
+    if q.watch {
+        let mut conn = state.db.acquire().await?;
+        target.check_parent(&mut conn, false).await?;
+        drop(conn);
+        let sel = crate::watch::Selection { kind: K::KIND, parent: target.parent, filter };
+        return crate::watch::respond(state.clone(), sel, q.resource_version.as_deref()).await;
+    }
     let search_params = filter.as_ref().map_or(&[][..], |f| &f.params[..]);
     let and_search = filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();
     let base = format!("from resources where kind = $1 and ($2::uuid is null or owner_id = $2){and_search}");
@@ -448,7 +525,10 @@ async fn list<K: KindRoute>(
         Ok(args)
     };
     let n = 3 + search_params.len();
+    // One snapshot for the page, the total and the version a watch can continue from.
     let mut tx = state.db.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let version = crate::watch::current_version(&mut tx).await?;
     target.check_parent(&mut tx, false).await?;
     let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("select count(*) {base}")), arguments(None)?)
         .fetch_one(&mut *tx)
@@ -461,7 +541,11 @@ async fn list<K: KindRoute>(
     .await?;
     tx.commit().await?;
     let items: Vec<Value> = rows.iter().map(|r| representation(r, q.fields.as_deref())).collect();
-    Ok(Json(ListBody { page: q.page, size: items.len() as i64, total, items }))
+    let mut resp = Json(ListBody { page: q.page, size: items.len() as i64, total, items }).into_response();
+    if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+        resp.headers_mut().insert(crate::watch::VERSION_HEADER, v);
+    }
+    Ok(resp)
 }
 
 /// A row's representation, reduced to `fields` when given.

@@ -288,7 +288,7 @@ pub async fn put<K: KindRoute>(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let incoming = validate(&body, now())?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
     let discard = |why: &str| {
         tracing::debug!(id = %row.id, adapter = %incoming.adapter, why, "status report discarded");

@@ -22,6 +22,8 @@ pub struct SentinelConfig {
     /// A `Reconciled` resource is announced again once its adapters' last report is older than this.
     #[serde(with = "duration")]
     pub max_age_ready: Duration,
+    /// Follow the API's change feed to react within milliseconds (the poll stays the safety net).
+    pub watch: bool,
     /// Only resources carrying all these labels (sharding across sentinels); empty means all.
     pub resource_selector: Vec<LabelSelector>,
     pub hyperfleet_api: ApiClientConfig,
@@ -41,6 +43,7 @@ impl Default for SentinelConfig {
             max_age_not_ready: Duration::from_secs(10),
             max_age_ready: Duration::from_secs(30 * 60),
             resource_selector: Vec::new(),
+            watch: true,
             hyperfleet_api: ApiClientConfig::default(),
             broker: BrokerConfig::default(),
             routing_key: String::new(),

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod watch;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -161,16 +162,27 @@ pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(),
         poll_interval = ?sentinel.cfg.poll_interval,
         "sentinel started"
     );
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
+    if sentinel.cfg.watch {
+        watch::spawn(&sentinel.cfg, changes_tx, shutdown.clone());
+    }
     let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            res = sentinel.pass() => res?,
+            _ = tick.tick() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    res = sentinel.pass() => res?,
+                }
+            }
+            Some(change) = changes.recv() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    res = sentinel.react(change) => res?,
+                }
+            }
         }
     }
     if let Some(p) = sentinel.publisher.take() {
@@ -222,9 +234,20 @@ impl Sentinel {
         let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
         self.published.retain(|id, _| live.contains(id.as_str()));
 
+        let due = self.due(&resources, now);
+        metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(due.len() as f64);
+        self.deliver(due, now).await?;
+        metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The resources that need an event now, with the reason; the others are counted as skipped.
+    fn due<'r>(&self, resources: &'r [Resource], now: DateTime<Utc>) -> Vec<(&'r Resource, Reason)> {
+        let labels = self.labels();
         let max = MaxAge { not_ready: self.cfg.max_age_not_ready, ready: self.cfg.max_age_ready };
-        let mut due: Vec<(&Resource, Reason)> = Vec::new();
-        for r in &resources {
+        let mut due = Vec::new();
+        for r in resources {
             match decision::decide(&r.state(), self.published.get(&r.id).copied(), now, max) {
                 Ok(reason) => due.push((r, reason)),
                 Err(skip) => {
@@ -235,8 +258,13 @@ impl Sentinel {
                 }
             }
         }
-        metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(due.len() as f64);
+        due
+    }
 
+    /// Publishes `due`, retrying failures (reconnecting, with backoff) a few times; what still
+    /// fails is left for the next pass, which decides again.
+    async fn deliver(&mut self, mut due: Vec<(&Resource, Reason)>, now: DateTime<Utc>) -> Result<(), Error> {
+        let labels = self.labels();
         let mut backoff = Duration::from_millis(500);
         for attempt in 1..=PUBLISH_ATTEMPTS {
             if due.is_empty() {
@@ -276,9 +304,23 @@ impl Sentinel {
         if !due.is_empty() {
             tracing::warn!(unpublished = due.len(), "events left for the next pass");
         }
-        metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// A change from the API's feed: decide about that one resource at once.
+    async fn react(&mut self, change: watch::Change) -> Result<(), Error> {
+        match change {
+            watch::Change::Gone(id) => {
+                self.published.remove(&id);
+                Ok(())
+            }
+            watch::Change::Changed(r) => {
+                let now = Utc::now();
+                let one = [*r];
+                let due = self.due(&one, now);
+                self.deliver(due, now).await
+            }
+        }
     }
 
     /// The open publisher, connecting when needed; `None` when the broker is unreachable.

@@ -396,6 +396,7 @@ pub struct ApiStack {
     pub api_url: String,
     pub exchange: String,
     pub api: Service,
+    api_vars: Vec<(&'static str, String)>,
     db: TestDb,
 }
 
@@ -417,8 +418,18 @@ impl ApiStack {
             tag,
             api_url: format!("http://127.0.0.1:{port}"),
             api,
+            api_vars: vars,
             db,
         })
+    }
+
+    /// Stops the API and starts it again on the same port.
+    pub async fn restart_api(&mut self) -> Result<()> {
+        self.api.kill().await?;
+        let mut api = Service::start(&self.env, &format!("{}-again", self.tag), "api", &["serve"], &self.api_vars)?;
+        api.wait_ready(Duration::from_secs(60)).await?;
+        self.api = api;
+        Ok(())
     }
 
     /// The broker and API settings a sentinel or adapter of this stack needs.

@@ -116,6 +116,59 @@ async fn publishes_each_cluster_once_over_many_pages_then_per_the_decision_rules
 }
 
 #[tokio::test]
+async fn the_change_feed_publishes_within_milliseconds_and_survives_an_api_restart() -> Result<()> {
+    let mut stack = ApiStack::start().await?;
+    let tap = stack.tap("#").await?;
+    // Polls only at start-up and then once an hour: whatever is published later came by the feed.
+    let sentinel = stack.sentinel("feed", &[("HYPERFLEET_POLL_INTERVAL", "1h".into())]).await?;
+    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    eventually(Duration::from_secs(30), || async {
+        Ok((metric_sum(&sentinel.metrics().await?, count) >= 1.0).then_some(()))
+    })
+    .await?;
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let created = Instant::now();
+        let id = stack.create_cluster(&format!("fed-{i}"), json!({})).await?;
+        eventually(Duration::from_secs(30), || async { Ok((tap.count(&id).await? > 0).then_some(())) })
+            .await
+            .with_context(|| sentinel.log_tail())?;
+        latencies.push(created.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "create→published via the change feed (N=20): median {:?}, p90 {:?}, max {:?}",
+        latencies[10], latencies[18], latencies[19]
+    );
+    // A PATCH comes through the feed too.
+    let id = stack.create_cluster("fed-patched", json!({})).await?;
+    eventually(Duration::from_secs(30), || async { Ok((tap.count(&id).await? > 0).then_some(())) }).await?;
+    let uri = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
+    reqwest::Client::new().patch(&uri).json(&json!({"labels": {"v": "2"}})).send().await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(tap
+            .events()
+            .await?
+            .iter()
+            .any(|e| e["data"]["id"] == id.as_str() && e["data"]["generation"] == 2)
+            .then_some(()))
+    })
+    .await?;
+
+    // The API restarts: the sentinel reconnects and resumes; a cluster created afterwards arrives.
+    stack.restart_api().await?;
+    let after = stack.create_cluster("after-restart", json!({})).await?;
+    eventually(Duration::from_secs(30), || async { Ok((tap.count(&after).await? > 0).then_some(())) })
+        .await
+        .with_context(|| sentinel.log_tail())?;
+    assert_eq!(metric_sum(&sentinel.metrics().await?, "hyperfleet_sentinel_poll_duration_seconds_count"), 1.0);
+    sentinel.stop().await;
+    tap.close().await;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn sentinels_with_different_selectors_publish_disjoint_sets() -> Result<()> {
     let stack = ApiStack::start().await?;
     let (ex_a, ex_b) = (format!("{}-a", stack.exchange), format!("{}-b", stack.exchange));

@@ -7,7 +7,7 @@ use axum::{
     body::{Body, to_bytes},
     http::{Method, Request, StatusCode, header},
 };
-use hyperfleet_api::config::RequiredAdapters;
+use hyperfleet_api::config::{RequiredAdapters, WatchConfig};
 use hyperfleet_tests::{LocalEnv, TestDb};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
@@ -27,15 +27,43 @@ pub async fn app() -> Result<App> {
 
 /// An app whose kinds require the given adapters.
 pub async fn app_with(adapters: RequiredAdapters) -> Result<App> {
+    app_configured(adapters, WatchConfig::default()).await
+}
+
+/// An app with the given adapters and change-feed settings.
+pub async fn app_configured(adapters: RequiredAdapters, watch: WatchConfig) -> Result<App> {
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
-    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
+    let pool = PgPoolOptions::new().max_connections(8).connect_with(env.pg_options(&db.name)?).await?;
     hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let state = hyperfleet_api::AppState::new(pool.clone(), adapters);
+    let state = hyperfleet_api::AppState::new(pool.clone(), adapters).with_watch(watch, Default::default());
     Ok(App { router: hyperfleet_api::router(state), db, pool })
 }
 
 impl App {
+    /// The app's database pool, for setting up states the API cannot reach by itself.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
+    /// Sends a request with extra headers; returns the raw response (for streams and 304s).
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<axum::response::Response> {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        Ok(self.router.clone().oneshot(req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())?).await?)
+    }
+
     pub async fn call(
         &self,
         method: Method,

@@ -1,0 +1,256 @@
+//! The change feed: `GET /api/hyperfleet/v1/{clusters|nodepools}?watch=true` streams one JSON
+//! object per line (`application/x-ndjson`) for every change of a matching resource:
+//!
+//! ```text
+//! {"type":"ADDED"|"MODIFIED"|"DELETED","object":{…the resource…},"resource_version":"42"}
+//! {"type":"BOOKMARK","resource_version":"57"}      ← heartbeat while nothing matches
+//! ```
+//!
+//! Changes are recorded by triggers in the transaction that makes them and announced with
+//! `NOTIFY` at commit (see the versions migration), so a rolled-back change never appears.
+//! `resource_version=N` resumes after change N: every later change, in order, none twice. A
+//! version older than the retained history is answered 410 (`HYPERFLEET-CNF-004`): list again
+//! and watch from the list's `X-HyperFleet-Resource-Version` header.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use sqlx::{Arguments, FromRow, PgConnection, PgPool, postgres::PgArguments};
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::{
+    error::ApiError,
+    model::{COLUMNS, Kind, Row},
+    resources::AppState,
+    search::Filter,
+};
+
+pub const NDJSON: &str = "application/x-ndjson";
+pub const VERSION_HEADER: &str = "x-hyperfleet-resource-version";
+/// Re-check for changes this often even without a notification (a lost LISTEN connection).
+const FALLBACK_POLL: Duration = Duration::from_secs(2);
+/// Changes sent per query.
+const BATCH: i64 = 500;
+
+/// Notifications of committed changes, shared by every watch of the process.
+#[derive(Clone)]
+pub struct Feed {
+    tx: broadcast::Sender<i64>,
+}
+
+impl Feed {
+    /// Starts listening for `hyperfleet_changes` (reconnecting on its own).
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen("hyperfleet_changes").await {
+                            tracing::debug!(error = %e, "LISTEN failed");
+                        } else {
+                            while let Ok(n) = listener.recv().await {
+                                let _ = sender.send(n.payload().parse().unwrap_or(0));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "change listener cannot connect"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Feed { tx }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<i64> {
+        self.tx.subscribe()
+    }
+}
+
+/// The newest committed change number (what a watch without `resource_version` starts after).
+pub async fn current_version(conn: &mut PgConnection) -> Result<i64, ApiError> {
+    Ok(sqlx::query_scalar(
+        "select greatest((select coalesce(max(seq), 0) from resource_changes), \
+                         (select pruned_through from resource_changes_horizon))",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+#[derive(FromRow)]
+struct Change {
+    seq: i64,
+    change_type: String,
+    #[sqlx(flatten)]
+    row: Row,
+}
+
+/// What one watch selects.
+pub struct Selection {
+    pub kind: Kind,
+    pub parent: Option<Uuid>,
+    /// Compiled with placeholders from `$3`.
+    pub filter: Option<Filter>,
+}
+
+/// Answers a `?watch=true` request.
+pub async fn respond(state: AppState, sel: Selection, resume: Option<&str>) -> Result<Response, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let pruned: i64 =
+        sqlx::query_scalar("select pruned_through from resource_changes_horizon").fetch_one(&mut *conn).await?;
+    let start = match resume {
+        Some(raw) => {
+            let v: i64 = raw.trim().parse().map_err(|_| {
+                ApiError::validation(
+                    "resource_version",
+                    Some(raw.into()),
+                    "format",
+                    "resource_version must be an integer".into(),
+                )
+            })?;
+            if v < pruned {
+                return Err(ApiError::Gone(format!(
+                    "resource_version {v} is older than the retained change history (from {pruned}); list again and \
+                     watch from the list's {VERSION_HEADER} header"
+                )));
+            }
+            v
+        }
+        None => current_version(&mut conn).await?,
+    };
+    drop(conn);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(stream(state, sel, start, tx));
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&start.to_string()) {
+        headers.insert(VERSION_HEADER, v);
+    }
+    Ok(resp)
+}
+
+fn line(v: serde_json::Value) -> Bytes {
+    let mut text = v.to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+/// Sends changes after `last` until the client goes away or the server shuts down.
+async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
+    let mut notified = state.feed.subscribe();
+    let heartbeat = state.watch.heartbeat;
+    let mut idle_since = tokio::time::Instant::now();
+    let search_params = sel.filter.as_ref().map_or(&[][..], |f| &f.params[..]);
+    let and_search = sel.filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();
+    let n = 3 + search_params.len();
+    let sql = format!(
+        "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
+         cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
+         where c.seq > ${n} and c.seq <= ${} and kind = $1 and ($2::uuid is null or owner_id = $2){and_search} \
+         order by c.seq",
+        n + 1
+    );
+    loop {
+        // Everything committed after `last`, up to a bound, then the matching part of it.
+        let upto: Option<i64> = match sqlx::query_scalar(
+            "select max(seq) from (select seq from resource_changes where seq > $1 order by seq limit $2) s",
+        )
+        .bind(last)
+        .bind(BATCH)
+        .fetch_one(&state.db)
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "watch query failed; retrying");
+                None
+            }
+        };
+        if let Some(upto) = upto {
+            let mut args = PgArguments::default();
+            let mut ok = args.add(sel.kind.name()).is_ok() && args.add(sel.parent).is_ok();
+            for p in search_params {
+                ok &= p.add_to(&mut args).is_ok();
+            }
+            ok &= args.add(last).is_ok() && args.add(upto).is_ok();
+            if !ok {
+                return;
+            }
+            match sqlx::query_as_with::<_, Change, _>(sqlx::AssertSqlSafe(sql.clone()), args).fetch_all(&state.db).await
+            {
+                Ok(changes) => {
+                    for c in changes {
+                        let event = json!({
+                            "type": c.change_type,
+                            "object": c.row.to_resource(),
+                            "resource_version": c.seq.to_string(),
+                        });
+                        if tx.send(line(event)).await.is_err() {
+                            return;
+                        }
+                        idle_since = tokio::time::Instant::now();
+                    }
+                    last = upto;
+                    continue; // there may be more
+                }
+                Err(e) => tracing::debug!(error = %e, "watch query failed; retrying"),
+            }
+        }
+        if idle_since.elapsed() >= heartbeat {
+            let bookmark = json!({"type": "BOOKMARK", "resource_version": last.to_string()});
+            if tx.send(line(bookmark)).await.is_err() {
+                return;
+            }
+            idle_since = tokio::time::Instant::now();
+        }
+        let wait = FALLBACK_POLL.min(heartbeat.saturating_sub(idle_since.elapsed()));
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            r = notified.recv() => {
+                if let Err(broadcast::error::RecvError::Closed) = r {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Drops changes older than `retention` every minute and records how far it pruned.
+pub fn spawn_pruner(pool: PgPool, retention: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let pruned = sqlx::query(
+                "with gone as (delete from resource_changes where changed_at < now() - make_interval(secs => $1) \
+                 returning seq) \
+                 update resource_changes_horizon set pruned_through = greatest(pruned_through, \
+                     coalesce((select max(seq) from gone), 0))",
+            )
+            .bind(retention.as_secs_f64())
+            .execute(&pool)
+            .await;
+            if let Err(e) = pruned {
+                tracing::debug!(error = %e, "change history not pruned");
+            }
+        }
+    });
+}

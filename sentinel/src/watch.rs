@@ -1,0 +1,134 @@
+//! Follows the API's change feed (`?watch=true`) so a new or changed resource is decided about
+//! within milliseconds; the poll stays the safety net. Reconnects with `resource_version` after
+//! an API restart; a version the API no longer has (410) starts over from the present.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Resource, SentinelConfig};
+
+/// What the feed reports about one resource.
+#[derive(Debug)]
+pub enum Change {
+    Changed(Box<Resource>),
+    Gone(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    object: Option<Resource>,
+    resource_version: String,
+}
+
+/// No line (not even a heartbeat) for this long means a dead stream: reconnect.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Streams changes into `tx` until `shutdown`.
+pub fn spawn(cfg: &SentinelConfig, tx: mpsc::Sender<Change>, shutdown: CancellationToken) {
+    let base = cfg.hyperfleet_api.base_url.trim_end_matches('/').to_string();
+    let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
+    let search = cfg.search();
+    let connect_timeout = cfg.hyperfleet_api.timeout;
+    tokio::spawn(async move {
+        let http = match reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(error = %e, "change feed disabled: HTTP client"),
+        };
+        let mut resume: Option<String> = None;
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let mut query = vec![("watch", "true".to_string())];
+            if let Some(s) = &search {
+                query.push(("search", s.clone()));
+            }
+            if let Some(v) = &resume {
+                query.push(("resource_version", v.clone()));
+            }
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = follow(&http, &url, &query, &tx, &mut resume) => r,
+            };
+            match outcome {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(Stop::Receiver) => return,
+                Err(Stop::Gone) => {
+                    tracing::info!("change feed position expired; following from now (the poll covers the gap)");
+                    resume = None;
+                }
+                Err(Stop::Failed(e)) => {
+                    metrics::counter!("hyperfleet_sentinel_watch_reconnects_total").increment(1);
+                    tracing::debug!(error = %e, retry_in = ?backoff, "change feed interrupted");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+enum Stop {
+    Receiver,
+    Gone,
+    Failed(String),
+}
+
+async fn follow(
+    http: &reqwest::Client,
+    url: &str,
+    query: &[(&str, String)],
+    tx: &mpsc::Sender<Change>,
+    resume: &mut Option<String>,
+) -> Result<(), Stop> {
+    let mut resp = http.get(url).query(query).send().await.map_err(|e| Stop::Failed(e.to_string()))?;
+    match resp.status().as_u16() {
+        200 => {}
+        410 => return Err(Stop::Gone),
+        code => return Err(Stop::Failed(format!("HTTP {code}"))),
+    }
+    if resume.is_none() {
+        *resume = resp.headers().get("x-hyperfleet-resource-version").and_then(|v| v.to_str().ok()).map(String::from);
+    }
+    tracing::info!(url, resume = ?resume, "following the change feed");
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(IDLE, resp.chunk()).await {
+            Err(_) => return Err(Stop::Failed("no heartbeat".into())),
+            Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(c))) => c,
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(i) = buffer.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = buffer.drain(..=i).collect();
+            let line: Line = match serde_json::from_slice(&raw) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable change-feed line skipped");
+                    continue;
+                }
+            };
+            let change = match (line.kind.as_str(), line.object) {
+                ("ADDED" | "MODIFIED", Some(r)) => Some(Change::Changed(Box::new(r))),
+                ("DELETED", Some(r)) => Some(Change::Gone(r.id)),
+                _ => None,
+            };
+            if let Some(c) = change {
+                tx.send(c).await.map_err(|_| Stop::Receiver)?;
+            }
+            *resume = Some(line.resource_version);
+        }
+    }
+}
