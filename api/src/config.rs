@@ -87,11 +87,18 @@ pub struct WatchConfig {
     /// How long changes are kept for resuming watches.
     #[serde(with = "duration")]
     pub retention: Duration,
+    /// A watch client that reads nothing for this long (its buffer full) is disconnected.
+    #[serde(with = "duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
-        WatchConfig { heartbeat: Duration::from_secs(15), retention: Duration::from_secs(3600) }
+        WatchConfig {
+            heartbeat: Duration::from_secs(15),
+            retention: Duration::from_secs(3600),
+            stall_timeout: Duration::from_secs(30),
+        }
     }
 }
 

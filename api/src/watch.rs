@@ -152,6 +152,7 @@ fn line(v: serde_json::Value) -> Bytes {
 async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
     let mut notified = state.feed.subscribe();
     let heartbeat = state.watch.heartbeat;
+    let stall = state.watch.stall_timeout;
     let mut idle_since = tokio::time::Instant::now();
     let search_params = sel.filter.as_ref().map_or(&[][..], |f| &f.params[..]);
     let and_search = sel.filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();
@@ -198,7 +199,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                             "object": c.row.to_resource(),
                             "resource_version": c.seq.to_string(),
                         });
-                        if tx.send(line(event)).await.is_err() {
+                        if !deliver(&tx, line(event), stall).await {
                             return;
                         }
                         idle_since = tokio::time::Instant::now();
@@ -211,7 +212,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
         }
         if idle_since.elapsed() >= heartbeat {
             let bookmark = json!({"type": "BOOKMARK", "resource_version": last.to_string()});
-            if tx.send(line(bookmark)).await.is_err() {
+            if !deliver(&tx, line(bookmark), stall).await {
                 return;
             }
             idle_since = tokio::time::Instant::now();
@@ -227,6 +228,21 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
             }
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Hands a line to the response body. A client that has not taken anything for `stall` (its
+/// buffer full) is cut off — it resumes from its last `resource_version` — so it holds nothing
+/// but its own connection; writers and other watchers never wait for it.
+async fn deliver(tx: &mpsc::Sender<Bytes>, line: Bytes, stall: Duration) -> bool {
+    match tx.send_timeout(line, stall).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            metrics::counter!("hyperfleet_api_watch_disconnects_total", "reason" => "stalled").increment(1);
+            tracing::info!(?stall, "watch client stopped reading; disconnected (it can resume)");
+            false
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
     }
 }
 
