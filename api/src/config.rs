@@ -29,6 +29,8 @@ pub struct ApiConfig {
     /// `hyperfleet_api_resource_pending_reconciliation_stuck` metric.
     #[serde(with = "duration")]
     pub reconciliation_stuck_threshold: Duration,
+    /// JWT authentication.
+    pub jwt: crate::auth::JwtConfig,
     /// The change feed (`?watch=true`).
     pub watch: WatchConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -47,6 +49,7 @@ impl Default for ApiConfig {
             log: LogConfig::default(),
             reconciliation_stuck_threshold: Duration::from_secs(600),
             watch: WatchConfig::default(),
+            jwt: crate::auth::JwtConfig::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -58,6 +61,7 @@ impl ServiceConfig for ApiConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.jwt.validate()?;
         for (kind, names) in
             [("clusters", &self.required_adapters.clusters), ("nodepools", &self.required_adapters.nodepools)]
         {

@@ -73,6 +73,12 @@ pub enum ApiError {
     /// 412 `HYPERFLEET-CNF-002`: `If-Match` names an older version.
     #[error("{0}")]
     VersionConflict(String),
+    /// 401 `HYPERFLEET-AUT-001`: no bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 401 `HYPERFLEET-AUT-002`: a token that does not verify.
+    #[error("{0}")]
+    InvalidToken(String),
     /// 410 `HYPERFLEET-CNF-004`: a watch cannot resume that far back.
     #[error("{0}")]
     Gone(String),
@@ -118,6 +124,12 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "HYPERFLEET-NTF-001", "Resource Not Found", "not-found")
             }
             ApiError::Duplicate { .. } => (StatusCode::CONFLICT, "HYPERFLEET-CNF-001", "Resource Conflict", "conflict"),
+            ApiError::Unauthenticated(_) => {
+                (StatusCode::UNAUTHORIZED, "HYPERFLEET-AUT-001", "Authentication Required", "authentication-required")
+            }
+            ApiError::InvalidToken(_) => {
+                (StatusCode::UNAUTHORIZED, "HYPERFLEET-AUT-002", "Invalid Token", "invalid-token")
+            }
             ApiError::Gone(_) => (StatusCode::GONE, "HYPERFLEET-CNF-004", "Resource Version Too Old", "gone"),
             ApiError::VersionConflict(_) => {
                 (StatusCode::PRECONDITION_FAILED, "HYPERFLEET-CNF-002", "Version Conflict", "version-conflict")
@@ -171,7 +183,11 @@ impl IntoResponse for ApiError {
             trace_id: None,
             errors,
         };
-        problem_response(problem)
+        let mut resp = problem_response(problem);
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
     }
 }
 

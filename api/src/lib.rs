@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregation;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod listing;
@@ -54,6 +55,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// A lazily connecting pool: the API starts (and reports not-ready) while the database is down,
@@ -102,7 +105,11 @@ pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
 /// The API router (without listeners), for the server and for tests.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let api = resources::router().with_state(state).merge(openapi::router());
+    let mut resources = resources::router();
+    if let Some(auth) = state.auth.clone() {
+        resources = resources.layer(middleware::from_fn_with_state(auth, auth::authenticate));
+    }
+    let api = resources.with_state(state).merge(openapi::router());
     Router::new()
         .route("/api/hyperfleet", axum::routing::get(root))
         .nest(API_PREFIX, api)
@@ -166,8 +173,15 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     tracing::info!(addr = %listener.local_addr()?, database = %db_endpoint(&cfg), "API listening");
     let drain = cfg.shutdown_timeout;
     let stop = shutdown.clone();
-    let state =
-        AppState::new(db.clone(), cfg.required_adapters.clone()).with_watch(cfg.watch.clone(), shutdown.clone());
+    let auth = if cfg.jwt.enabled {
+        Some(auth::Authenticator::new(cfg.jwt.clone()).await.map_err(StartError::Auth)?)
+    } else {
+        tracing::warn!("JWT authentication is off (jwt.enabled / ENABLE_JWT): every caller is trusted");
+        None
+    };
+    let state = AppState::new(db.clone(), cfg.required_adapters.clone())
+        .with_watch(cfg.watch.clone(), shutdown.clone())
+        .with_auth(auth);
     watch::spawn_pruner(db.clone(), cfg.watch.retention, shutdown.clone());
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned());
     tokio::select! {

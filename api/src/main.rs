@@ -45,6 +45,15 @@ struct Cli {
     /// disable | require | verify-ca | verify-full (database.ssl.mode).
     #[arg(long, global = true, value_parser = |s: &str| s.parse::<SslMode>().map(|_| s.to_string()))]
     db_sslmode: Option<String>,
+    /// Require JWTs on the API (jwt.enabled); the seed chart's ENABLE_JWT.
+    #[arg(long, global = true, env = "ENABLE_JWT", value_parser = clap::builder::BoolishValueParser::new())]
+    enable_jwt: Option<bool>,
+    /// JWKS URL of the token issuer (jwt.jwks_url); the seed chart's JWKS_URL.
+    #[arg(long, global = true, env = "JWKS_URL")]
+    jwks_url: Option<String>,
+    /// JWKS file (jwt.jwks_file).
+    #[arg(long, global = true)]
+    jwks_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +75,9 @@ impl Cli {
             ("server.port", self.server_port.map(Value::from)),
             ("database.ssl.mode", self.db_sslmode.clone().map(Value::from)),
             ("database.ssl.root_cert_file", self.db_rootcert_file.as_ref().map(|p| p.display().to_string().into())),
+            ("jwt.enabled", self.enable_jwt.map(Value::from)),
+            ("jwt.jwks_url", self.jwks_url.clone().filter(|u| !u.is_empty()).map(Value::from)),
+            ("jwt.jwks_file", self.jwks_file.as_ref().map(|p| p.display().to_string().into())),
         ]);
         for (key, file) in [
             ("database.host", &self.db_host_file),

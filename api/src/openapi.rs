@@ -211,6 +211,17 @@ fn responses(ok: Vec<(&str, ResponseBuilder)>, errors: &[(&str, &str)]) -> utoip
     for (code, why) in errors {
         b = b.response(*code, ResponseBuilder::new().description(*why).content(PROBLEM_JSON, problem()));
     }
+    if !errors.is_empty() {
+        b = b.response(
+            "401",
+            ResponseBuilder::new()
+                .description(
+                    "With JWT authentication on: no bearer token (`HYPERFLEET-AUT-001`) or one that does not verify \
+                     (`HYPERFLEET-AUT-002`)",
+                )
+                .content(PROBLEM_JSON, problem()),
+        );
+    }
     b.response(
         "default",
         ResponseBuilder::new()

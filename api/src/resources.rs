@@ -20,10 +20,11 @@ use uuid::Uuid;
 
 use crate::{
     aggregation,
+    auth::Identity,
     config::RequiredAdapters,
     error::ApiError,
     listing::{self, ListBody, ListParams},
-    model::{COLUMNS, Kind, Row, SYSTEM_IDENTITY, href, now},
+    model::{COLUMNS, Kind, Row, href, now},
     statuses, validation,
 };
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub watch: crate::config::WatchConfig,
     /// Ends open watches when the server stops.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// JWT verification; `None` when authentication is off.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 impl AppState {
@@ -50,7 +53,13 @@ impl AppState {
             adapters: Arc::new(adapters),
             watch: crate::config::WatchConfig::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            auth: None,
         }
+    }
+
+    pub fn with_auth(mut self, auth: Option<Arc<crate::auth::Authenticator>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn with_watch(
@@ -303,6 +312,7 @@ async fn child_create_on_flat_route() -> ApiError {
 async fn create<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    Identity(who): Identity,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let target = Target::from_path(K::KIND, &params);
@@ -335,7 +345,7 @@ async fn create<K: KindRoute>(
     .bind(SqlJson(&new.labels))
     .bind(SqlJson(&conditions))
     .bind(at)
-    .bind(SYSTEM_IDENTITY)
+    .bind(&who)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
@@ -368,6 +378,7 @@ async fn fetch<K: KindRoute>(
 async fn patch<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    Identity(who): Identity,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
@@ -391,7 +402,7 @@ async fn patch<K: KindRoute>(
     .bind(SqlJson(&spec))
     .bind(SqlJson(&labels))
     .bind(now())
-    .bind(SYSTEM_IDENTITY)
+    .bind(&who)
     .fetch_one(&mut *tx)
     .await?;
     let updated = reaggregate(&state, &mut tx, updated).await?;
@@ -401,7 +412,7 @@ async fn patch<K: KindRoute>(
 
 /// Marks a resource deleted (generation +1) and recomputes its conditions, or removes it at once
 /// when nobody will report `Finalized` for it.
-async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Result<Row, ApiError> {
+async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row, who: &str) -> Result<Row, ApiError> {
     let at = now();
     // Children go first: each is marked (or removed) the same way.
     let children: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -411,7 +422,7 @@ async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Re
     .fetch_all(&mut *conn)
     .await?;
     for child in children {
-        Box::pin(mark_deleted(state, conn, child)).await?;
+        Box::pin(mark_deleted(state, conn, child, who)).await?;
     }
     let waiting_children: bool = sqlx::query_scalar("select exists(select 1 from resources where owner_id = $1)")
         .bind(row.id)
@@ -423,7 +434,7 @@ async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Re
     )))
     .bind(row.id)
     .bind(at)
-    .bind(SYSTEM_IDENTITY)
+    .bind(who)
     .fetch_one(&mut *conn)
     .await?;
     if state.required(row.kind()).is_empty() && !waiting_children {
@@ -438,12 +449,13 @@ async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row) -> Re
 async fn delete<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    Identity(who): Identity,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
     check_if_match(&headers, &row)?;
-    let row = if row.deleted_time.is_some() { row } else { mark_deleted(&state, &mut tx, row).await? };
+    let row = if row.deleted_time.is_some() { row } else { mark_deleted(&state, &mut tx, row, &who).await? };
     tx.commit().await?;
     Ok(with_etag(StatusCode::ACCEPTED, &row, Json(row.to_resource()).into_response()))
 }
@@ -456,6 +468,7 @@ struct ForceDelete {
 async fn force_delete<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    Identity(who): Identity,
     JsonBody(body): JsonBody<ForceDelete>,
 ) -> Result<StatusCode, ApiError> {
     let reason = match body.reason {
@@ -488,7 +501,7 @@ async fn force_delete<K: KindRoute>(
     // Children, adapter statuses and conditions go with the row (foreign keys cascade).
     sqlx::query("delete from resources where id = $1").bind(row.id).execute(&mut *tx).await?;
     tx.commit().await?;
-    tracing::warn!(id = %row.id, kind = %row.kind, by = SYSTEM_IDENTITY, %reason, "resource force-deleted");
+    tracing::warn!(id = %row.id, kind = %row.kind, by = %who, %reason, "resource force-deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

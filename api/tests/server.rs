@@ -127,3 +127,44 @@ async fn concurrent_migrations_both_succeed() -> Result<()> {
     db.drop_db().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_charts_enable_jwt_is_honoured_and_health_and_metrics_stay_open() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    migrate(&env, &db).await?;
+    let jwks = std::env::temp_dir().join(format!("hyperfleet-jwks-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&jwks, r#"{"keys": []}"#)?;
+    let port = free_port();
+    let mut vars = hyperfleet_tests::api_db_vars(&env, &db)?;
+    vars.extend([
+        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
+        ("HYPERFLEET_SERVER_PORT", port.to_string()),
+        ("ENABLE_JWT", "true".to_string()),
+    ]);
+    let jwks_arg = jwks.display().to_string();
+    let mut api = Service::start(&env, "server-jwt", "api", &["serve", "--jwks-file", &jwks_arg], &vars)?;
+    api.wait_ready(Duration::from_secs(30)).await?;
+    let base = format!("http://127.0.0.1:{port}/api/hyperfleet/v1");
+    let resp = reqwest::get(format!("{base}/clusters")).await?;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await?["code"], "HYPERFLEET-AUT-001");
+    assert_eq!(reqwest::get(format!("{base}/openapi")).await?.status(), 200, "the document is public");
+    assert_eq!(reqwest::get(format!("http://127.0.0.1:{}/readyz", api.health_port)).await?.status(), 200);
+    assert!(api.metrics().await?.contains("hyperfleet_api_requests_total"), "metrics need no token");
+    api.stop().await;
+
+    // Switched on without keys: a clear refusal to start.
+    let out = tokio::process::Command::new(env.bin("hyperfleet-api")?)
+        .arg("serve")
+        .env_clear()
+        .env("ENABLE_JWT", "true")
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("jwt.enabled needs jwt.jwks_url (JWKS_URL) or jwt.jwks_file"), "{text}");
+    let _ = std::fs::remove_file(&jwks);
+    db.drop_db().await;
+    Ok(())
+}

@@ -30,6 +30,17 @@ pub async fn app_with(adapters: RequiredAdapters) -> Result<App> {
     app_configured(adapters, WatchConfig::default()).await
 }
 
+/// An app that requires JWTs as `jwt` says.
+pub async fn app_with_auth(jwt: hyperfleet_api::auth::JwtConfig) -> Result<App> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
+    hyperfleet_api::MIGRATOR.run(&pool).await?;
+    let auth = hyperfleet_api::auth::Authenticator::new(jwt).await.map_err(anyhow::Error::msg)?;
+    let state = hyperfleet_api::AppState::new(pool.clone(), RequiredAdapters::default()).with_auth(Some(auth));
+    Ok(App { router: hyperfleet_api::router(state), db, pool })
+}
+
 /// An app with the given adapters and change-feed settings.
 pub async fn app_configured(adapters: RequiredAdapters, watch: WatchConfig) -> Result<App> {
     let env = LocalEnv::load()?;

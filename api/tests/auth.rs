@@ -1,0 +1,254 @@
+//! JWT authentication: tokens minted here (RS256 with an openssl-made key, ES256 with ring) against
+//! a JWKS served over HTTP by the test, for every way a token can be wrong.
+
+mod support;
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use axum::http::{Method, StatusCode};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hyperfleet_api::auth::JwtConfig;
+use ring::{
+    rand::SystemRandom,
+    signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents},
+};
+use serde_json::{Value, json};
+use support::{App, CLUSTERS, app_with_auth, cluster};
+
+const ISSUER: &str = "https://sso.example.test/realms/hyperfleet";
+const AUDIENCE: &str = "hyperfleet-api";
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key with its public JWK.
+enum Signer {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+impl Signer {
+    fn rsa() -> Result<Self> {
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
+            .output()?;
+        if !out.status.success() {
+            bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Signer::Rsa(RsaKeyPair::from_der(&out.stdout).map_err(|e| anyhow::anyhow!("{e}"))?))
+    }
+
+    fn ec() -> Result<Self> {
+        let rng = SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Signer::Ec(EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|e| anyhow::anyhow!("{e}"))?))
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            Signer::Rsa(_) => "RS256",
+            Signer::Ec(_) => "ES256",
+        }
+    }
+
+    fn jwk(&self, kid: &str) -> Value {
+        match self {
+            Signer::Rsa(k) => {
+                let c = RsaPublicKeyComponents::<Vec<u8>>::from(k.public());
+                json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64(&c.n), "e": b64(&c.e)})
+            }
+            Signer::Ec(k) => {
+                let p = k.public_key().as_ref();
+                json!({"kty": "EC", "kid": kid, "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65])})
+            }
+        }
+    }
+
+    /// The public key bytes, as an attacker would use them for an HMAC secret.
+    fn public_bytes(&self) -> Vec<u8> {
+        match self {
+            Signer::Rsa(k) => k.public().as_ref().to_vec(),
+            Signer::Ec(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        match self {
+            Signer::Rsa(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(sig)
+            }
+            Signer::Ec(k) => Ok(k.sign(&rng, message).map_err(|e| anyhow::anyhow!("{e}"))?.as_ref().to_vec()),
+        }
+    }
+
+    fn token(&self, kid: &str, claims: &Value) -> Result<String> {
+        let header = json!({"alg": self.alg(), "typ": "JWT", "kid": kid});
+        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        Ok(format!("{signing_input}.{}", b64(&self.sign(signing_input.as_bytes())?)))
+    }
+}
+
+fn claims(email: &str) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({"iss": ISSUER, "aud": [AUDIENCE, "other"], "sub": "user-1", "email": email, "iat": now, "exp": now + 300})
+}
+
+/// A JWKS the test can change while the API runs.
+async fn serve_jwks(keys: Arc<RwLock<Value>>) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/jwks", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let keys = keys.clone();
+            async move { axum::Json(keys.read().map(|k| k.clone()).unwrap_or_default()) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+async fn call(
+    app: &App,
+    method: Method,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(StatusCode, Value)> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b));
+    }
+    let uri = if method == Method::POST { CLUSTERS.to_string() } else { format!("{CLUSTERS}?size=1") };
+    let resp = app.send(method, &uri, &headers, body).await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_and_good_ones_name_the_caller() -> Result<()> {
+    let rsa = Signer::rsa()?;
+    let ec = Signer::ec()?;
+    let keys = Arc::new(RwLock::new(json!({"keys": [rsa.jwk("rsa-1"), ec.jwk("ec-1")]})));
+    let url = serve_jwks(keys.clone()).await?;
+    let app = app_with_auth(JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        identity_header: Some("x-hyperfleet-identity".into()),
+        jwks_refresh_interval: Duration::ZERO,
+        ..Default::default()
+    })
+    .await?;
+
+    // No token at all.
+    let resp = app.send(Method::GET, CLUSTERS, &[], None).await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let (status, v) = call(&app, Method::GET, None, &[], None).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("HYPERFLEET-AUT-001")));
+
+    // Good tokens of both algorithms; the caller's email becomes created_by.
+    for (signer, kid) in [(&rsa, "rsa-1"), (&ec, "ec-1")] {
+        let token = signer.token(kid, &claims("ada@example.test"))?;
+        let (status, _) = call(&app, Method::GET, Some(&token), &[], None).await?;
+        assert_eq!(status, StatusCode::OK, "{}", signer.alg());
+    }
+    let token = ec.token("ec-1", &claims("ada@example.test"))?;
+    let (status, created) = call(&app, Method::POST, Some(&token), &[], Some(&cluster("by-ada"))).await?;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        (created["created_by"].as_str(), created["updated_by"].as_str()),
+        (Some("ada@example.test"), Some("ada@example.test"))
+    );
+    let via_gateway = [("x-hyperfleet-identity", "gateway-user")];
+    let (_, created) = call(&app, Method::POST, Some(&token), &via_gateway, Some(&cluster("by-gateway"))).await?;
+    assert_eq!(created["created_by"], "gateway-user", "the trusted header wins over the claim");
+
+    // Every way of being wrong: 401 HYPERFLEET-AUT-002, and nothing is written.
+    let now = chrono::Utc::now().timestamp();
+    let with = |patch: Value| {
+        let mut c = claims("eve@example.test");
+        for (k, v) in patch.as_object().cloned().unwrap_or_default() {
+            c[k] = v;
+        }
+        c
+    };
+    let good = rsa.token("rsa-1", &claims("eve@example.test"))?;
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let forged_payload = b64(with(json!({"email": "admin@example.test"})).to_string().as_bytes());
+    parts[1] = &forged_payload;
+    let tampered = parts.join(".");
+    let none_header = b64(json!({"alg": "none", "typ": "JWT"}).to_string().as_bytes());
+    let alg_none = format!("{none_header}.{}.", b64(claims("eve@example.test").to_string().as_bytes()));
+    let hs_header = b64(json!({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).to_string().as_bytes());
+    let hs_input = format!("{hs_header}.{}", b64(claims("eve@example.test").to_string().as_bytes()));
+    let hs_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rsa.public_bytes());
+    let hs256 = format!("{hs_input}.{}", b64(ring::hmac::sign(&hs_key, hs_input.as_bytes()).as_ref()));
+    let other_key = Signer::ec()?;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("tampered payload", tampered, "signature"),
+        ("expired", rsa.token("rsa-1", &with(json!({"exp": now - 600})))?, "expired"),
+        ("not yet valid", rsa.token("rsa-1", &with(json!({"nbf": now + 600})))?, "not yet valid"),
+        ("no exp", rsa.token("rsa-1", &json!({"iss": ISSUER, "aud": AUDIENCE, "email": "e@x"}))?, "exp"),
+        ("wrong issuer", rsa.token("rsa-1", &with(json!({"iss": "https://evil.test"})))?, "issuer"),
+        ("wrong audience", rsa.token("rsa-1", &with(json!({"aud": "someone-else"})))?, "audience"),
+        ("alg none", alg_none, "\"none\""),
+        ("HS256 with the public key", hs256, "\"HS256\""),
+        ("signed by an unknown key", other_key.token("ec-1", &claims("eve@example.test"))?, "signature"),
+        ("RSA kid with an EC signature", ec.token("rsa-1", &claims("eve@example.test"))?, "not a ES256 key"),
+        ("unknown kid", other_key.token("nope", &claims("eve@example.test"))?, "no signing key"),
+        ("garbage", "not-a-token".into(), "three"),
+        ("two parts", "a.b".into(), "three"),
+        ("bad base64", "@@@.###.$$$".into(), "base64"),
+    ];
+    for (what, token, why) in cases {
+        for method in [Method::GET, Method::POST] {
+            let body = (method == Method::POST).then(|| cluster("by-eve"));
+            let (status, v) = call(&app, method.clone(), Some(&token), &[], body.as_deref()).await?;
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("HYPERFLEET-AUT-002")),
+                "{what}: {v}"
+            );
+            let detail = v["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(why), "{what}: {detail:?} should mention {why:?}");
+        }
+    }
+    // A write needs an identity.
+    let anonymous = rsa.token("rsa-1", &json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}))?;
+    assert_eq!(call(&app, Method::GET, Some(&anonymous), &[], None).await?.0, StatusCode::OK);
+    assert_eq!(
+        call(&app, Method::POST, Some(&anonymous), &[], Some(&cluster("nobody"))).await?.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The OpenAPI document stays public.
+    assert_eq!(app.send(Method::GET, "/api/hyperfleet/v1/openapi", &[], None).await?.status(), StatusCode::OK);
+
+    // Key rotation: a token signed by a key that appears in the JWKS later is accepted, no restart.
+    let rotated = Signer::ec()?;
+    let token = rotated.token("ec-2", &claims("ada@example.test"))?;
+    assert_eq!(call(&app, Method::GET, Some(&token), &[], None).await?.0, StatusCode::UNAUTHORIZED);
+    *keys.write().map_err(|_| anyhow::anyhow!("poisoned"))? = json!({"keys": [rsa.jwk("rsa-1"), rotated.jwk("ec-2")]});
+    assert_eq!(call(&app, Method::GET, Some(&token), &[], None).await?.0, StatusCode::OK, "the new kid is fetched");
+
+    let (_, list) = call(&app, Method::GET, Some(&token), &[], None).await?;
+    assert_eq!(list["total"], 2, "only the two good writes happened: {list}");
+    let _ = list.get("items").context("items")?;
+    app.done().await;
+    Ok(())
+}
