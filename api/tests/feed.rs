@@ -136,11 +136,18 @@ async fn the_feed_streams_every_change_in_order_and_resumes_without_gaps_or_repe
     let id = c["id"].as_str().context("id")?.to_string();
     let uri = format!("{CLUSTERS}/{id}");
     app.call(Method::PATCH, &uri, Some(&json!({"labels": {"x": "1"}}).to_string())).await?;
+    let report = json!({"adapter": "landing-zone", "observed_generation": 2, "observed_time": chrono::Utc::now().to_rfc3339(),
+        "conditions": [{"type": "Available", "status": "True"}, {"type": "Applied", "status": "True"},
+                       {"type": "Health", "status": "True"}]});
+    assert_eq!(
+        app.call(Method::PUT, &format!("{uri}/statuses"), Some(&report.to_string())).await?.0,
+        StatusCode::CREATED
+    );
     app.call(Method::DELETE, &uri, None).await?;
     app.call(Method::POST, &format!("{uri}/force-delete"), Some(r#"{"reason": "test"}"#)).await?;
 
     let mut seen = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         seen.push(feed.change().await?);
     }
     let summary: Vec<(String, String)> = seen
@@ -152,11 +159,17 @@ async fn the_feed_streams_every_change_in_order_and_resumes_without_gaps_or_repe
         ("ADDED", "second"),
         ("MODIFIED", "second"),
         ("MODIFIED", "second"),
+        ("MODIFIED", "second"),
         ("DELETED", "second"),
     ];
     assert_eq!(summary, expect.map(|(a, b)| (a.to_string(), b.to_string())));
     assert_eq!(seen[2]["object"]["generation"], 2);
-    assert!(seen[3]["object"]["deleted_time"].is_string(), "the DELETE is a MODIFIED with deleted_time");
+    let reconciled = seen[3]["object"]["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        reconciled.iter().any(|c| c["type"] == "Reconciled" && c["status"] == "True"),
+        "the status report is a MODIFIED with the new conditions"
+    );
+    assert!(seen[4]["object"]["deleted_time"].is_string(), "the DELETE is a MODIFIED with deleted_time");
     let versions: Vec<i64> = seen.iter().filter_map(|e| e["resource_version"].as_str()?.parse().ok()).collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {versions:?}");
 
