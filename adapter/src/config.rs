@@ -110,6 +110,12 @@ impl ServiceConfig for AdapterConfig {
         &self.log
     }
 
+    fn compat_layers(
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<hyperfleet_common::config::Layer>, String> {
+        hyperfleet_common::broker::seed_chart_layers(env, hyperfleet_common::broker::Role::Consumer)
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.queue.is_empty() {
             return Err("queue must not be empty".into());

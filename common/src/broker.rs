@@ -6,7 +6,10 @@
 //! (`cert_file` + `key_file`, PEM) is presented when configured. There is no switch to skip
 //! verification.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
@@ -17,7 +20,7 @@ use lapin::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::config::{Layer, Secret};
 
 /// The `broker:` configuration section shared by the sentinel and the adapters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,6 +74,87 @@ pub enum BrokerError {
     Declare { exchange: String, kind: String, source: Box<lapin::Error> },
     #[error("broker error: {0}")]
     Amqp(Box<lapin::Error>),
+}
+
+/// Which side of the broker a service is, for [`seed_chart_layers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Consumer,
+}
+
+fn layer(key: &str, value: impl Into<serde_json::Value>, origin: String) -> Layer {
+    Layer { key: key.into(), value: value.into(), origin }
+}
+
+/// The broker settings the seed `hyperfleet-system` chart gives its services, mapped onto ours:
+/// the `broker.yaml` named by `BROKER_CONFIG_FILE` (`broker.rabbitmq.{url, exchange, exchange_type,
+/// queue, routing_key|routingKey, prefetch_count}`) and the variables `BROKER_RABBITMQ_URL`,
+/// `BROKER_TOPIC`, `BROKER_RABBITMQ_EXCHANGE`, `BROKER_RABBITMQ_EXCHANGE_TYPE`, `BROKER_RABBITMQ_QUEUE`
+/// (variables win over the file). A consumer's queue is used as written (the original appended the
+/// subscription id, doubling the name).
+pub fn seed_chart_layers(env: &HashMap<String, String>, role: Role) -> Result<Vec<Layer>, String> {
+    let mut out = Vec::new();
+    let var = |name: &str| env.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(path) = var("BROKER_CONFIG_FILE") {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("BROKER_CONFIG_FILE {path}: {e}"))?;
+        let doc: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .map_err(|e| format!("BROKER_CONFIG_FILE {path}: {e}"))
+            .and_then(|v| serde_json::to_value(v).map_err(|e| format!("BROKER_CONFIG_FILE {path}: {e}")))?;
+        let broker = &doc["broker"];
+        if let Some(kind) = broker["type"].as_str()
+            && kind != "rabbitmq"
+        {
+            return Err(format!("BROKER_CONFIG_FILE {path}: broker.type {kind:?} is not supported (rabbitmq)"));
+        }
+        let rabbit = &broker["rabbitmq"];
+        let origin = || format!("from {path}");
+        let text_of = |key: &str| rabbit[key].as_str().map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+        if let Some(url) = text_of("url") {
+            out.push(layer("broker.url", url, origin()));
+        }
+        if let Some(ex) = text_of("exchange") {
+            out.push(layer("broker.exchange", ex, origin()));
+        }
+        if let Some(t) = text_of("exchange_type") {
+            out.push(layer("broker.exchange_type", t, origin()));
+        }
+        let routing = text_of("routing_key").or_else(|| text_of("routingKey"));
+        match role {
+            Role::Publisher => {
+                if let Some(k) = routing {
+                    out.push(layer("routing_key", k, origin()));
+                }
+            }
+            Role::Consumer => {
+                if let Some(q) = text_of("queue") {
+                    out.push(layer("queue", q, origin()));
+                }
+                if let Some(k) = routing {
+                    out.push(layer("binding_key", k, origin()));
+                }
+                if let Some(n) = rabbit["prefetch_count"].as_u64().filter(|n| *n > 0) {
+                    out.push(layer("prefetch", n, origin()));
+                }
+            }
+        }
+    }
+    for (name, key) in [
+        ("BROKER_RABBITMQ_URL", "broker.url"),
+        ("BROKER_TOPIC", "broker.exchange"),
+        ("BROKER_RABBITMQ_EXCHANGE", "broker.exchange"),
+        ("BROKER_RABBITMQ_EXCHANGE_TYPE", "broker.exchange_type"),
+    ] {
+        if let Some(v) = var(name) {
+            out.push(layer(key, v, format!("from {name}")));
+        }
+    }
+    if role == Role::Consumer
+        && let Some(q) = var("BROKER_RABBITMQ_QUEUE")
+    {
+        out.push(layer("queue", q, "from BROKER_RABBITMQ_QUEUE".into()));
+    }
+    Ok(out)
 }
 
 impl BrokerError {

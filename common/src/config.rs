@@ -5,6 +5,8 @@
 //!
 //! 1. the defaults,
 //! 2. a YAML file (optional; when a path is given it must exist),
+//! 2½. compatibility layers a service derives from other sources (the seed chart's `broker.yaml`
+//!    and `BROKER_*` variables, see [`crate::broker::seed_chart_layers`]),
 //! 3. environment variables `HYPERFLEET_<PATH>` where `<PATH>` is the upper-cased key path joined by
 //!    `_` (`database.ssl.mode` ← `HYPERFLEET_DATABASE_SSL_MODE`),
 //! 4. command-line flags, given as `(key.path, value)` pairs.
@@ -59,6 +61,16 @@ fn describe(errors: figment::Error, origins: &HashMap<String, String>) -> Config
     ConfigError::Invalid(parts.join("; "))
 }
 
+/// A configuration value from a source other than the file, the `HYPERFLEET_*` environment or flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    /// Key path, e.g. `broker.url`.
+    pub key: String,
+    pub value: serde_json::Value,
+    /// Named in errors, e.g. `from BROKER_RABBITMQ_URL`.
+    pub origin: String,
+}
+
 /// Loads `T` from defaults, an optional YAML file, the environment and flag overrides.
 pub fn load<T>(file: Option<&Path>, overrides: &[(&str, serde_json::Value)]) -> Result<T, ConfigError>
 where
@@ -76,6 +88,19 @@ pub fn load_with_env<T>(
 where
     T: Serialize + DeserializeOwned + Default,
 {
+    load_layered(file, &[], overrides, env)
+}
+
+/// [`load_with_env`] with compatibility `layers` between the file and the environment.
+pub fn load_layered<T>(
+    file: Option<&Path>,
+    layers: &[Layer],
+    overrides: &[(&str, serde_json::Value)],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
     let defaults = T::default();
     let env_keys = env_key_map(&serde_json::to_value(&defaults)?)?;
 
@@ -87,6 +112,10 @@ where
         figment = figment.merge(Yaml::file_exact(path));
     }
     let mut origins = HashMap::new();
+    for layer in layers {
+        figment = figment.merge(Serialized::default(&layer.key, layer.value.clone()));
+        origins.insert(layer.key.clone(), layer.origin.clone());
+    }
     for (name, value) in env {
         if let Some(leaf) = name.strip_prefix(ENV_PREFIX).and_then(|rest| env_keys.get(rest)) {
             figment = figment.merge(Serialized::default(&leaf.path, leaf.parse(&value)));

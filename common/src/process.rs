@@ -16,6 +16,11 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Settings from other sources (the seed chart's files and variables), merged after the YAML
+    /// file and before `HYPERFLEET_*`.
+    fn compat_layers(_env: &std::collections::HashMap<String, String>) -> Result<Vec<config::Layer>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// Keeps the flags that were given, as `(key.path, value)` overrides.
@@ -26,7 +31,9 @@ pub fn overrides<'a>(flags: impl IntoIterator<Item = (&'a str, Option<Value>)>) 
 /// Loads, validates and installs logging. On failure prints `bin: reason` to stderr and returns
 /// exit code 2.
 pub fn start<T: ServiceConfig>(bin: &str, file: Option<&Path>, overrides: &[(&str, Value)]) -> Result<T, ExitCode> {
-    let cfg: T = config::load(file, overrides).map_err(|e| usage_error(bin, e))?;
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let layers = T::compat_layers(&env).map_err(|e| usage_error(bin, e))?;
+    let cfg: T = config::load_layered(file, &layers, overrides, env).map_err(|e| usage_error(bin, e))?;
     cfg.validate().map_err(|e| usage_error(bin, e))?;
     telemetry::init(cfg.log()).map_err(|e| usage_error(bin, e))?;
     Ok(cfg)

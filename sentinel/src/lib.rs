@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod leader;
 pub mod watch;
 
 use std::{
@@ -113,8 +114,9 @@ impl Health {
 }
 
 /// Runs the sentinel until `shutdown` is cancelled.
-pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(), Error> {
     cfg.validate().map_err(Error::Start)?;
+    cfg.apply_seed_keys();
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
     let health = Arc::new(Health {
         broker_up: AtomicBool::new(false),
@@ -152,7 +154,8 @@ pub async fn run(cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(),
         .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
-    let mut sentinel = Sentinel { cfg, http, publisher: None, published: HashMap::new(), health };
+    let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
+    let mut sentinel = Sentinel { cfg, http, publisher: None, published: HashMap::new(), health, leadership };
     tracing::info!(
         resource_type = %sentinel.cfg.resource_type,
         selector = %sentinel.cfg.selector_label(),
@@ -199,6 +202,7 @@ struct Sentinel {
     /// The last confirmed event per resource id; pruned to the resources seen in the last pass.
     published: HashMap<String, Published>,
     health: Arc<Health>,
+    leadership: leader::Leadership,
 }
 
 /// Attempts to publish one pass's events before leaving the rest to the next pass.
@@ -231,6 +235,13 @@ impl Sentinel {
         let now = Utc::now();
         metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
             .set(now.timestamp_millis() as f64 / 1000.0);
+        if !self.leadership.is_leader() {
+            // A follower keeps polling (and stays ready) but leaves publishing to the leader.
+            self.published.clear();
+            metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
+            return Ok(());
+        }
         let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
         self.published.retain(|id, _| live.contains(id.as_str()));
 
@@ -309,6 +320,9 @@ impl Sentinel {
 
     /// A change from the API's feed: decide about that one resource at once.
     async fn react(&mut self, change: watch::Change) -> Result<(), Error> {
+        if !self.leadership.is_leader() {
+            return Ok(());
+        }
         match change {
             watch::Change::Gone(id) => {
                 self.published.remove(&id);
@@ -420,6 +434,17 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 + r)
 }
 
+/// The reconcile CloudEvent announcing `r`.
+pub fn event_for(r: &Resource) -> Result<cloudevents::Event, cloudevent::EventError> {
+    cloudevent::reconcile_event(&ReconcileData {
+        id: r.id.clone(),
+        kind: r.kind.clone(),
+        href: r.href.clone(),
+        generation: r.generation,
+        owner_references: r.owner_references.clone(),
+    })
+}
+
 /// A confirm-mode channel on its own connection.
 struct Publisher {
     conn: Connection,
@@ -471,13 +496,7 @@ impl Publisher {
     }
 
     async fn send(&self, r: &Resource, routing_key: &str) -> Result<(String, lapin::PublisherConfirm), Error> {
-        let event = cloudevent::reconcile_event(&ReconcileData {
-            id: r.id.clone(),
-            kind: r.kind.clone(),
-            href: r.href.clone(),
-            generation: r.generation,
-            owner_references: r.owner_references.clone(),
-        })?;
+        let event = event_for(r)?;
         let (body, props) = cloudevent::encode(&event)?;
         let id = cloudevents::AttributesReader::id(&event).to_string();
         let confirm = self
@@ -516,6 +535,25 @@ mod tests {
         let state = r.state();
         assert_eq!((state.generation, state.conditions.len()), (2, 1));
         assert_eq!(state.conditions[0].last_updated_time.map(|t| t.timestamp()), Some(1_795_428_005));
+    }
+
+    #[test]
+    fn events_carry_the_resource_and_a_nodepools_owner() {
+        let item = serde_json::json!({
+            "id": "np-1", "kind": "NodePool", "href": "/api/hyperfleet/v1/clusters/c-1/nodepools/np-1", "generation": 3,
+            "owner_references": {"id": "c-1", "kind": "Cluster", "href": "/api/hyperfleet/v1/clusters/c-1"}
+        });
+        let r: Resource = serde_json::from_value(item).expect("item");
+        let event = serde_json::to_value(event_for(&r).expect("event")).expect("json");
+        assert_eq!(event["type"], "com.redhat.hyperfleet.nodepool.reconcile");
+        assert_eq!(event["source"], "hyperfleet-sentinel");
+        assert_eq!(event["specversion"], "1.0");
+        assert!(event["time"].is_string());
+        let id = event["id"].as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).expect("uuid id");
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(event["data"]["generation"], 3);
+        assert_eq!(event["data"]["owner_references"]["id"], "c-1");
+        assert_eq!(event["data"]["href"], "/api/hyperfleet/v1/clusters/c-1/nodepools/np-1");
     }
 
     #[test]

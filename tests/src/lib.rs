@@ -423,9 +423,14 @@ impl ApiStack {
         })
     }
 
-    /// Stops the API and starts it again on the same port.
+    /// A direct connection to the stack's database (for seeding).
+    pub async fn db_connection(&self) -> Result<PgConnection> {
+        Ok(PgConnection::connect_with(&self.env.pg_options(&self.db.name)?).await?)
+    }
+
+    /// Stops the API (if running) and starts it again on the same port.
     pub async fn restart_api(&mut self) -> Result<()> {
-        self.api.kill().await?;
+        let _ = self.api.kill().await;
         let mut api = Service::start(&self.env, &format!("{}-again", self.tag), "api", &["serve"], &self.api_vars)?;
         api.wait_ready(Duration::from_secs(60)).await?;
         self.api = api;

@@ -231,3 +231,122 @@ async fn an_exchange_of_another_type_stops_the_sentinel_naming_both_types() -> R
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn two_replicas_publish_once_and_the_survivor_takes_over() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let tap = stack.tap("#").await?;
+    let lease = format!("hf-test-{}", stack.tag);
+    let election = [
+        ("HYPERFLEET_LEADER_ELECTION_ENABLED", "true".to_string()),
+        ("HYPERFLEET_LEADER_ELECTION_LEASE_NAME", lease.clone()),
+        ("HYPERFLEET_LEADER_ELECTION_NAMESPACE", "default".into()),
+        ("HYPERFLEET_LEADER_ELECTION_LEASE_DURATION", "3s".into()),
+        ("HYPERFLEET_LEADER_ELECTION_RETRY_PERIOD", "300ms".into()),
+        ("HYPERFLEET_LEADER_ELECTION_KUBECONFIG", stack.env.get("KUBECONFIG")?.to_string()),
+        ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()),
+    ];
+    let mut replicas =
+        vec![stack.sentinel("replica-a", &election).await?, stack.sentinel("replica-b", &election).await?];
+    let leader_gauge = |m: &str| metric_sum(m, "hyperfleet_sentinel_leader");
+    let leader = eventually(Duration::from_secs(30), || async {
+        let a = leader_gauge(&replicas[0].metrics().await?);
+        let b = leader_gauge(&replicas[1].metrics().await?);
+        Ok(match (a, b) {
+            (1.0, 0.0) => Some(0),
+            (0.0, 1.0) => Some(1),
+            _ => None,
+        })
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(stack.create_cluster(&format!("replicated-{i}"), json!({})).await?);
+    }
+    all_seen(&tap, &ids).await?;
+    passes(&replicas[0], 2.0).await?;
+    passes(&replicas[1], 2.0).await?;
+    for id in &ids {
+        assert_eq!(tap.count(id).await?, 1, "{id} published by both replicas");
+    }
+    let published = "hyperfleet_sentinel_events_published_total";
+    assert_eq!(metric_sum(&replicas[1 - leader].metrics().await?, published), 0.0, "the follower publishes nothing");
+
+    // The leader dies without a word; the survivor takes over once the lease lapses.
+    let mut dead = replicas.remove(leader);
+    dead.kill().await?;
+    let survivor = replicas.remove(0);
+    eventually(Duration::from_secs(30), || async {
+        Ok((leader_gauge(&survivor.metrics().await?) == 1.0).then_some(()))
+    })
+    .await
+    .with_context(|| survivor.log_tail())?;
+    let late = stack.create_cluster("after-failover", json!({})).await?;
+    all_seen(&tap, std::slice::from_ref(&late)).await?;
+
+    survivor.stop().await;
+    let kube = stack.env.kube().await?;
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(kube, "default");
+    let _ = leases.delete(&lease, &Default::default()).await;
+    tap.close().await;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn liveness_fails_when_polls_go_stale_and_recovers() -> Result<()> {
+    let mut stack = ApiStack::start().await?;
+    let sentinel = stack.sentinel("stale", &[]).await?;
+    let healthz = format!("http://127.0.0.1:{}/healthz", sentinel.health_port);
+    assert_eq!(reqwest::get(&healthz).await?.status(), 200);
+    stack.api.kill().await?;
+    let body = eventually(Duration::from_secs(30), || async {
+        let r = reqwest::get(&healthz).await?;
+        Ok((r.status() == 503).then_some(r.json::<serde_json::Value>().await?))
+    })
+    .await?;
+    assert!(body["reason"].as_str().unwrap_or("").contains("poll stale"), "{body}");
+    stack.restart_api().await?;
+    eventually(Duration::from_secs(60), || async { Ok((reqwest::get(&healthz).await?.status() == 200).then_some(())) })
+        .await
+        .with_context(|| sentinel.log_tail())?;
+    sentinel.stop().await;
+    stack.stop().await;
+    Ok(())
+}
+
+/// Events per second one sentinel confirms: N clusters seeded straight into the database, one pass.
+/// A measurement, not a check: `cargo test --workspace --test sentinel -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement; prints figures"]
+async fn confirmed_events_per_second() -> Result<()> {
+    const N: i64 = 5000;
+    let stack = ApiStack::start().await?;
+    let mut conn = stack.db_connection().await?;
+    sqlx::query(
+        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
+         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{}', '{}', '[]', 'bench', 'bench' \
+         from generate_series(1, $1) g",
+    )
+    .bind(N)
+    .execute(&mut conn)
+    .await?;
+    let sentinel = stack
+        .sentinel("rate", &[("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_POLL_INTERVAL", "1h".into())])
+        .await?;
+    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    eventually(Duration::from_secs(300), || async {
+        Ok((metric_sum(&sentinel.metrics().await?, count) >= 1.0).then_some(()))
+    })
+    .await?;
+    let m = sentinel.metrics().await?;
+    let published = metric_sum(&m, "hyperfleet_sentinel_events_published_total");
+    let secs = metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
+    println!(
+        "one pass over {N} new clusters: {published} events confirmed in {secs:.2} s (list + decide + publish) = {:.0} events/s",
+        published / secs
+    );
+    sentinel.stop().await;
+    stack.stop().await;
+    Ok(())
+}
