@@ -5,11 +5,11 @@
 //!
 //! 1. the defaults,
 //! 2. a YAML file (optional; when a path is given it must exist),
-//! 2½. compatibility layers a service derives from other sources (the seed chart's `broker.yaml`
+//! 3. compatibility layers a service derives from other sources (the seed chart's `broker.yaml`
 //!    and `BROKER_*` variables, see [`crate::broker::seed_chart_layers`]),
-//! 3. environment variables `HYPERFLEET_<PATH>` where `<PATH>` is the upper-cased key path joined by
+//! 4. environment variables `HYPERFLEET_<PATH>` where `<PATH>` is the upper-cased key path joined by
 //!    `_` (`database.ssl.mode` ← `HYPERFLEET_DATABASE_SSL_MODE`),
-//! 4. command-line flags, given as `(key.path, value)` pairs.
+//! 5. command-line flags, given as `(key.path, value)` pairs.
 //!
 //! Only keys that exist in the defaults are read from the environment, so unrelated `HYPERFLEET_*`
 //! variables are ignored instead of failing the start.
