@@ -105,8 +105,20 @@ impl TestDb {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks; the listener is closed before returning).
+/// A free TCP port on 127.0.0.1 for a service a test starts. Chosen below the kernel's ephemeral
+/// range (so no outgoing connection takes it meanwhile) and never handed out twice per process (so
+/// parallel tests do not collide); checked free by binding it.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
@@ -252,6 +264,8 @@ pub struct Stack {
     pub adapter: Service,
     adapter_vars: Vec<(&'static str, String)>,
     adapter_runs: u32,
+    /// Clusters created through [`Stack::create_cluster`]; their Namespaces are removed at stop.
+    created: std::sync::Mutex<Vec<String>>,
     db: TestDb,
 }
 
@@ -301,7 +315,20 @@ impl Stack {
         api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
         adapter.wait_ready(ready).await?;
-        Ok(Stack { env, tag, api_url, exchange, queue, api, sentinel, adapter, adapter_vars, adapter_runs, db })
+        Ok(Stack {
+            env,
+            tag,
+            api_url,
+            exchange,
+            queue,
+            api,
+            sentinel,
+            adapter,
+            adapter_vars,
+            adapter_runs,
+            created: Default::default(),
+            db,
+        })
     }
 
     /// Kills the adapter with SIGKILL (no chance to finish or ack anything).
@@ -332,7 +359,16 @@ impl Stack {
             bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         let v: serde_json::Value = resp.json().await?;
-        Ok(v["id"].as_str().context("id")?.to_string())
+        let id = v["id"].as_str().context("id")?.to_string();
+        if let Ok(mut created) = self.created.lock() {
+            created.push(id.clone());
+        }
+        Ok(id)
+    }
+
+    /// Starts the adapter again after [`Stack::kill_adapter`] (or a stop).
+    pub async fn start_adapter(&mut self) -> Result<()> {
+        self.restart_adapter().await
     }
 
     /// Waits until cluster `id` is `Reconciled=True` at `generation`; returns it.
@@ -368,24 +404,52 @@ impl Stack {
         })
     }
 
-    /// Stops the services and removes the database, exchange and queues (best effort).
+    /// Stops the services, removes the database, exchange, queues and the Namespaces of the
+    /// clusters it created, and checks that none of them is left behind.
     pub async fn stop(self) {
         let broker = self.broker();
         self.adapter.stop().await;
         self.sentinel.stop().await;
         self.api.stop().await;
+        let created = self.created.lock().map(|c| c.clone()).unwrap_or_default();
+        if !created.is_empty()
+            && let Err(e) = remove_namespaces(&self.env, &created).await
+        {
+            panic!("test left Namespaces behind: {e}");
+        }
         if let Ok(cfg) = broker
             && let Ok(conn) = cfg.connect("hyperfleet-test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
             for q in [self.queue.clone(), format!("{}.dead-letter", self.queue)] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                // A passive declare of a deleted queue fails (and closes its channel).
+                if let Ok(probe) = conn.create_channel().await {
+                    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+                    if probe.queue_declare(q.as_str().into(), passive, Default::default()).await.is_ok() {
+                        panic!("test left queue {q} behind");
+                    }
+                }
             }
             let _ = ch.exchange_delete(self.exchange.as_str().into(), Default::default()).await;
             let _ = conn.close(200, "done".into()).await;
         }
         self.db.drop_db().await;
     }
+}
+
+/// Deletes the Namespaces of `clusters` and waits until the controller-manager has removed them.
+pub async fn remove_namespaces(env: &LocalEnv, clusters: &[String]) -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(env.kube().await?);
+    for id in clusters {
+        let _ = api.delete(id, &Default::default()).await;
+    }
+    let selector = format!("hyperfleet.io/cluster-id in ({})", clusters.join(","));
+    let params = kube::api::ListParams::default().labels(&selector);
+    eventually(Duration::from_secs(120), || async { Ok(api.list(&params).await?.items.is_empty().then_some(())) })
+        .await
+        .with_context(|| format!("Namespaces of {} clusters still present", clusters.len()))
 }
 
 /// The API alone on its own database, with an exchange name of its own; sentinels are started per

@@ -94,13 +94,13 @@ async fn duplicate_and_concurrent_deliveries_are_harmless() -> Result<()> {
 
 #[tokio::test]
 async fn an_adapter_killed_mid_work_converges_after_restart() -> Result<()> {
+    // Fault scenario 10: a batch of 50, the adapter SIGKILLed three times while it works on it.
     let mut stack = Stack::start().await?;
     let mut ids = Vec::new();
-    for i in 0..8 {
+    for i in 0..50 {
         ids.push(stack.create_cluster(&format!("killed-{i}")).await?);
     }
-    // Kill it as soon as it has started on the batch, twice.
-    for _ in 0..2 {
+    for _ in 0..3 {
         eventually(LAND, || async {
             let m = stack.adapter.metrics().await.unwrap_or_default();
             Ok((metric_sum(&m, "hyperfleet_adapter_event_processing_duration_seconds_count") >= 1.0

@@ -96,6 +96,19 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     let lz = condition(&reconciled, "LandingZoneSuccessful");
     assert_eq!((lz["status"].as_str(), lz["reason"].as_str()), (Some("True"), Some("ResourcesAvailable")));
     assert!(lz["message"].as_str().is_some_and(|m| m.contains(&id)), "{lz}");
+    // The adapter's own report: Applied, Available, Health True at generation 1, each explained.
+    let statuses: Value = http.get(format!("{cluster_url}/statuses")).send().await?.json().await?;
+    let report = &statuses["items"][0];
+    assert_eq!((report["adapter"].as_str(), report["observed_generation"].as_i64()), (Some("landing-zone"), Some(1)));
+    for kind in ["Applied", "Available", "Health"] {
+        let c = report["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).cloned();
+        let c = c.with_context(|| format!("{kind} in {report}"))?;
+        assert_eq!(c["status"], "True", "{kind}");
+        assert!(
+            !c["reason"].as_str().unwrap_or("").is_empty() && !c["message"].as_str().unwrap_or("").is_empty(),
+            "{c}"
+        );
+    }
 
     // Deleting it removes the landing zone, then the adapter's Finalized=True removes the cluster.
     let resp = http.delete(&cluster_url).send().await?;
@@ -138,6 +151,11 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         (unknown_type, Some(ce)),
         (no_id, Some(ce)),
     ];
+    // Fault scenario 11: the poison sits in the middle of a batch.
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.push(stack.create_cluster(&format!("around-{i}")).await?);
+    }
     for (body, content_type) in poison {
         let mut props = BasicProperties::default().with_delivery_mode(2);
         if let Some(ct) = content_type {
@@ -156,8 +174,14 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         assert!(confirm.is_ack(), "broker confirmed the poison message");
     }
 
+    for i in 5..10 {
+        batch.push(stack.create_cluster(&format!("around-{i}")).await?);
+    }
     let id = create_cluster(&stack, &format!("poison-{}", stack.tag)).await?;
     wait_landed(&stack, &id).await?;
+    for c in &batch {
+        stack.wait_reconciled(c, 1, LAND).await?;
+    }
 
     let dlq = format!("{}.dead-letter", stack.queue);
     let mut reasons = Vec::new();

@@ -1,9 +1,10 @@
-//! RabbitMQ stopped and restarted under the running services: the sentinel and the adapter keep
-//! running and reconnect, the sentinel reports not-ready meanwhile, and every cluster created
-//! before, during and after the outage is announced, confirmed and lands.
+//! Infrastructure outages under the running services (fault scenarios 8 and 9): RabbitMQ or
+//! PostgreSQL stopped and restarted while clusters are being created. The services keep running and
+//! reconnect, report not-ready meanwhile, and every cluster created before, during and after the
+//! outage lands — nothing lost.
 //!
-//! This stops the shared local RabbitMQ, so these tests are alone in their binary (cargo runs test
-//! binaries one at a time) and starts RabbitMQ again whatever happens.
+//! These stop the shared local RabbitMQ / PostgreSQL, so they are alone in their binary (cargo runs
+//! test binaries one at a time), take turns, and start what they stopped whatever happens.
 
 use std::{process::Command, time::Duration};
 
@@ -11,7 +12,7 @@ use anyhow::{Result, bail};
 use hyperfleet_tests::{ApiStack, LocalEnv, Stack, StackOptions, eventually, workspace_root};
 use serde_json::json;
 
-fn local_mq(env: &LocalEnv, action: &str) -> Result<()> {
+fn local_env(env: &LocalEnv, action: &str) -> Result<()> {
     let out = Command::new(workspace_root().join("tests/env/run"))
         .arg(action)
         .env("HYPERFLEET_LOCAL_DIR", env.get("HF_LOCAL_DIR")?)
@@ -29,10 +30,11 @@ fn local_mq(env: &LocalEnv, action: &str) -> Result<()> {
 /// The tests here take turns: each stops the one broker.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Restart(LocalEnv);
+/// Runs `tests/env/run <action>` when dropped (restarts what a test stopped).
+struct Restart(LocalEnv, &'static str);
 impl Drop for Restart {
     fn drop(&mut self) {
-        let _ = local_mq(&self.0, "mq-start");
+        let _ = local_env(&self.0, self.1);
     }
 }
 
@@ -44,22 +46,55 @@ async fn the_services_survive_a_broker_restart_and_every_cluster_lands() -> Resu
         ..Default::default()
     })
     .await?;
+    // Scenario 8: 50 clusters, the broker down for part of the batch.
     let mut ids = Vec::new();
-    for i in 0..5 {
+    for i in 0..20 {
         ids.push(stack.create_cluster(&format!("before-{i}")).await?);
     }
-    let guard = Restart(stack.env.clone());
-    local_mq(&stack.env, "mq-stop")?;
-    for i in 0..5 {
+    let guard = Restart(stack.env.clone(), "mq-start");
+    local_env(&stack.env, "mq-stop")?;
+    for i in 0..20 {
         ids.push(stack.create_cluster(&format!("during-{i}")).await?);
     }
-    local_mq(&stack.env, "mq-start")?;
+    local_env(&stack.env, "mq-start")?;
     drop(guard);
-    for i in 0..5 {
+    for i in 0..10 {
         ids.push(stack.create_cluster(&format!("after-{i}")).await?);
     }
     for id in &ids {
-        stack.wait_reconciled(id, 1, Duration::from_secs(90)).await?;
+        stack.wait_reconciled(id, 1, Duration::from_secs(120)).await?;
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_services_survive_a_database_restart_and_every_cluster_lands() -> Result<()> {
+    let _turn = TURN.lock().await;
+    // Scenario 9, with a short re-announce age so clusters whose reports failed meanwhile are retried.
+    let stack = Stack::start_with(StackOptions {
+        sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "2s".into())],
+        ..Default::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(stack.create_cluster(&format!("before-{i}")).await?);
+    }
+    let readyz = format!("http://127.0.0.1:{}/readyz", stack.api.health_port);
+    let guard = Restart(stack.env.clone(), "pg-start");
+    local_env(&stack.env, "pg-stop")?;
+    eventually(Duration::from_secs(30), || async { Ok((reqwest::get(&readyz).await?.status() == 503).then_some(())) })
+        .await?;
+    local_env(&stack.env, "pg-start")?;
+    drop(guard);
+    eventually(Duration::from_secs(60), || async { Ok((reqwest::get(&readyz).await?.status() == 200).then_some(())) })
+        .await?;
+    for i in 0..10 {
+        ids.push(stack.create_cluster(&format!("after-{i}")).await?);
+    }
+    for id in &ids {
+        stack.wait_reconciled(id, 1, Duration::from_secs(120)).await?;
     }
     stack.stop().await;
     Ok(())
@@ -79,15 +114,15 @@ async fn the_sentinel_survives_a_broker_restart_and_announces_everything() -> Re
         eventually(Duration::from_secs(30), || async { Ok((tap.count(id).await? > 0).then_some(())) }).await?;
     }
 
-    let guard = Restart(stack.env.clone());
-    local_mq(&stack.env, "mq-stop")?;
+    let guard = Restart(stack.env.clone(), "mq-start");
+    local_env(&stack.env, "mq-stop")?;
     let readyz = format!("http://127.0.0.1:{}/readyz", sentinel.health_port);
     eventually(Duration::from_secs(30), || async { Ok((reqwest::get(&readyz).await?.status() == 503).then_some(())) })
         .await?;
     for i in 0..5 {
         ids.push(stack.create_cluster(&format!("during-{i}"), json!({})).await?);
     }
-    local_mq(&stack.env, "mq-start")?;
+    local_env(&stack.env, "mq-start")?;
     drop(guard);
     tap.reconnect("#").await?;
     for i in 0..5 {
