@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Creates a test cluster through the API and follows it to its Namespace and Reconciled=True.
+#
+#   scripts/test-create-cluster.sh [name]
+#
+# HYPERFLEET_API_URL: the API (default: a port-forward to svc/hyperfleet-api in $HYPERFLEET_NAMESPACE,
+# default hyperfleet-system). HYPERFLEET_TOKEN: a bearer token when JWT is on. TIMEOUT: seconds (120).
+set -euo pipefail
+NAME=${1:-test-$(date +%s)}
+NS=${HYPERFLEET_NAMESPACE:-hyperfleet-system}
+K=${KUBECTL:-kubectl}
+TIMEOUT=${TIMEOUT:-120}
+API=${HYPERFLEET_API_URL:-}
+if [ -z "$API" ]; then
+  port=$(( 20000 + RANDOM % 10000 ))
+  "$K" -n "$NS" port-forward service/hyperfleet-api "$port:8000" >/dev/null 2>&1 &
+  trap 'kill $! 2>/dev/null' EXIT
+  API=http://127.0.0.1:$port
+  for _ in $(seq 50); do curl -fsS "$API/api/hyperfleet" >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+auth=()
+[ -n "${HYPERFLEET_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $HYPERFLEET_TOKEN")
+body=$(printf '{"kind":"Cluster","name":"%s","spec":{"region":"test"}}' "$NAME")
+created=$(curl -fsS "${auth[@]}" -H 'Content-Type: application/json' -d "$body" "$API/api/hyperfleet/v1/clusters")
+id=$(printf '%s' "$created" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[ -n "$id" ] || { echo "create failed: $created" >&2; exit 1; }
+echo "created cluster $NAME ($id)"
+deadline=$(( $(date +%s) + TIMEOUT ))
+until "$K" get namespace "$id" >/dev/null 2>&1; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "no Namespace $id after ${TIMEOUT}s" >&2; exit 1; }
+  sleep 0.5
+done
+echo "Namespace $id exists"
+until curl -fsS "${auth[@]}" "$API/api/hyperfleet/v1/clusters/$id" | grep -q '"type":"Reconciled","status":"True"'; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "cluster $id not Reconciled after ${TIMEOUT}s" >&2; exit 1; }
+  sleep 0.5
+done
+echo "cluster $id is Reconciled"

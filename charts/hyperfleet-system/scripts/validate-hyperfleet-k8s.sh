@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Kubernetes-only checks of an installed hyperfleet-system release (no AWS CLI needed).
+#
+#   scripts/validate-hyperfleet-k8s.sh [namespace]      (default: hyperfleet-system)
+#
+# Prints one PASS / FAIL / SKIP line per check and exits 1 when any check fails. Uses kubectl
+# (KUBECTL to override) with the current context (KUBECONFIG as usual).
+set -uo pipefail
+NS=${1:-${HYPERFLEET_NAMESPACE:-hyperfleet-system}}
+K=${KUBECTL:-kubectl}
+failed=0
+pass() { printf 'PASS  %s\n' "$*"; }
+fail() { printf 'FAIL  %s\n' "$*"; failed=1; }
+skip() { printf 'SKIP  %s\n' "$*"; }
+k() { "$K" -n "$NS" "$@" 2>/dev/null; }
+
+command -v "$K" >/dev/null || { echo "kubectl not found (set KUBECTL)"; exit 2; }
+"$K" get namespace "$NS" >/dev/null 2>&1 && pass "namespace $NS exists" || { fail "namespace $NS missing"; exit 1; }
+
+nodes=$("$K" get nodes --no-headers 2>/dev/null | wc -l)
+for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
+  if ! k get deployment "$d" >/dev/null; then fail "deployment $d missing"; continue; fi
+  want=$(k get deployment "$d" -o jsonpath='{.spec.replicas}')
+  ready=$(k get deployment "$d" -o jsonpath='{.status.readyReplicas}')
+  if [ "${ready:-0}" = "$want" ]; then
+    pass "deployment $d: $ready/$want ready"
+  elif [ "$nodes" -eq 0 ]; then
+    skip "deployment $d: 0/$want ready — this cluster has no nodes, so no pod can run (a bare control plane)"
+  else
+    fail "deployment $d: ${ready:-0}/$want ready (kubectl describe deployment $d -n $NS)"
+  fi
+done
+
+for s in hyperfleet-api:8000 hyperfleet-api:8080 hyperfleet-api:9090 hyperfleet-sentinel:8080 hyperfleet-adapter:8080; do
+  svc=${s%:*} port=${s#*:}
+  if k get service "$svc" -o jsonpath='{.spec.ports[*].port}' | tr ' ' '\n' | grep -qx "$port"; then
+    pass "service $svc exposes $port"
+  else
+    fail "service $svc does not expose $port"
+  fi
+done
+
+for cm in hyperfleet-sentinel-broker-config hyperfleet-adapter-broker-config; do
+  t=$(k get configmap "$cm" -o jsonpath='{.data.broker\.yaml}' | sed -n 's/^ *exchange_type: *"\{0,1\}\([a-z]*\)"\{0,1\}/\1/p')
+  if [ -n "$t" ]; then pass "configmap $cm: exchange_type $t"; else fail "configmap $cm: no exchange_type"; fi
+done
+st=$(k get configmap hyperfleet-sentinel-broker-config -o jsonpath='{.data.broker\.yaml}' | grep exchange_type)
+at=$(k get configmap hyperfleet-adapter-broker-config -o jsonpath='{.data.broker\.yaml}' | grep exchange_type)
+[ "$st" = "$at" ] && pass "sentinel and adapter agree on the exchange type" || fail "exchange types differ: sentinel '$st', adapter '$at'"
+
+if k get secretproviderclass >/dev/null; then
+  for spc in hyperfleet-api-db-secrets hyperfleet-sentinel-mq-secrets hyperfleet-adapter-mq-secrets; do
+    k get secretproviderclass "$spc" >/dev/null && pass "SecretProviderClass $spc" || skip "SecretProviderClass $spc not used (in-cluster mode?)"
+  done
+else
+  skip "SecretProviderClass API not installed (no Secrets Store CSI driver)"
+fi
+for sec in hyperfleet-postgresql hyperfleet-rabbitmq hyperfleet-sentinel-mq-secret hyperfleet-adapter-mq-secret; do
+  if k get secret "$sec" >/dev/null; then pass "secret $sec present"; fi
+done
+for sa in hyperfleet-api-sa sentinel-sa hyperfleet-adapter-sa; do
+  arn=$(k get serviceaccount "$sa" -o jsonpath='{.metadata.annotations.eks\.amazonaws\.com/role-arn}')
+  if ! k get serviceaccount "$sa" >/dev/null; then fail "serviceaccount $sa missing"
+  elif [ -n "$arn" ]; then pass "serviceaccount $sa: role $arn"
+  else skip "serviceaccount $sa: no Pod Identity role annotation"; fi
+done
+
+api_ready=$(k get deployment hyperfleet-api -o jsonpath='{.status.readyReplicas}')
+if [ "${api_ready:-0}" -ge 1 ]; then
+  port=$(( 20000 + RANDOM % 10000 ))
+  k port-forward service/hyperfleet-api "$port:8080" >/dev/null 2>&1 &
+  pf=$!
+  ok=0
+  for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.2; done
+  kill "$pf" 2>/dev/null
+  [ $ok = 1 ] && pass "API /readyz through a port-forward" || fail "API /readyz not reachable through a port-forward"
+else
+  skip "API health through a port-forward: no API pod is ready"
+fi
+
+[ $failed = 0 ] && echo "all checks passed (or skipped with a reason)" || echo "some checks failed"
+exit $failed
