@@ -132,15 +132,28 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `bin args…` with `env`, logging to `target/e2e/<tag>-<name>.log`.
+    /// Starts `hyperfleet-<name> args…` with `env`, logging to `target/e2e/<tag>-<name>.log`.
     pub fn start(env: &LocalEnv, tag: &str, name: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Self> {
+        Service::start_binary(env, tag, name, &env.bin(&format!("hyperfleet-{name}"))?, args, vars)
+    }
+
+    /// [`Service::start`] with an explicit binary (e.g. a release build).
+    pub fn start_binary(
+        env: &LocalEnv,
+        tag: &str,
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        vars: &[(&str, String)],
+    ) -> Result<Self> {
+        let _ = env;
         let dir = workspace_root().join("target/e2e");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("{tag}-{name}.log"));
         let file = std::fs::File::create(&log)?;
         let health_port = free_port();
         let metrics_port = free_port();
-        let mut cmd = Command::new(env.bin(&format!("hyperfleet-{name}"))?);
+        let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -196,6 +209,11 @@ impl Service {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// SIGKILLs the process and reaps it.
@@ -349,17 +367,7 @@ impl Stack {
 
     /// POSTs a cluster; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
-        let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}});
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/hyperfleet/v1/clusters", self.api_url))
-            .json(&body)
-            .send()
-            .await?;
-        if resp.status() != 201 {
-            bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
-        }
-        let v: serde_json::Value = resp.json().await?;
-        let id = v["id"].as_str().context("id")?.to_string();
+        let id = post_cluster(&self.api_url, name, serde_json::json!({})).await?;
         if let Ok(mut created) = self.created.lock() {
             created.push(id.clone());
         }
@@ -436,6 +444,17 @@ impl Stack {
         }
         self.db.drop_db().await;
     }
+}
+
+/// POSTs a cluster named `name` with `labels` to the API at `api_url`; returns its id.
+pub async fn post_cluster(api_url: &str, name: &str, labels: serde_json::Value) -> Result<String> {
+    let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
+    let resp = reqwest::Client::new().post(format!("{api_url}/api/hyperfleet/v1/clusters")).json(&body).send().await?;
+    if resp.status() != 201 {
+        bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let v: serde_json::Value = resp.json().await?;
+    Ok(v["id"].as_str().context("id")?.to_string())
 }
 
 /// Deletes the Namespaces of `clusters` and waits until the controller-manager has removed them.
@@ -555,17 +574,7 @@ impl ApiStack {
 
     /// POSTs a cluster with `labels`; returns its id.
     pub async fn create_cluster(&self, name: &str, labels: serde_json::Value) -> Result<String> {
-        let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/hyperfleet/v1/clusters", self.api_url))
-            .json(&body)
-            .send()
-            .await?;
-        if resp.status() != 201 {
-            bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
-        }
-        let v: serde_json::Value = resp.json().await?;
-        Ok(v["id"].as_str().context("id")?.to_string())
+        post_cluster(&self.api_url, name, labels).await
     }
 
     pub async fn stop(self) {

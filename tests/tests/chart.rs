@@ -127,6 +127,7 @@ fn lint_render_and_schema() -> Result<()> {
         ("hyperfleetApi.replicaCount=two", "want integer"),
         ("hyperfleetApi.colour=red", "additional properties 'colour' not allowed"),
         ("hyperfleetSentinel.broker.external.exchangeType=fanciful", "value must be one of"),
+        ("hyperfleetAdapter.broker.external.useTLS=false", "useTLS: false is not supported"),
     ] {
         let (ok, text) = helm(&env, &["template", "rel", &chart, "--set", set])?;
         assert!(!ok && text.contains(complaint), "--set {set}: {text}");
@@ -378,5 +379,30 @@ fn the_dockerfile_and_the_argocd_application_lint_clean() -> Result<()> {
     assert!(doc["spec"]["source"]["repoURL"].is_string() && doc["spec"]["source"]["targetRevision"].is_string());
     let sync = doc["spec"]["syncPolicy"]["syncOptions"].as_array().cloned().unwrap_or_default();
     assert!(sync.iter().any(|o| o == "CreateNamespace=true"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_test_create_cluster_script_follows_a_cluster_to_reconciled() -> Result<()> {
+    let stack = hyperfleet_tests::Stack::start().await?;
+    let script = workspace_root().join("charts/hyperfleet-system/scripts/test-create-cluster.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("scripted")
+        .env("HYPERFLEET_API_URL", &stack.api_url)
+        .env("KUBECONFIG", stack.env.get("KUBECONFIG")?)
+        .env("TIMEOUT", "90")
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let id =
+        text.lines().find_map(|l| l.strip_prefix("created cluster scripted (")?.strip_suffix(')')).map(String::from);
+    if let Some(id) = &id {
+        hyperfleet_tests::remove_namespaces(&stack.env, std::slice::from_ref(id)).await?;
+    }
+    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), stack.logs());
+    assert!(text.contains("Namespace") && text.contains("is Reconciled"), "{text}");
+    assert!(id.is_some(), "{text}");
+    stack.stop().await;
     Ok(())
 }

@@ -31,7 +31,13 @@ until "$K" get namespace "$id" >/dev/null 2>&1; do
   sleep 0.5
 done
 echo "Namespace $id exists"
-until curl -fsS "${auth[@]}" "$API/api/hyperfleet/v1/clusters/$id" | grep -q '"type":"Reconciled","status":"True"'; do
+reconciled() { # the Reconciled condition object, whatever the key order, says True
+  local body cond
+  body=$(curl -fsS "${auth[@]}" "$API/api/hyperfleet/v1/clusters/$id") || return 1
+  cond=$(printf '%s' "$body" | grep -o '{[^{}]*"type":"Reconciled"[^{}]*}') || return 1
+  [[ $cond == *'"status":"True"'* ]]
+}
+until reconciled; do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "cluster $id not Reconciled after ${TIMEOUT}s" >&2; exit 1; }
   sleep 0.5
 done
