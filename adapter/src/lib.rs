@@ -288,7 +288,7 @@ where
             Err(f) if f.transient && attempt < retry.attempts => {
                 metrics::counter!("hyperfleet_adapter_retries_total", "phase" => phase).increment(1);
                 tracing::debug!(phase, attempt, error = %f.message, "transient failure; retrying");
-                tokio::time::sleep(jitter(delay)).await;
+                tokio::time::sleep(hyperfleet_common::process::jitter(delay)).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
                 attempt += 1;
             }
@@ -298,12 +298,6 @@ where
             }
         }
     }
-}
-
-/// `d` ± 10 %.
-fn jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
-    d.mul_f64(1.0 + r)
 }
 
 async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
@@ -513,13 +507,4 @@ async fn dead_letter(
     Ok(())
 }
 
-#[cfg(test)]
-mod docs_tests {
-    /// The README's configuration section lists every environment variable this service reads.
-    #[test]
-    fn readme_documents_every_env_var() {
-        let missing =
-            hyperfleet_common::process::undocumented_env_vars::<crate::AdapterConfig>(include_str!("../../README.md"));
-        assert!(missing.is_empty(), "README.md does not document: {missing:?}");
-    }
-}
+hyperfleet_common::readme_documents_every_env_var!(crate::AdapterConfig);

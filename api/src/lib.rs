@@ -195,13 +195,4 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     Ok(())
 }
 
-#[cfg(test)]
-mod docs_tests {
-    /// The README's configuration section lists every environment variable this service reads.
-    #[test]
-    fn readme_documents_every_env_var() {
-        let missing =
-            hyperfleet_common::process::undocumented_env_vars::<crate::ApiConfig>(include_str!("../../README.md"));
-        assert!(missing.is_empty(), "README.md does not document: {missing:?}");
-    }
-}
+hyperfleet_common::readme_documents_every_env_var!(crate::ApiConfig);

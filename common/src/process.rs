@@ -55,6 +55,28 @@ pub fn exit<E: Display>(bin: &str, result: Result<(), E>) -> ExitCode {
     }
 }
 
+/// `d` ± 10 %, so that retrying clients spread out.
+pub fn jitter(d: std::time::Duration) -> std::time::Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
+    d.mul_f64(1.0 + r)
+}
+
+/// A test that fails when the workspace README does not document every `HYPERFLEET_*` variable
+/// of the configuration type given (use once per service crate).
+#[macro_export]
+macro_rules! readme_documents_every_env_var {
+    ($config:ty) => {
+        #[cfg(test)]
+        mod readme_documents_every_env_var {
+            #[test]
+            fn readme_documents_every_env_var() {
+                let missing = $crate::process::undocumented_env_vars::<$config>(include_str!("../../README.md"));
+                assert!(missing.is_empty(), "README.md does not document: {missing:?}");
+            }
+        }
+    };
+}
+
 /// The `HYPERFLEET_*` variables of `T` that `readme` does not mention as `` `VAR` ``.
 pub fn undocumented_env_vars<T: Serialize + Default>(readme: &str) -> Vec<String> {
     config::env_vars::<T>()
@@ -97,5 +119,16 @@ impl CommonFlags {
             .into_iter()
             .chain(more),
         )
+    }
+}
+
+#[cfg(test)]
+mod jitter_tests {
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = super::jitter(std::time::Duration::from_secs(1));
+            assert!(d >= std::time::Duration::from_millis(900) && d <= std::time::Duration::from_millis(1100), "{d:?}");
+        }
     }
 }

@@ -418,7 +418,7 @@ async fn fetch_page(http: &reqwest::Client, url: &str, query: &[(&str, String)])
             }
             Err(e) => format!("GET {url}: {e}"),
         };
-        let wait = jitter(backoff);
+        let wait = hyperfleet_common::process::jitter(backoff);
         if Instant::now() + wait > deadline {
             return Err(FetchError { message, auth: false });
         }
@@ -426,12 +426,6 @@ async fn fetch_page(http: &reqwest::Client, url: &str, query: &[(&str, String)])
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(Duration::from_secs(8));
     }
-}
-
-/// `d` ± 10 %.
-fn jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
-    d.mul_f64(1.0 + r)
 }
 
 /// The reconcile CloudEvent announcing `r`.
@@ -555,23 +549,6 @@ mod tests {
         assert_eq!(event["data"]["owner_references"]["id"], "c-1");
         assert_eq!(event["data"]["href"], "/api/hyperfleet/v1/clusters/c-1/nodepools/np-1");
     }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(1));
-            assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100), "{d:?}");
-        }
-    }
 }
 
-#[cfg(test)]
-mod docs_tests {
-    /// The README's configuration section lists every environment variable this service reads.
-    #[test]
-    fn readme_documents_every_env_var() {
-        let missing =
-            hyperfleet_common::process::undocumented_env_vars::<crate::SentinelConfig>(include_str!("../../README.md"));
-        assert!(missing.is_empty(), "README.md does not document: {missing:?}");
-    }
-}
+hyperfleet_common::readme_documents_every_env_var!(crate::SentinelConfig);

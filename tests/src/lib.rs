@@ -134,19 +134,11 @@ pub struct Service {
 impl Service {
     /// Starts `hyperfleet-<name> args…` with `env`, logging to `target/e2e/<tag>-<name>.log`.
     pub fn start(env: &LocalEnv, tag: &str, name: &str, args: &[&str], vars: &[(&str, String)]) -> Result<Self> {
-        Service::start_binary(env, tag, name, &env.bin(&format!("hyperfleet-{name}"))?, args, vars)
+        Service::start_binary(tag, name, &env.bin(&format!("hyperfleet-{name}"))?, args, vars)
     }
 
     /// [`Service::start`] with an explicit binary (e.g. a release build).
-    pub fn start_binary(
-        env: &LocalEnv,
-        tag: &str,
-        name: &str,
-        binary: &Path,
-        args: &[&str],
-        vars: &[(&str, String)],
-    ) -> Result<Self> {
-        let _ = env;
+    pub fn start_binary(tag: &str, name: &str, binary: &Path, args: &[&str], vars: &[(&str, String)]) -> Result<Self> {
         let dir = workspace_root().join("target/e2e");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("{tag}-{name}.log"));

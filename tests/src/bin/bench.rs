@@ -231,7 +231,7 @@ async fn main() -> Result<()> {
         ("HF_BIN_DIR", bin_dir.display().to_string()),
     ]);
     let api_bin = bin_dir.join("hyperfleet-api");
-    let mut api = Service::start_binary(&env, "bench", "api", &api_bin, &["serve"], &vars)?;
+    let mut api = Service::start_binary("bench", "api", &api_bin, &["serve"], &vars)?;
     api.wait_ready(Duration::from_secs(60)).await?;
     let idle_rss = rss_mib(api.pid());
     let base = format!("http://127.0.0.1:{port}/api/hyperfleet/v1");
