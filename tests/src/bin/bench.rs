@@ -5,8 +5,11 @@
 //! Every figure is printed beside a raw baseline measured in the same run on the same machine:
 //! here, the API's requests per second against `pgbench` running the SQL the handler runs, with
 //! the same indexes, transaction shape and concurrency. Also the services' memory (RSS) and binary
-//! sizes. Writes `target/bench/bench.json`. Default: 10 s per cell; `--quick`: 3 s and fewer
-//! client counts. (Create→landed latency, sentinel and adapter rates: see the issue; not yet here.)
+//! sizes. Then the sentinel: one pass over 10 000 and 100 000 clusters seeded straight into the
+//! database — wall and CPU time, and confirmed events per second beside a raw lapin publisher
+//! with confirms (same message size, same exchange, same pipelining). Writes
+//! `target/bench/bench.json`. Default: 10 s per API cell; `--quick`: 3 s, fewer client counts and
+//! only 10 000 clusters. (Create→landed latency and adapter rates: not yet here.)
 
 use std::{
     collections::BTreeMap,
@@ -182,6 +185,132 @@ fn pgbench_cell(env: &LocalEnv, db: &str, script: &Path, clients: usize, duratio
     Ok(Cell { rps: tps, p99_ms: percentile(&latencies, 0.99) })
 }
 
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Publishes `n` messages of `body` to `exchange` with confirms, `PIPELINE` in flight: the
+/// sentinel's publishing without the API, the decision or the CloudEvent building.
+async fn raw_publish(cfg: &hyperfleet_common::broker::BrokerConfig, n: usize, body: &[u8]) -> Result<f64> {
+    const PIPELINE: usize = 512;
+    let conn = cfg.connect("hyperfleet-bench-raw").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(Default::default()).await?;
+    cfg.declare_exchange(&ch).await?;
+    let props = lapin::BasicProperties::default()
+        .with_content_type("application/cloudevents+json".into())
+        .with_delivery_mode(2);
+    let started = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(PIPELINE);
+        let mut confirms = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let opts = lapin::options::BasicPublishOptions::default();
+            confirms.push(
+                ch.basic_publish(cfg.exchange.as_str().into(), "cluster.reconcile".into(), opts, body, props.clone())
+                    .await?,
+            );
+        }
+        for c in confirms {
+            if !c.await?.is_ack() {
+                bail!("raw publish not confirmed");
+            }
+        }
+        left -= batch;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    Ok(n as f64 / secs)
+}
+
+/// One sentinel pass over `n` new clusters: wall and CPU seconds, confirmed events per second, and
+/// the raw publisher's rate in the same run.
+async fn sentinel_pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
+    let db = TestDb::create(env).await?;
+    migrate(env, &db).await?;
+    let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
+    sqlx::query(
+        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
+         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{\"region\":\"eu\"}', '{}', '[]', 'bench', 'bench' \
+         from generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(&mut conn)
+    .await?;
+    let port = free_port();
+    let mut vars = api_db_vars(env, &db)?;
+    vars.extend([
+        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
+        ("HYPERFLEET_SERVER_PORT", port.to_string()),
+        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
+    ]);
+    let mut api = Service::start_binary("bench-pass", "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
+    api.wait_ready(Duration::from_secs(60)).await?;
+    let exchange = format!("hf-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let broker = hyperfleet_common::broker::BrokerConfig {
+        url: hyperfleet_common::config::Secret::new(env.get("HF_AMQPS_URL")?),
+        ca_file: Some(env.get("HF_AMQPS_CA_FILE")?.into()),
+        exchange: exchange.clone(),
+        ..Default::default()
+    };
+    let sentinel_vars = vec![
+        ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
+        ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
+        ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
+        ("HYPERFLEET_HYPERFLEET_API_BASE_URL", format!("http://127.0.0.1:{port}")),
+        ("HYPERFLEET_POLL_INTERVAL", "1h".to_string()),
+        ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".to_string()),
+        ("HYPERFLEET_WATCH", "false".to_string()),
+        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
+    ];
+    let sentinel =
+        Service::start_binary("bench-pass", "sentinel", &bin_dir.join("hyperfleet-sentinel"), &[], &sentinel_vars)?;
+    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    hyperfleet_tests::eventually(Duration::from_secs(900), || async {
+        Ok((hyperfleet_tests::metric_sum(&sentinel.metrics().await.unwrap_or_default(), count) >= 1.0).then_some(()))
+    })
+    .await?;
+    let m = sentinel.metrics().await?;
+    let wall = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
+    let published = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_events_published_total");
+    let cpu = cpu_seconds(sentinel.pid());
+    let rss = rss_mib(sentinel.pid());
+    // The same event size for the raw publisher.
+    let sample = hyperfleet_common::cloudevent::reconcile_event(&hyperfleet_common::cloudevent::ReconcileData {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: "Cluster".into(),
+        href: format!("/api/hyperfleet/v1/clusters/{}", uuid::Uuid::now_v7()),
+        generation: 1,
+        owner_references: None,
+    })?;
+    let (body, _) = hyperfleet_common::cloudevent::encode(&sample)?;
+    let raw = raw_publish(&broker, n as usize, &body).await?;
+    sentinel.stop().await;
+    api.stop().await;
+    if let Ok(c) = broker.connect("hyperfleet-bench-cleanup").await {
+        if let Ok(ch) = c.create_channel().await {
+            let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        }
+        let _ = c.close(200, "done".into()).await;
+    }
+    db.drop_db().await;
+    let rate = published / wall;
+    println!(
+        "{n:>7} clusters: pass {wall:>6.2} s wall, {cpu:>6.2} s CPU, {published:>7.0} confirmed = {rate:>6.0}/s; raw lapin {raw:>6.0}/s; ratio {:.2}x; sentinel RSS {rss:.1} MiB",
+        rate / raw
+    );
+    Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
+              "raw_lapin_per_s": raw, "ratio": rate / raw, "sentinel_rss_mib": rss}))
+}
+
 fn rss_mib(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -264,6 +393,12 @@ async fn main() -> Result<()> {
     api.stop().await;
     db.drop_db().await;
 
+    println!("\nsentinel: one pass over new clusters (list page by page, decide, publish with confirms)");
+    let mut passes = Vec::new();
+    for n in if quick { vec![10_000] } else { vec![10_000, 100_000] } {
+        passes.push(sentinel_pass(&env, &bin_dir, n).await?);
+    }
+
     println!("\nfootprint: API RSS idle {idle_rss:.1} MiB, after the runs {busy_rss:.1} MiB");
     let mut sizes = BTreeMap::new();
     for b in ["hyperfleet-api", "hyperfleet-sentinel", "hyperfleet-adapter"] {
@@ -276,6 +411,7 @@ async fn main() -> Result<()> {
     let report = json!({
         "cores": cores, "binaries": bin_dir.display().to_string(), "duration_s": duration.as_secs(),
         "api_vs_pgbench": results, "api_rss_mib": {"idle": idle_rss, "after": busy_rss}, "binary_mib": sizes,
+        "sentinel_pass": passes,
         "sql": pgbench_scripts().into_iter().map(|(op, sql)| (op.to_string(), sql)).collect::<BTreeMap<_, _>>(),
     });
     std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
