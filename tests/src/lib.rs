@@ -62,6 +62,16 @@ impl LocalEnv {
             .ssl_root_cert(self.get("HF_DB_CA_FILE")?))
     }
 
+    /// Broker settings for the local RabbitMQ: AMQPS with the local CA, on `exchange`.
+    pub fn broker(&self, exchange: &str) -> Result<hyperfleet_common::broker::BrokerConfig> {
+        Ok(hyperfleet_common::broker::BrokerConfig {
+            url: hyperfleet_common::config::Secret::new(self.get("HF_AMQPS_URL")?),
+            ca_file: Some(self.get("HF_AMQPS_CA_FILE")?.into()),
+            exchange: exchange.into(),
+            ..Default::default()
+        })
+    }
+
     pub fn bin(&self, name: &str) -> Result<PathBuf> {
         let dir =
             std::env::var("HF_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target/debug"));
@@ -366,6 +376,23 @@ impl Stack {
         Ok(id)
     }
 
+    /// POSTs `n` clusters named `<prefix>-<i>`; returns their ids.
+    pub async fn create_clusters(&self, prefix: &str, n: usize) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(self.create_cluster(&format!("{prefix}-{i}")).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Waits until every cluster in `ids` is `Reconciled=True` at generation 1.
+    pub async fn wait_all_reconciled(&self, ids: &[String], within: Duration) -> Result<()> {
+        for id in ids {
+            self.wait_reconciled(id, 1, within).await?;
+        }
+        Ok(())
+    }
+
     /// Starts the adapter again after [`Stack::kill_adapter`] (or a stop).
     pub async fn start_adapter(&mut self) -> Result<()> {
         self.restart_adapter().await
@@ -396,12 +423,7 @@ impl Stack {
 
     /// A broker configuration for the test's own connections (AMQPS, local CA, this exchange).
     pub fn broker(&self) -> Result<hyperfleet_common::broker::BrokerConfig> {
-        Ok(hyperfleet_common::broker::BrokerConfig {
-            url: hyperfleet_common::config::Secret::new(self.env.get("HF_AMQPS_URL")?),
-            ca_file: Some(self.env.get("HF_AMQPS_CA_FILE")?.into()),
-            exchange: self.exchange.clone(),
-            ..Default::default()
-        })
+        self.env.broker(&self.exchange)
     }
 
     /// Stops the services, removes the database, exchange, queues and the Namespaces of the
@@ -436,6 +458,19 @@ impl Stack {
         }
         self.db.drop_db().await;
     }
+}
+
+/// Inserts `n` clusters straight into the database (no adapter reports), for load.
+pub async fn seed_clusters(conn: &mut PgConnection, n: i64) -> Result<()> {
+    sqlx::query(
+        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
+         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{\"region\":\"eu\"}', '{}', '[]', 'bench', 'bench' \
+         from generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// POSTs a cluster named `name` with `labels` to the API at `api_url`; returns its id.
@@ -533,12 +568,7 @@ impl ApiStack {
     }
 
     pub fn broker(&self) -> Result<hyperfleet_common::broker::BrokerConfig> {
-        Ok(hyperfleet_common::broker::BrokerConfig {
-            url: hyperfleet_common::config::Secret::new(self.env.get("HF_AMQPS_URL")?),
-            ca_file: Some(self.env.get("HF_AMQPS_CA_FILE")?.into()),
-            exchange: self.exchange.clone(),
-            ..Default::default()
-        })
+        self.env.broker(&self.exchange)
     }
 
     /// A queue of the test's own bound to the stack's exchange with `binding`.
@@ -558,7 +588,7 @@ impl ApiStack {
     }
 
     async fn open_tap(&self, exchange: &str, binding: &str, durable: bool) -> Result<Tap> {
-        let cfg = hyperfleet_common::broker::BrokerConfig { exchange: exchange.into(), ..self.broker()? };
+        let cfg = self.env.broker(exchange)?;
         let queue = format!("{exchange}-tap-{}", uuid::Uuid::new_v4().simple());
         let (conn, channel) = Tap::open(&cfg, &queue, binding, durable).await?;
         Ok(Tap { conn, channel, queue, durable, cfg, seen: std::sync::Mutex::new(Vec::new()) })

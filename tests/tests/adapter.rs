@@ -96,10 +96,7 @@ async fn duplicate_and_concurrent_deliveries_are_harmless() -> Result<()> {
 async fn an_adapter_killed_mid_work_converges_after_restart() -> Result<()> {
     // Fault scenario 10: a batch of 50, the adapter SIGKILLed three times while it works on it.
     let mut stack = Stack::start().await?;
-    let mut ids = Vec::new();
-    for i in 0..50 {
-        ids.push(stack.create_cluster(&format!("killed-{i}")).await?);
-    }
+    let ids = stack.create_clusters("killed", 50).await?;
     for _ in 0..3 {
         eventually(LAND, || async {
             let m = stack.adapter.metrics().await.unwrap_or_default();
@@ -269,10 +266,7 @@ async fn landing_throughput_by_prefetch() -> Result<()> {
         })
         .await?;
         stack.kill_adapter().await?;
-        let mut ids = Vec::new();
-        for i in 0..N {
-            ids.push(stack.create_cluster(&format!("load-{i}")).await?);
-        }
+        let ids = stack.create_clusters("load", N).await?;
         eventually(LAND, || async {
             let m = stack.sentinel.metrics().await?;
             Ok((metric_sum(&m, "hyperfleet_sentinel_events_published_total") >= N as f64).then_some(()))
@@ -280,9 +274,7 @@ async fn landing_throughput_by_prefetch() -> Result<()> {
         .await?;
         stack.restart_adapter().await?;
         let started = std::time::Instant::now();
-        for id in &ids {
-            stack.wait_reconciled(id, 1, Duration::from_secs(300)).await?;
-        }
+        stack.wait_all_reconciled(&ids, Duration::from_secs(300)).await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "prefetch {prefetch:>2}: {N} queued clusters Reconciled in {secs:.2} s = {:.1} clusters/s",

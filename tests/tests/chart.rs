@@ -333,11 +333,7 @@ async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
         s.stop().await;
     }
     api.stop().await;
-    let cleanup = hyperfleet_common::broker::BrokerConfig {
-        url: hyperfleet_common::config::Secret::new(env.get("HF_AMQPS_URL")?),
-        ca_file: Some(env.get("HF_AMQPS_CA_FILE")?.into()),
-        ..Default::default()
-    };
+    let cleanup = env.broker(&exchange)?;
     if let Ok(conn) = cleanup.connect("hyperfleet-test-cleanup").await {
         let ch = conn.create_channel().await?;
         for q in [format!("{exchange}-landing-zone"), format!("{exchange}-landing-zone.dead-letter")] {

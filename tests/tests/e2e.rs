@@ -152,10 +152,7 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         (no_id, Some(ce)),
     ];
     // Fault scenario 11: the poison sits in the middle of a batch.
-    let mut batch = Vec::new();
-    for i in 0..5 {
-        batch.push(stack.create_cluster(&format!("around-{i}")).await?);
-    }
+    let mut batch = stack.create_clusters("before-poison", 5).await?;
     for (body, content_type) in poison {
         let mut props = BasicProperties::default().with_delivery_mode(2);
         if let Some(ct) = content_type {
@@ -174,14 +171,10 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
         assert!(confirm.is_ack(), "broker confirmed the poison message");
     }
 
-    for i in 5..10 {
-        batch.push(stack.create_cluster(&format!("around-{i}")).await?);
-    }
+    batch.extend(stack.create_clusters("after-poison", 5).await?);
     let id = create_cluster(&stack, &format!("poison-{}", stack.tag)).await?;
     wait_landed(&stack, &id).await?;
-    for c in &batch {
-        stack.wait_reconciled(c, 1, LAND).await?;
-    }
+    stack.wait_all_reconciled(&batch, LAND).await?;
 
     let dlq = format!("{}.dead-letter", stack.queue);
     let mut reasons = Vec::new();

@@ -47,23 +47,14 @@ async fn the_services_survive_a_broker_restart_and_every_cluster_lands() -> Resu
     })
     .await?;
     // Scenario 8: 50 clusters, the broker down for part of the batch.
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(stack.create_cluster(&format!("before-{i}")).await?);
-    }
+    let mut ids = stack.create_clusters("before", 20).await?;
     let guard = Restart(stack.env.clone(), "mq-start");
     local_env(&stack.env, "mq-stop")?;
-    for i in 0..20 {
-        ids.push(stack.create_cluster(&format!("during-{i}")).await?);
-    }
+    ids.extend(stack.create_clusters("during", 20).await?);
     local_env(&stack.env, "mq-start")?;
     drop(guard);
-    for i in 0..10 {
-        ids.push(stack.create_cluster(&format!("after-{i}")).await?);
-    }
-    for id in &ids {
-        stack.wait_reconciled(id, 1, Duration::from_secs(120)).await?;
-    }
+    ids.extend(stack.create_clusters("after", 10).await?);
+    stack.wait_all_reconciled(&ids, Duration::from_secs(120)).await?;
     stack.stop().await;
     Ok(())
 }
@@ -77,10 +68,7 @@ async fn the_services_survive_a_database_restart_and_every_cluster_lands() -> Re
         ..Default::default()
     })
     .await?;
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(stack.create_cluster(&format!("before-{i}")).await?);
-    }
+    let mut ids = stack.create_clusters("before", 10).await?;
     let readyz = format!("http://127.0.0.1:{}/readyz", stack.api.health_port);
     let guard = Restart(stack.env.clone(), "pg-start");
     local_env(&stack.env, "pg-stop")?;
@@ -90,12 +78,8 @@ async fn the_services_survive_a_database_restart_and_every_cluster_lands() -> Re
     drop(guard);
     eventually(Duration::from_secs(60), || async { Ok((reqwest::get(&readyz).await?.status() == 200).then_some(())) })
         .await?;
-    for i in 0..10 {
-        ids.push(stack.create_cluster(&format!("after-{i}")).await?);
-    }
-    for id in &ids {
-        stack.wait_reconciled(id, 1, Duration::from_secs(120)).await?;
-    }
+    ids.extend(stack.create_clusters("after", 10).await?);
+    stack.wait_all_reconciled(&ids, Duration::from_secs(120)).await?;
     stack.stop().await;
     Ok(())
 }

@@ -323,14 +323,7 @@ async fn confirmed_events_per_second() -> Result<()> {
     const N: i64 = 5000;
     let stack = ApiStack::start().await?;
     let mut conn = stack.db_connection().await?;
-    sqlx::query(
-        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
-         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{}', '{}', '[]', 'bench', 'bench' \
-         from generate_series(1, $1) g",
-    )
-    .bind(N)
-    .execute(&mut conn)
-    .await?;
+    hyperfleet_tests::seed_clusters(&mut conn, N).await?;
     let sentinel = stack
         .sentinel("rate", &[("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_POLL_INTERVAL", "1h".into())])
         .await?;

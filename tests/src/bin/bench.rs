@@ -237,14 +237,7 @@ async fn sentinel_pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> 
     let db = TestDb::create(env).await?;
     migrate(env, &db).await?;
     let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
-    sqlx::query(
-        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
-         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{\"region\":\"eu\"}', '{}', '[]', 'bench', 'bench' \
-         from generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&mut conn)
-    .await?;
+    hyperfleet_tests::seed_clusters(&mut conn, n).await?;
     let port = free_port();
     let mut vars = api_db_vars(env, &db)?;
     vars.extend([
@@ -255,12 +248,7 @@ async fn sentinel_pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> 
     let mut api = Service::start_binary("bench-pass", "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
     api.wait_ready(Duration::from_secs(60)).await?;
     let exchange = format!("hf-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = hyperfleet_common::broker::BrokerConfig {
-        url: hyperfleet_common::config::Secret::new(env.get("HF_AMQPS_URL")?),
-        ca_file: Some(env.get("HF_AMQPS_CA_FILE")?.into()),
-        exchange: exchange.clone(),
-        ..Default::default()
-    };
+    let broker = env.broker(&exchange)?;
     let sentinel_vars = vec![
         ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
         ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
@@ -336,14 +324,7 @@ async fn main() -> Result<()> {
     let db = TestDb::create(&env).await?;
     migrate(&env, &db).await?;
     let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
-    sqlx::query(
-        "insert into resources (id, kind, name, spec, labels, conditions, created_by, updated_by) \
-         select gen_random_uuid(), 'Cluster', 'seeded-' || g, '{\"region\":\"eu\"}', '{}', '[]', 'bench', 'bench' \
-         from generate_series(1, $1) g",
-    )
-    .bind(SEEDED)
-    .execute(&mut conn)
-    .await?;
+    hyperfleet_tests::seed_clusters(&mut conn, SEEDED).await?;
     sqlx::query("create table bench_ids as select row_number() over (order by id)::int as n, id from resources")
         .execute(&mut conn)
         .await?;
