@@ -59,13 +59,30 @@ pub enum StartError {
     Auth(String),
 }
 
+/// A connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
 /// A lazily connecting pool: the API starts (and reports not-ready) while the database is down,
 /// and recovers on its own when it returns.
+///
+/// sqlx pings every connection it hands out by default: a second round trip (and a PostgreSQL
+/// wake-up) for a GET that needs one. Here only connections idle for [`PING_IF_IDLE`] are pinged —
+/// those are the ones a database restart leaves dead; a busy connection that breaks fails its
+/// query (503) and is discarded when released.
 pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
     let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
     Ok(PgPoolOptions::new()
         .max_connections(cfg.database.max_connections)
         .acquire_timeout(cfg.database.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(opts))
 }
 

@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Layer, Secret};
 
+/// The largest AMQP frame asked for unless the URL says otherwise (`?frame_max=`). lapin keeps
+/// two buffers of 32 frames per connection, zero-filled: at RabbitMQ's default of 128 KiB that is
+/// 8 MiB resident for messages of a few hundred bytes; at 16 KiB it is 1 MiB, and larger
+/// messages are simply split into more frames.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 /// The `broker:` configuration section shared by the sentinel and the adapters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -205,7 +211,8 @@ impl BrokerConfig {
             return Err(BrokerError::MissingUrl);
         }
         // lapin's parse errors never echo the URL, so the password cannot leak through them.
-        let uri: AMQPUri = self.url.expose().parse().map_err(BrokerError::InvalidUrl)?;
+        let mut uri: AMQPUri = self.url.expose().parse().map_err(BrokerError::InvalidUrl)?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
         let tls = matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS);
         let mut config = OwnedTLSConfig::default();
         if let Some(ca) = &self.ca_file {
@@ -280,6 +287,14 @@ mod tests {
 
     fn cfg(url: &str) -> BrokerConfig {
         BrokerConfig { url: Secret::new(url), ..Default::default() }
+    }
+
+    #[test]
+    fn small_frames_unless_the_url_asks_for_others() {
+        let (uri, _) = cfg("amqps://u:p@mq:5671/v").tls_config().expect("default");
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let (uri, _) = cfg("amqps://u:p@mq:5671/v?frame_max=131072").tls_config().expect("explicit");
+        assert_eq!(uri.query.frame_max, Some(131072));
     }
 
     #[test]

@@ -90,7 +90,6 @@ impl Resource {
 
 #[derive(Debug, Deserialize)]
 struct Page {
-    total: i64,
     items: Vec<Resource>,
 }
 
@@ -373,27 +372,42 @@ struct FetchError {
     auth: bool,
 }
 
-/// Lists every matching resource, page by page; each page is retried (500 ms doubling to 8 s,
-/// ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail at once.
+/// Lists every matching resource, page by page in `id` order, each page starting after the last
+/// id of the one before (keyset paging: every page costs the same however deep the list, where
+/// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
+/// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
+/// at once.
 async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<Resource>, FetchError> {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/');
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
-    let size = cfg.hyperfleet_api.page_size;
-    let search = cfg.search();
+    let size = cfg.hyperfleet_api.page_size as usize;
+    let selector = cfg.search();
     let mut all = Vec::new();
-    for page in 1.. {
-        let mut query = vec![("page", page.to_string()), ("size", size.to_string())];
-        if let Some(s) = &search {
-            query.push(("search", s.clone()));
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("size", size.to_string()), ("order", "id asc".to_string())];
+        if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
+            query.push(("search", s));
         }
         let body = fetch_page(http, &url, &query).await?;
         let got = body.items.len();
         all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
-        if got == 0 || all.len() as i64 >= body.total || got < size as usize {
-            break;
+        match all.last() {
+            Some(last) if got == size && after.as_deref() != Some(last.id.as_str()) => after = Some(last.id.clone()),
+            _ => break,
         }
     }
     Ok(all)
+}
+
+/// The `search` of one page: the resource selector, and the keyset condition after the first page.
+fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
+    // Ids come from the API (UUIDs); quotes are doubled anyway, as the search language escapes them.
+    let after = after.map(|id| format!("id > '{}'", id.replace('\'', "''")));
+    match (selector, after) {
+        (Some(s), Some(a)) => Some(format!("({s}) and {a}")),
+        (s, a) => a.or(s.map(String::from)),
+    }
 }
 
 async fn fetch_page(http: &reqwest::Client, url: &str, query: &[(&str, String)]) -> Result<Page, FetchError> {
@@ -515,6 +529,17 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_after_the_first_start_after_the_last_id() {
+        assert_eq!(page_search(None, None), None);
+        assert_eq!(page_search(Some("labels.a = 'b'"), None).as_deref(), Some("labels.a = 'b'"));
+        assert_eq!(page_search(None, Some("x")).as_deref(), Some("id > 'x'"));
+        assert_eq!(
+            page_search(Some("labels.a = 'b' and labels.c = 'd'"), Some("x")).as_deref(),
+            Some("(labels.a = 'b' and labels.c = 'd') and id > 'x'")
+        );
+    }
 
     #[test]
     fn list_items_carry_what_the_decision_needs() {

@@ -21,6 +21,8 @@ use tokio::process::{Child, Command};
 #[derive(Debug, Clone)]
 pub struct LocalEnv {
     vars: HashMap<String, String>,
+    /// Where the service binaries are; `HF_BIN_DIR` or `target/debug` when unset.
+    pub bin_dir: Option<PathBuf>,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -43,7 +45,7 @@ impl LocalEnv {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
-        Ok(LocalEnv { vars })
+        Ok(LocalEnv { vars, bin_dir: None })
     }
 
     pub fn get(&self, key: &str) -> Result<&str> {
@@ -73,8 +75,9 @@ impl LocalEnv {
     }
 
     pub fn bin(&self, name: &str) -> Result<PathBuf> {
-        let dir =
-            std::env::var("HF_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target/debug"));
+        let dir = self.bin_dir.clone().unwrap_or_else(|| {
+            std::env::var("HF_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target/debug"))
+        });
         let path = dir.join(name);
         if !path.is_file() {
             bail!("{} not found: build it with `cargo build --workspace --bins`", path.display());
@@ -294,6 +297,10 @@ pub struct Stack {
 pub struct StackOptions {
     pub sentinel: Vec<(&'static str, String)>,
     pub adapter: Vec<(&'static str, String)>,
+    /// The binaries to run (default: [`LocalEnv::bin`]'s choice).
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the sentinel's default poll interval instead of the tests' 500 ms.
+    pub default_poll_interval: bool,
 }
 
 impl Stack {
@@ -302,7 +309,8 @@ impl Stack {
     }
 
     pub async fn start_with(opts: StackOptions) -> Result<Self> {
-        let env = LocalEnv::load()?;
+        let mut env = LocalEnv::load()?;
+        env.bin_dir = opts.bin_dir;
         let db = TestDb::create(&env).await?;
         migrate(&env, &db).await?;
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -320,7 +328,9 @@ impl Stack {
         api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
         api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
         let mut sentinel_vars = broker.clone();
-        sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
+        if !opts.default_poll_interval {
+            sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
+        }
         let mut adapter_vars = broker;
         adapter_vars.push(("HYPERFLEET_QUEUE", queue.clone()));
         adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()));
@@ -351,6 +361,11 @@ impl Stack {
         })
     }
 
+    /// A connection to the stack's own database.
+    pub async fn db_connection(&self) -> Result<PgConnection> {
+        Ok(PgConnection::connect_with(&self.env.pg_options(&self.db.name)?).await?)
+    }
+
     /// Kills the adapter with SIGKILL (no chance to finish or ack anything).
     pub async fn kill_adapter(&mut self) -> Result<()> {
         self.adapter.kill().await
@@ -370,10 +385,15 @@ impl Stack {
     /// POSTs a cluster; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
         let id = post_cluster(&self.api_url, name, serde_json::json!({})).await?;
-        if let Ok(mut created) = self.created.lock() {
-            created.push(id.clone());
-        }
+        self.track_created(&id);
         Ok(id)
+    }
+
+    /// Records a cluster created by other means, so that [`Stack::stop`] removes its Namespace.
+    pub fn track_created(&self, id: &str) {
+        if let Ok(mut created) = self.created.lock() {
+            created.push(id.to_string());
+        }
     }
 
     /// POSTs `n` clusters named `<prefix>-<i>`; returns their ids.

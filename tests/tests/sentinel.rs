@@ -314,32 +314,3 @@ async fn liveness_fails_when_polls_go_stale_and_recovers() -> Result<()> {
     stack.stop().await;
     Ok(())
 }
-
-/// Events per second one sentinel confirms: N clusters seeded straight into the database, one pass.
-/// A measurement, not a check: `cargo test --workspace --test sentinel -- --ignored --nocapture`.
-#[tokio::test]
-#[ignore = "measurement; prints figures"]
-async fn confirmed_events_per_second() -> Result<()> {
-    const N: i64 = 5000;
-    let stack = ApiStack::start().await?;
-    let mut conn = stack.db_connection().await?;
-    hyperfleet_tests::seed_clusters(&mut conn, N).await?;
-    let sentinel = stack
-        .sentinel("rate", &[("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_POLL_INTERVAL", "1h".into())])
-        .await?;
-    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
-    eventually(Duration::from_secs(300), || async {
-        Ok((metric_sum(&sentinel.metrics().await?, count) >= 1.0).then_some(()))
-    })
-    .await?;
-    let m = sentinel.metrics().await?;
-    let published = metric_sum(&m, "hyperfleet_sentinel_events_published_total");
-    let secs = metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
-    println!(
-        "one pass over {N} new clusters: {published} events confirmed in {secs:.2} s (list + decide + publish) = {:.0} events/s",
-        published / secs
-    );
-    sentinel.stop().await;
-    stack.stop().await;
-    Ok(())
-}

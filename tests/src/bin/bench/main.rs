@@ -1,0 +1,151 @@
+//! HyperFleet benchmarks against the local environment (`tests/env/run infra` first):
+//!
+//!   cargo build --release --workspace --bins && cargo run --release -p hyperfleet-tests --bin bench [-- --quick]
+//!
+//! Every figure is printed beside a raw baseline measured in the same run on the same machine:
+//! 1. create→landed latency (`landing.rs`), with the change feed and with polling only;
+//! 2. the API against `pgbench` running the handlers' SQL (`api.rs`);
+//! 3. one sentinel pass against a raw lapin publisher (`sentinel.rs`);
+//! 4. the adapter against a raw kube-rs loop (`adapter.rs`);
+//! 5. memory (RSS) of every service idle and after its runs, binary sizes.
+//!
+//! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
+//! `--only landing,api,sentinel,adapter` (a subset), `--ops create,get,list100,status_put` (API
+//! operations, e.g. one to profile), `HF_BIN_DIR` (binaries other than `target/release`).
+
+mod adapter;
+mod api;
+mod landing;
+mod sentinel;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use hyperfleet_tests::{LocalEnv, workspace_root};
+use serde_json::{Map, Value, json};
+
+/// The `p` quantile (0–1) of ascending `sorted`, nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Resident memory of a process in MiB (0 when it is gone).
+fn rss_mib(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+const PARTS: [&str; 4] = ["landing", "api", "sentinel", "adapter"];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let list = |flag: &str| -> Option<Vec<String>> {
+        let i = args.iter().position(|a| a == flag)?;
+        Some(args.get(i + 1).map(|v| v.split(',').map(String::from).collect()).unwrap_or_default())
+    };
+    let only = list("--only").unwrap_or_else(|| PARTS.iter().map(|p| p.to_string()).collect());
+    let ops = list("--ops").unwrap_or_default();
+    if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        bail!("--only: unknown part {bad:?} (parts: {})", PARTS.join(","));
+    }
+    if let Some(bad) =
+        args.iter().find(|a| a.starts_with("--") && !["--quick", "--only", "--ops"].contains(&a.as_str()))
+    {
+        bail!("unknown option {bad} (options: --quick, --only {}, --ops {})", PARTS.join(","), api::OPS.join(","));
+    }
+    if let Some(bad) = ops.iter().find(|o| !api::OPS.contains(&o.as_str())) {
+        bail!("--ops: unknown operation {bad:?} (operations: {})", api::OPS.join(","));
+    }
+    let duration = Duration::from_secs(if quick { 3 } else { 10 });
+    let client_counts: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
+    let landing_n = if quick { 50 } else { 200 };
+    let adapter_n = if quick { 50 } else { 200 };
+    let pass_sizes: &[i64] = if quick { &[10_000] } else { &[10_000, 100_000] };
+
+    let release = workspace_root().join("target/release");
+    let bin_dir: PathBuf = std::env::var("HF_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        if release.join("hyperfleet-api").is_file() { release.clone() } else { workspace_root().join("target/debug") }
+    });
+    let env = LocalEnv::load()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("HyperFleet benchmarks — {cores} cores, binaries from {}", bin_dir.display());
+    let started = Instant::now();
+    let mut report = Map::new();
+    let wants = |p: &str| only.iter().any(|o| o == p);
+
+    if wants("landing") {
+        let interval = Duration::from_millis(5);
+        println!(
+            "\n1. create→landed: {landing_n} clusters, one POST every {} ms, default settings",
+            interval.as_millis()
+        );
+        let with = landing::run(&bin_dir, landing_n, interval, true).await?;
+        let without = landing::run(&bin_dir, landing_n, interval, false).await?;
+        report.insert("create_to_landed".into(), json!({"change_feed": with, "poll_only": without}));
+    }
+    if wants("api") {
+        println!("\n2. API vs pgbench running the same SQL ({} s per cell)", duration.as_secs());
+        report.insert("api_vs_pgbench".into(), api::run(&env, &bin_dir, duration, client_counts, &ops).await?);
+    }
+    if wants("sentinel") {
+        println!("\n3. sentinel: one pass over new clusters (list page by page, decide, publish with confirms)");
+        let mut passes = Vec::new();
+        for &n in pass_sizes {
+            passes.push(sentinel::pass(&env, &bin_dir, n).await?);
+        }
+        report.insert("sentinel_pass".into(), Value::Array(passes));
+    }
+    if wants("adapter") {
+        println!("\n4. adapter: {adapter_n} queued clusters vs a raw kube-rs loop applying the same objects");
+        report.insert("adapter".into(), adapter::run(&env, &bin_dir, adapter_n).await?);
+    }
+
+    println!("\n5. footprint");
+    if let Some(l) = report.get("create_to_landed") {
+        for svc in ["api", "sentinel", "adapter"] {
+            let at = |when: &str| l["change_feed"]["rss_mib"][when][svc].as_f64().unwrap_or(0.0);
+            println!("{svc:<9} RSS idle {:>5.1} MiB, after the create→landed run {:>5.1} MiB", at("idle"), at("after"));
+        }
+    }
+    let mut sizes = Map::new();
+    for b in ["hyperfleet-api", "hyperfleet-sentinel", "hyperfleet-adapter"] {
+        let size = std::fs::metadata(bin_dir.join(b)).map(|m| m.len() as f64 / 1_048_576.0).unwrap_or(0.0);
+        println!("binary {b}: {size:.1} MiB");
+        sizes.insert(b.to_string(), json!(size));
+    }
+    report.insert("binary_mib".into(), Value::Object(sizes));
+    let elapsed = started.elapsed().as_secs_f64();
+    report.insert("cores".into(), json!(cores));
+    report.insert("binaries".into(), json!(bin_dir.display().to_string()));
+    report.insert("quick".into(), json!(quick));
+    report.insert("elapsed_s".into(), json!(elapsed));
+
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&Value::Object(report))?)?;
+    println!("\nfinished in {elapsed:.0} s; written to {}", out.join("bench.json").display());
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The sentinel: one pass over N clusters seeded straight into the database — wall and CPU time,
+//! confirmed events per second — beside a raw lapin publisher with confirms (same message size,
+//! same exchange, same pipelining) in the same run.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, free_port, migrate};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+use crate::{cpu_seconds, rss_mib};
+
+/// Publishes `n` messages of `body` to `exchange` with confirms, `PIPELINE` in flight: the
+/// sentinel's publishing without the API, the decision or the CloudEvent building. Returns events
+/// per second and the CPU seconds this process spent (it does nothing else meanwhile).
+async fn raw_publish(cfg: &hyperfleet_common::broker::BrokerConfig, n: usize, body: &[u8]) -> Result<(f64, f64)> {
+    const PIPELINE: usize = 512;
+    let conn = cfg.connect("hyperfleet-bench-raw").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(Default::default()).await?;
+    cfg.declare_exchange(&ch).await?;
+    let props = lapin::BasicProperties::default()
+        .with_content_type("application/cloudevents+json".into())
+        .with_delivery_mode(2);
+    let started = Instant::now();
+    let cpu_before = cpu_seconds(Some(std::process::id()));
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(PIPELINE);
+        let mut confirms = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let opts = lapin::options::BasicPublishOptions::default();
+            confirms.push(
+                ch.basic_publish(cfg.exchange.as_str().into(), "cluster.reconcile".into(), opts, body, props.clone())
+                    .await?,
+            );
+        }
+        for c in confirms {
+            if !c.await?.is_ack() {
+                bail!("raw publish not confirmed");
+            }
+        }
+        left -= batch;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(Some(std::process::id())) - cpu_before;
+    let _ = conn.close(200, "done".into()).await;
+    Ok((n as f64 / secs, cpu))
+}
+
+/// One sentinel pass over `n` new clusters: wall and CPU seconds, confirmed events per second, and
+/// the raw publisher's rate in the same run.
+pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
+    let db = TestDb::create(env).await?;
+    migrate(env, &db).await?;
+    let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
+    hyperfleet_tests::seed_clusters(&mut conn, n).await?;
+    let port = free_port();
+    let mut vars = api_db_vars(env, &db)?;
+    vars.extend([
+        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
+        ("HYPERFLEET_SERVER_PORT", port.to_string()),
+        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
+    ]);
+    let mut api = Service::start_binary("bench-pass", "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
+    api.wait_ready(Duration::from_secs(60)).await?;
+    let exchange = format!("hf-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let broker = env.broker(&exchange)?;
+    let sentinel_vars = vec![
+        ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
+        ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
+        ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
+        ("HYPERFLEET_HYPERFLEET_API_BASE_URL", format!("http://127.0.0.1:{port}")),
+        ("HYPERFLEET_POLL_INTERVAL", "1h".to_string()),
+        ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".to_string()),
+        ("HYPERFLEET_WATCH", "false".to_string()),
+        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
+    ];
+    let sentinel =
+        Service::start_binary("bench-pass", "sentinel", &bin_dir.join("hyperfleet-sentinel"), &[], &sentinel_vars)?;
+    let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    hyperfleet_tests::eventually(Duration::from_secs(900), || async {
+        Ok((hyperfleet_tests::metric_sum(&sentinel.metrics().await.unwrap_or_default(), count) >= 1.0).then_some(()))
+    })
+    .await?;
+    let m = sentinel.metrics().await?;
+    let wall = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
+    let published = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_events_published_total");
+    let cpu = cpu_seconds(sentinel.pid());
+    let rss = rss_mib(sentinel.pid());
+    // The same event size for the raw publisher.
+    let sample = hyperfleet_common::cloudevent::reconcile_event(&hyperfleet_common::cloudevent::ReconcileData {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: "Cluster".into(),
+        href: format!("/api/hyperfleet/v1/clusters/{}", uuid::Uuid::now_v7()),
+        generation: 1,
+        owner_references: None,
+    })?;
+    let (body, _) = hyperfleet_common::cloudevent::encode(&sample)?;
+    let (raw, raw_cpu) = raw_publish(&broker, n as usize, &body).await?;
+    sentinel.stop().await;
+    api.stop().await;
+    if let Ok(c) = broker.connect("hyperfleet-bench-cleanup").await {
+        if let Ok(ch) = c.create_channel().await {
+            let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        }
+        let _ = c.close(200, "done".into()).await;
+    }
+    db.drop_db().await;
+    let rate = published / wall;
+    println!(
+        "{n:>7} clusters: pass {wall:>6.2} s wall, {cpu:>5.2} s CPU, {published:>6.0} confirmed = {rate:>6.0}/s | \
+         raw lapin {raw:>6.0}/s, {raw_cpu:>5.2} s CPU | rate {:.2}x, CPU {:.1}x | sentinel RSS {rss:.1} MiB",
+        rate / raw,
+        cpu / raw_cpu.max(0.01)
+    );
+    Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
+              "raw_lapin_per_s": raw, "raw_lapin_cpu_s": raw_cpu, "ratio": rate / raw,
+              "cpu_ratio": cpu / raw_cpu.max(0.01), "sentinel_rss_mib": rss}))
+}
