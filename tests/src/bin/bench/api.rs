@@ -9,11 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, free_port, migrate};
+use hyperfleet_tests::LocalEnv;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 
-use crate::{percentile, rss_mib};
+use crate::{percentile, rss_mib, seeded_api};
 
 const SEEDED: i64 = 1000;
 /// The operations measured, in order.
@@ -181,10 +180,7 @@ pub async fn run(
     client_counts: &[usize],
     ops: &[String],
 ) -> Result<Value> {
-    let db = TestDb::create(env).await?;
-    migrate(env, &db).await?;
-    let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
-    hyperfleet_tests::seed_clusters(&mut conn, SEEDED).await?;
+    let (db, mut conn, api, port) = seeded_api(env, bin_dir, "bench", SEEDED).await?;
     sqlx::query("create table bench_ids as select row_number() over (order by id)::int as n, id from resources")
         .execute(&mut conn)
         .await?;
@@ -192,15 +188,6 @@ pub async fn run(
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("select id from bench_ids order by n").fetch_all(&mut conn).await?;
     let ids = Arc::new(ids.into_iter().map(|u| u.to_string()).collect::<Vec<_>>());
 
-    let port = free_port();
-    let mut vars = api_db_vars(env, &db)?;
-    vars.extend([
-        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
-        ("HYPERFLEET_SERVER_PORT", port.to_string()),
-        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
-    ]);
-    let mut api = Service::start_binary("bench", "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
-    api.wait_ready(Duration::from_secs(60)).await?;
     let idle_rss = rss_mib(api.pid());
     let base = format!("http://127.0.0.1:{port}/api/hyperfleet/v1");
 

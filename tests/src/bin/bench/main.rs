@@ -24,8 +24,9 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use hyperfleet_tests::{LocalEnv, workspace_root};
+use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, free_port, migrate, workspace_root};
 use serde_json::{Map, Value, json};
+use sqlx::{Connection, PgConnection};
 
 /// The `p` quantile (0–1) of ascending `sorted`, nearest rank.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -54,6 +55,30 @@ fn rss_mib(pid: Option<u32>) -> f64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A fresh migrated database with `clusters` seeded straight into it, and the API serving it on a
+/// port of its own; returns the database, an admin connection to it, the API and its port.
+async fn seeded_api(
+    env: &LocalEnv,
+    bin_dir: &std::path::Path,
+    tag: &str,
+    clusters: i64,
+) -> Result<(TestDb, PgConnection, Service, u16)> {
+    let db = TestDb::create(env).await?;
+    migrate(env, &db).await?;
+    let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
+    hyperfleet_tests::seed_clusters(&mut conn, clusters).await?;
+    let port = free_port();
+    let mut vars = api_db_vars(env, &db)?;
+    vars.extend([
+        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
+        ("HYPERFLEET_SERVER_PORT", port.to_string()),
+        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
+    ]);
+    let mut api = Service::start_binary(tag, "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
+    api.wait_ready(Duration::from_secs(60)).await?;
+    Ok((db, conn, api, port))
 }
 
 const PARTS: [&str; 4] = ["landing", "api", "sentinel", "adapter"];

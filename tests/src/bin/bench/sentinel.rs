@@ -8,11 +8,10 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, free_port, migrate};
+use hyperfleet_tests::{LocalEnv, Service};
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 
-use crate::{cpu_seconds, rss_mib};
+use crate::{cpu_seconds, rss_mib, seeded_api};
 
 /// Publishes `n` messages of `body` to `exchange` with confirms, `PIPELINE` in flight: the
 /// sentinel's publishing without the API, the decision or the CloudEvent building. Returns events
@@ -55,19 +54,7 @@ async fn raw_publish(cfg: &hyperfleet_common::broker::BrokerConfig, n: usize, bo
 /// One sentinel pass over `n` new clusters: wall and CPU seconds, confirmed events per second, and
 /// the raw publisher's rate in the same run.
 pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
-    let db = TestDb::create(env).await?;
-    migrate(env, &db).await?;
-    let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
-    hyperfleet_tests::seed_clusters(&mut conn, n).await?;
-    let port = free_port();
-    let mut vars = api_db_vars(env, &db)?;
-    vars.extend([
-        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
-        ("HYPERFLEET_SERVER_PORT", port.to_string()),
-        ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
-    ]);
-    let mut api = Service::start_binary("bench-pass", "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
-    api.wait_ready(Duration::from_secs(60)).await?;
+    let (db, _conn, api, port) = seeded_api(env, bin_dir, "bench-pass", n).await?;
     let exchange = format!("hf-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let broker = env.broker(&exchange)?;
     let sentinel_vars = vec![
