@@ -107,12 +107,31 @@ fn db_endpoint(cfg: &ApiConfig) -> String {
     format!("{}:{}/{}", cfg.database.host, cfg.database.port, cfg.database.name)
 }
 
+/// How long `migrate` waits for a database that is not reachable yet (an init container started
+/// beside a database that is still starting) before it gives up.
+const MIGRATE_WAIT: Duration = Duration::from_secs(60);
+
 /// Applies pending migrations. Many replicas may run this at once: sqlx serialises them with a
-/// PostgreSQL advisory lock.
+/// PostgreSQL advisory lock. A database that is not reachable yet is waited for up to
+/// [`MIGRATE_WAIT`]; one that refuses us (certificate, credentials, unknown database) fails at once.
 pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
     let pool = pool(cfg)?;
-    // Fail with a connection error (not a migration error) when the database is unreachable.
-    pool.acquire().await.map_err(|source| StartError::Connect { endpoint: db_endpoint(cfg), source })?;
+    let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match pool.acquire().await {
+            Ok(conn) => break drop(conn),
+            // Fail with a connection error (not a migration error) when the database stays away.
+            Err(source) if refuses_us(&source) || tokio::time::Instant::now() + delay > deadline => {
+                return Err(StartError::Connect { endpoint: db_endpoint(cfg), source });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, database = %db_endpoint(cfg), retry_in = ?delay, "database not reachable yet; waiting");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+        }
+    }
     MIGRATOR.run(&pool).await?;
     tracing::info!(database = %db_endpoint(cfg), "migrations applied");
     pool.close().await;

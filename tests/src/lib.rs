@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod node;
+
 use anyhow::{Context, Result, bail};
 use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 use tokio::process::{Child, Command};

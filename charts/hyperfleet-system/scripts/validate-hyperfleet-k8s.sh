@@ -15,9 +15,20 @@ skip() { printf 'SKIP  %s\n' "$*"; }
 k() { "$K" -n "$NS" "$@" 2>/dev/null; }
 
 command -v "$K" >/dev/null || { echo "kubectl not found (set KUBECTL)"; exit 2; }
-"$K" get namespace "$NS" >/dev/null 2>&1 && pass "namespace $NS exists" || { fail "namespace $NS missing"; exit 1; }
+if "$K" get namespace "$NS" >/dev/null 2>&1; then pass "namespace $NS exists"; else fail "namespace $NS missing"; exit 1; fi
 
 nodes=$("$K" get nodes --no-headers 2>/dev/null | wc -l)
+
+# why_not_ready DEPLOYMENT: each of its pods that is not Ready, with what its containers wait for
+# (ErrImagePull, CrashLoopBackOff, ContainerCreating…) and the pod's last warning event.
+why_not_ready() {
+  local pod states event
+  for pod in $(k get pods -l "app.kubernetes.io/name=$1" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'); do
+    states=$(k get pod "$pod" -o jsonpath='{range .status.initContainerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason} {end}{range .status.containerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason}{.state.running.startedAt} {end}')
+    event=$(k get events --field-selector "involvedObject.name=$pod,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -1)
+    printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warning: $event}"
+  done
+}
 for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
   if ! k get deployment "$d" >/dev/null; then fail "deployment $d missing"; continue; fi
   want=$(k get deployment "$d" -o jsonpath='{.spec.replicas}')
@@ -28,6 +39,7 @@ for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
     skip "deployment $d: 0/$want ready — this cluster has no nodes, so no pod can run (a bare control plane)"
   else
     fail "deployment $d: ${ready:-0}/$want ready (kubectl describe deployment $d -n $NS)"
+    why_not_ready "$d"
   fi
 done
 
@@ -46,11 +58,11 @@ for cm in hyperfleet-sentinel-broker-config hyperfleet-adapter-broker-config; do
 done
 st=$(k get configmap hyperfleet-sentinel-broker-config -o jsonpath='{.data.broker\.yaml}' | grep exchange_type)
 at=$(k get configmap hyperfleet-adapter-broker-config -o jsonpath='{.data.broker\.yaml}' | grep exchange_type)
-[ "$st" = "$at" ] && pass "sentinel and adapter agree on the exchange type" || fail "exchange types differ: sentinel '$st', adapter '$at'"
+if [ "$st" = "$at" ]; then pass "sentinel and adapter agree on the exchange type"; else fail "exchange types differ: sentinel '$st', adapter '$at'"; fi
 
 if k get secretproviderclass >/dev/null; then
   for spc in hyperfleet-api-db-secrets hyperfleet-sentinel-mq-secrets hyperfleet-adapter-mq-secrets; do
-    k get secretproviderclass "$spc" >/dev/null && pass "SecretProviderClass $spc" || skip "SecretProviderClass $spc not used (in-cluster mode?)"
+    if k get secretproviderclass "$spc" >/dev/null; then pass "SecretProviderClass $spc"; else skip "SecretProviderClass $spc not used (in-cluster mode?)"; fi
   done
 else
   skip "SecretProviderClass API not installed (no Secrets Store CSI driver)"
@@ -73,7 +85,7 @@ if [ "${api_ready:-0}" -ge 1 ]; then
   ok=0
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.2; done
   kill "$pf" 2>/dev/null
-  [ $ok = 1 ] && pass "API /readyz through a port-forward" || fail "API /readyz not reachable through a port-forward"
+  if [ $ok = 1 ]; then pass "API /readyz through a port-forward"; else fail "API /readyz not reachable through a port-forward"; fi
 else
   skip "API health through a port-forward: no API pod is ready"
 fi

@@ -95,6 +95,43 @@ annotations:
 {{- end -}}
 {{- end }}
 
+{{/* The broker CA bundle of a component's broker.external (caBundle.configMap or .secret), if any. */}}
+{{- define "hf.brokerCa.enabled" -}}
+{{- $c := .broker.external.caBundle -}}
+{{- if and $c.configMap $c.secret }}
+{{- fail (printf "%s.broker.external.caBundle: set configMap or secret, not both" .component) }}
+{{- end }}
+{{- if and .broker.external.enabled (not .broker.rabbitmq.enabled) (or $c.configMap $c.secret) }}true{{ end }}
+{{- end }}
+
+{{- define "hf.brokerCa.env" -}}
+{{- if include "hf.brokerCa.enabled" . }}
+- name: HYPERFLEET_BROKER_CA_FILE
+  value: /etc/hyperfleet/broker-ca/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "hf.brokerCa.mount" -}}
+{{- if include "hf.brokerCa.enabled" . }}
+- {name: broker-ca, mountPath: /etc/hyperfleet/broker-ca, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "hf.brokerCa.volume" -}}
+{{- $c := .broker.external.caBundle -}}
+{{- if include "hf.brokerCa.enabled" . }}
+- name: broker-ca
+  {{- if $c.configMap }}
+  configMap:
+    name: {{ $c.configMap }}
+  {{- else }}
+  secret:
+    secretName: {{ $c.secret }}
+  {{- end }}
+    items: [{key: {{ $c.key | quote }}, path: ca.crt}]
+{{- end }}
+{{- end }}
+
 {{/* The broker.yaml the sentinel and the adapter read through BROKER_CONFIG_FILE. */}}
 {{- define "hf.brokerYaml" -}}
 broker:
@@ -113,4 +150,9 @@ broker:
 {{- with .prefetch }}
     prefetch_count: {{ . }}
 {{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects are named after the namespace, so installs in two namespaces never collide. */}}
+{{- define "hf.clusterScopedName" -}}
+{{ printf "%s-hyperfleet-adapter" .Values.namespace | trunc 63 | trimSuffix "-" }}
 {{- end }}

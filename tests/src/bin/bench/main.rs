@@ -7,15 +7,18 @@
 //! 2. the API against `pgbench` running the handlers' SQL (`api.rs`);
 //! 3. one sentinel pass against a raw lapin publisher (`sentinel.rs`);
 //! 4. the adapter against a raw kube-rs loop (`adapter.rs`);
-//! 5. memory (RSS) of every service idle and after its runs, binary sizes.
+//! 5. memory (RSS) of every service idle and after its runs, binary sizes;
+//! 6. the chart as pods on the local node (`pods.rs`): helm install → Ready, create→Reconciled beside
+//!    the loopback processes (needs `tests/env/run node-up`; the images hold the binaries it built).
 //!
 //! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
-//! `--only landing,api,sentinel,adapter` (a subset), `--ops create,get,list100,status_put` (API
+//! `--only landing,api,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
 //! operations, e.g. one to profile), `HF_BIN_DIR` (binaries other than `target/release`).
 
 mod adapter;
 mod api;
 mod landing;
+mod pods;
 mod sentinel;
 
 use std::{
@@ -81,7 +84,7 @@ async fn seeded_api(
     Ok((db, conn, api, port))
 }
 
-const PARTS: [&str; 4] = ["landing", "api", "sentinel", "adapter"];
+const PARTS: [&str; 5] = ["landing", "api", "sentinel", "adapter", "pods"];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -162,6 +165,11 @@ async fn main() -> Result<()> {
         sizes.insert(b.to_string(), json!(size));
     }
     report.insert("binary_mib".into(), Value::Object(sizes));
+    if wants("pods") {
+        let n = if quick { 10 } else { 30 };
+        println!("\n6. the chart as pods on the local node vs the same binaries on loopback");
+        report.insert("pods".into(), pods::run(&env, &bin_dir, n).await?);
+    }
     let elapsed = started.elapsed().as_secs_f64();
     report.insert("cores".into(), json!(cores));
     report.insert("binaries".into(), json!(bin_dir.display().to_string()));

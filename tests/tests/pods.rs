@@ -1,0 +1,399 @@
+//! The chart as pods on the local node: real images, a real kubelet probing `/healthz` and `/readyz`,
+//! the `db-migrate` init container, the adapter with its own ServiceAccount and the chart's
+//! ClusterRole only, restricted security enforced by the runtime, helm upgrade and uninstall, the
+//! chart's own scripts, and SIGTERM from the kubelet during a stream of creates. Every install is
+//! `helm install` with values only: `tests/env/chart-values.yaml` (the local images) on top of the
+//! chart's `ci/in-cluster-values.yaml` or an external-mode values file.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use hyperfleet_tests::{
+    LocalEnv, TestDb, condition, eventually,
+    node::{Release, ReleaseSpec, chart_dir, container_pid},
+    post_cluster, workspace_root,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::{Api, api::PostParams};
+use serde_json::{Value, json};
+
+const READY: Duration = Duration::from_secs(120);
+
+fn dev_values() -> Vec<String> {
+    vec!["-f".into(), chart_dir().join("ci/in-cluster-values.yaml").display().to_string()]
+}
+
+fn set(kv: &str) -> [String; 2] {
+    ["--set".into(), kv.into()]
+}
+
+async fn get_json(url: &str) -> Result<(u16, Value)> {
+    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(10)).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// A condition of an adapter's status report (its `conditions` list).
+fn report_condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
+    report["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).unwrap_or(&Value::Null)
+}
+
+/// Waits until the cluster `id` is Reconciled=True and its Namespace and ServiceAccount exist.
+async fn wait_landed(release: &Release, api: &str, id: &str) -> Result<()> {
+    let url = format!("{api}/api/hyperfleet/v1/clusters/{id}");
+    let sas: Api<ServiceAccount> = Api::namespaced(release.kube.clone(), id);
+    let landed = eventually(READY, || async {
+        let (_, c) = get_json(&url).await?;
+        let reconciled = condition(&c, "Reconciled")["status"] == "True";
+        Ok((reconciled && sas.get_opt("landing-zone").await?.is_some()).then_some(()))
+    })
+    .await;
+    if landed.is_err() {
+        let (_, c) = get_json(&url).await.unwrap_or_default();
+        bail!("cluster {id} did not land: {c}\n{}", release.diagnostics().await);
+    }
+    Ok(())
+}
+
+/// DELETE, then the cluster and its Namespace are gone.
+async fn delete_and_wait_gone(release: &Release, api: &str, id: &str) -> Result<()> {
+    let url = format!("{api}/api/hyperfleet/v1/clusters/{id}");
+    let r = reqwest::Client::new().delete(&url).timeout(Duration::from_secs(10)).send().await?;
+    ensure!(r.status() == 202, "DELETE {id}: {}", r.status());
+    let namespaces: Api<Namespace> = Api::all(release.kube.clone());
+    let gone = eventually(READY, || async {
+        let (status, _) = get_json(&url).await?;
+        Ok((status == 404 && namespaces.get_opt(id).await?.is_none()).then_some(()))
+    })
+    .await;
+    if gone.is_err() {
+        bail!("cluster {id} not removed after DELETE\n{}", release.diagnostics().await);
+    }
+    Ok(())
+}
+
+/// The runtime really applies the restricted profile: checked on the container's process from the
+/// host (the images have no shell to ask from inside).
+async fn assert_restricted(env: &LocalEnv, pod: &Pod) -> Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    for c in pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default() {
+        let id = c.container_id.clone().with_context(|| format!("{name}/{}: no container id", c.name))?;
+        let pid = container_pid(env, &id).await?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |k: &str| {
+            status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        let what = format!("{name}/{}", c.name);
+        assert_eq!(field("Uid:").as_deref(), Some("65532 65532 65532 65532"), "{what} runs as 65532");
+        assert_eq!(field("Gid:").as_deref(), Some("65532 65532 65532 65532"), "{what} group 65532");
+        assert_eq!(field("CapEff:").as_deref(), Some("0000000000000000"), "{what} has no capabilities");
+        assert_eq!(field("CapPrm:").as_deref(), Some("0000000000000000"), "{what} has no capabilities");
+        assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{what}: no privilege escalation");
+        assert_eq!(field("Seccomp:").as_deref(), Some("2"), "{what}: seccomp filter (RuntimeDefault)");
+        // The Dockerfile's ENTRYPOINT is what runs.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let argv0 = cmdline.split(|b| *b == 0).next().map(String::from_utf8_lossy).unwrap_or_default().to_string();
+        assert_eq!(argv0, format!("/usr/local/bin/{}", c.name), "{what}: the image's entrypoint");
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+        let root = mounts
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .rfind(|f| f.len() > 5 && f[4] == "/")
+            .with_context(|| format!("{what}: no root mount"))?;
+        assert!(root[5].split(',').any(|o| o == "ro"), "{what}: root filesystem read-only ({})", root[5]);
+    }
+    Ok(())
+}
+
+/// Development mode end to end: install → every pod Ready by the kubelet's probes, `db-migrate`
+/// ran, restricted security holds; a cluster POSTed through a port-forward lands and is removed;
+/// the chart's scripts pass; an upgrade rolls the sentinel only while the API keeps serving; and the
+/// uninstall leaves nothing.
+#[tokio::test]
+async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let release =
+        Release::install(&env, ReleaseSpec { prefix: "dev", args: dev_values(), chart_creates_namespace: true })
+            .await?;
+    println!("helm install → all pods Ready: {:?}", release.install_to_ready);
+
+    // db-migrate ran to completion before the API started.
+    let api_pod = release.pod("api").await?;
+    let init = api_pod.status.as_ref().and_then(|s| s.init_container_statuses.clone()).unwrap_or_default();
+    let migrate = init.iter().find(|c| c.name == "db-migrate").context("db-migrate init container")?;
+    let done = migrate.state.as_ref().and_then(|s| s.terminated.as_ref()).context("db-migrate terminated")?;
+    assert_eq!((done.exit_code, done.reason.as_deref()), (0, Some("Completed")), "db-migrate");
+    // It waited for the database starting beside it instead of failing into the kubelet's back-off.
+    assert_eq!(migrate.restart_count, 0, "db-migrate restarts\n{}", release.diagnostics().await);
+    for component in ["api", "sentinel", "adapter"] {
+        let pod = release.pod(component).await?;
+        assert_restricted(&env, &pod).await?;
+        // The kubelet's probes, not a test's, made it Ready; no restarts on the way.
+        let status = pod.status.clone().unwrap_or_default();
+        for c in status.container_statuses.unwrap_or_default() {
+            assert!(c.ready && c.restart_count == 0, "{component}: {c:?}\n{}", release.diagnostics().await);
+        }
+    }
+    // The adapter talks to Kubernetes with its own ServiceAccount's token only.
+    let adapter = release.pod("adapter").await?;
+    assert_eq!(adapter.spec.as_ref().and_then(|s| s.service_account_name.as_deref()), Some("hyperfleet-adapter-sa"));
+
+    let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
+    let id = post_cluster(&pf.url, &release.name, json!({"env": "pods"})).await?;
+    wait_landed(&release, &pf.url, &id).await?;
+    delete_and_wait_gone(&release, &pf.url, &id).await?;
+
+    // The chart's scripts against this install.
+    let scripts = chart_dir().join("scripts");
+    let out = tokio::process::Command::new("bash")
+        .arg(scripts.join("validate-hyperfleet-k8s.sh"))
+        .arg(&release.namespace)
+        .env("KUBECONFIG", env.get("KUBECONFIG")?)
+        .env("KUBECTL", env.get("HF_KUBECTL")?)
+        .output()
+        .await?;
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "validate-hyperfleet-k8s.sh:\n{report}\n{}", release.diagnostics().await);
+    for line in ["PASS  deployment hyperfleet-api: 1/1 ready", "PASS  API /readyz through a port-forward"] {
+        assert!(report.contains(line), "{line}:\n{report}");
+    }
+    let out = tokio::process::Command::new("bash")
+        .arg(scripts.join("test-create-cluster.sh"))
+        .arg("scripted")
+        .env("HYPERFLEET_NAMESPACE", &release.namespace)
+        .env("KUBECONFIG", env.get("KUBECONFIG")?)
+        .env("KUBECTL", env.get("HF_KUBECTL")?)
+        .env("TIMEOUT", "120")
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "test-create-cluster.sh:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("is Reconciled"), "{text}");
+    if let Some(id) = text.lines().find_map(|l| l.strip_prefix("created cluster scripted (")?.strip_suffix(')')) {
+        delete_and_wait_gone(&release, &pf.url, id).await?;
+    }
+
+    // helm upgrade with a new poll interval: the sentinel is replaced, the API pod is not, and the
+    // API answers throughout.
+    let sentinel_before = release.pod("sentinel").await?.metadata.uid;
+    let api_before = release.pod("api").await?.metadata.uid;
+    let probe_url = format!("{}/api/hyperfleet/v1/clusters", pf.url);
+    let prober = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut failures = Vec::new();
+        let mut n = 0u32;
+        while n < 10_000 {
+            n += 1;
+            match http.get(&probe_url).timeout(Duration::from_secs(5)).send().await {
+                Ok(r) if r.status() == 200 => {}
+                Ok(r) => failures.push(format!("{}", r.status())),
+                Err(e) => failures.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if failures.len() > 5 {
+                break;
+            }
+        }
+        failures
+    });
+    release.upgrade(&set("hyperfleetSentinel.config.pollInterval=2s")).await?;
+    prober.abort();
+    let failures = prober.await.unwrap_or_default();
+    assert!(failures.is_empty(), "the API failed during the upgrade: {failures:?}");
+    let sentinel_after = release.pod("sentinel").await?;
+    assert_ne!(sentinel_after.metadata.uid, sentinel_before, "the sentinel pod was rolled");
+    assert_eq!(release.pod("api").await?.metadata.uid, api_before, "the API pod was left alone");
+    let cm: Api<ConfigMap> = Api::namespaced(release.kube.clone(), &release.namespace);
+    let config = cm.get("hyperfleet-sentinel-config").await?;
+    assert!(config.data.unwrap_or_default()["config.yaml"].contains("poll_interval: \"2s\""));
+    drop(pf);
+
+    release.uninstall().await
+}
+
+/// The adapter with only the chart's ClusterRole: without `serviceaccounts` it cannot create the
+/// ServiceAccount, reports Health=False with the API server's reason, and keeps running.
+#[tokio::test]
+async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_keeps_running() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut args = dev_values();
+    args.extend(set("hyperfleetAdapter.rbac.resources={namespaces}"));
+    let release = Release::install(&env, ReleaseSpec { prefix: "rbac", args, chart_creates_namespace: true }).await?;
+    let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
+    let id = post_cluster(&pf.url, "rbac-less", json!({})).await?;
+    let url = format!("{}/api/hyperfleet/v1/clusters/{id}/statuses", pf.url);
+    let report = eventually(READY, || async {
+        let (_, v) = get_json(&url).await?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        Ok(items.into_iter().find(|s| report_condition(s, "Health")["status"] == "False"))
+    })
+    .await
+    .with_context(|| format!("no Health=False report for {id}"));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => bail!("{e}\n{}", release.diagnostics().await),
+    };
+    let health = report_condition(&report, "Health");
+    assert_eq!(health["reason"], "KubernetesError", "{report}");
+    let message = health["message"].as_str().unwrap_or_default();
+    assert!(message.contains("forbidden") && message.contains("serviceaccounts"), "{message}");
+    let (_, cluster) = get_json(&format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
+    assert_eq!(condition(&cluster, "Reconciled")["status"], "False", "{cluster}");
+    // Still the same, ready adapter: a permission problem is a report, not a crash loop.
+    let adapter = release.pod("adapter").await?;
+    for c in adapter.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+        assert!(c.ready && c.restart_count == 0, "adapter after the forbidden apply: {c:?}");
+    }
+    // The Namespace (allowed) exists; clean it up with the release.
+    let namespaces: Api<Namespace> = Api::all(release.kube.clone());
+    let _ = namespaces.delete(&id, &Default::default()).await;
+    drop(pf);
+    release.uninstall().await
+}
+
+/// SIGTERM as the kubelet sends it: the API pod is deleted during a stream of POSTs; every create
+/// that was answered 201 is there afterwards (served by the replacement pod).
+#[tokio::test]
+async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut args = dev_values();
+    // Only the API matters here; the workers would land every cluster meanwhile.
+    args.extend(set("hyperfleetAdapter.replicaCount=0"));
+    let release = Release::install(&env, ReleaseSpec { prefix: "drain", args, chart_creates_namespace: true }).await?;
+    let old = release.pod("api").await?;
+    let old_name = old.metadata.name.clone().unwrap_or_default();
+    let pf = release.port_forward(&format!("pod/{old_name}"), 8000).await?;
+    let url = pf.url.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut errors = 0;
+        for i in 0..2000 {
+            match tokio::time::timeout(Duration::from_secs(10), post_cluster(&url, &format!("drain-{i}"), json!({})))
+                .await
+            {
+                Ok(Ok(id)) => acked.push(id),
+                _ => {
+                    errors += 1;
+                    if errors >= 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        acked
+    });
+    // Let some creates through, then delete the pod the stream goes to.
+    let pods = release.pods_api();
+    eventually(Duration::from_secs(60), || async {
+        let (_, v) = get_json(&format!("{}/api/hyperfleet/v1/clusters?size=1", pf.url)).await?;
+        Ok((v["total"].as_i64().unwrap_or(0) >= 20).then_some(()))
+    })
+    .await?;
+    pods.delete(&old_name, &Default::default()).await?;
+    let acked = tokio::time::timeout(Duration::from_secs(120), writer).await??;
+    ensure!(acked.len() >= 20, "only {} creates acknowledged before the pod went", acked.len());
+    drop(pf);
+
+    // The replacement pod, Ready through its probes, has every acknowledged create.
+    let replacement = eventually(READY, || async {
+        let pods = release.pods("api").await?;
+        Ok(pods.into_iter().find(|p| {
+            p.metadata.name.as_deref() != Some(old_name.as_str())
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }))
+    })
+    .await
+    .context("a replacement API pod became Ready")?;
+    let pf =
+        release.port_forward(&format!("pod/{}", replacement.metadata.name.clone().unwrap_or_default()), 8000).await?;
+    let mut missing = Vec::new();
+    for id in &acked {
+        let (status, _) = get_json(&format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
+        if status != 200 {
+            missing.push(id.clone());
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {missing:?}", missing.len(), acked.len());
+    println!("{} creates acknowledged while the API pod was deleted; all present after", acked.len());
+    drop(pf);
+    release.uninstall().await
+}
+
+/// External mode the way the seed chart runs it, without AWS: the local environment's PostgreSQL
+/// (`verify-full`) and RabbitMQ (AMQPS, verified with the environment's CA) reached from the pods,
+/// credentials from Kubernetes Secrets in the documented shapes (`db.*` files, `BROKER_RABBITMQ_URL`).
+#[tokio::test]
+async fn external_mode_uses_the_local_database_and_broker_over_verified_tls() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    let kube = env.kube().await?;
+    let (name, ns) = Release::new_namespace("ext");
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
+    let node_ip = env.get("HF_NODE_IP")?;
+    let ca = std::fs::read_to_string(env.get("HF_DB_CA_FILE")?)?;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let db_secret = json!({
+        "metadata": {"name": "hyperfleet-api-db-secret"},
+        "stringData": {
+            "db.host": node_ip, "db.port": env.get("HF_PG_NODE_PORT")?, "db.user": env.get("HF_DB_USER")?,
+            "db.password": env.get("HF_DB_PASSWORD")?, "db.name": db.name, "ca.crt": ca,
+        }
+    });
+    secrets.create(&PostParams::default(), &serde_json::from_value(db_secret)?).await?;
+    let url = env.get("HF_AMQPS_URL")?.replace("@127.0.0.1:", &format!("@{node_ip}:"));
+    for component in ["sentinel", "adapter"] {
+        let s = json!({
+            "metadata": {"name": format!("hyperfleet-{component}-mq-secret")},
+            "stringData": {"BROKER_RABBITMQ_URL": url}
+        });
+        secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(kube.clone(), &ns);
+    let ca_cm = json!({"metadata": {"name": "local-ca"}, "data": {"ca.crt": std::fs::read_to_string(env.get("HF_AMQPS_CA_FILE")?)?}});
+    cms.create(&PostParams::default(), &serde_json::from_value(ca_cm)?).await?;
+
+    let exchange = format!("hf-{ns}");
+    let queue = format!("{exchange}-landing-zone");
+    let mut args =
+        vec!["-f".into(), workspace_root().join("tests/fixtures/values/external-local.yaml").display().to_string()];
+    for kv in [
+        format!("hyperfleetSentinel.broker.external.exchange={exchange}"),
+        format!("hyperfleetAdapter.broker.external.exchange={exchange}"),
+        format!("hyperfleetAdapter.broker.external.queue={queue}"),
+    ] {
+        args.extend(["--set".into(), kv]);
+    }
+    // A failed install removes the release and the namespace itself (Release's Drop).
+    let release =
+        match Release::install_as(&env, ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false }, name, ns)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                db.drop_db().await;
+                return Err(e);
+            }
+        };
+    let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
+    let id = post_cluster(&pf.url, "external", json!({})).await?;
+    wait_landed(&release, &pf.url, &id).await?;
+    delete_and_wait_gone(&release, &pf.url, &id).await?;
+    drop(pf);
+    let result = release.uninstall().await;
+
+    // The exchange and queues this install declared on the shared broker go with it.
+    if let Ok(conn) = env.broker(&exchange)?.connect("hyperfleet-test-cleanup").await {
+        let ch = conn.create_channel().await?;
+        for q in [queue.clone(), format!("{queue}.dead-letter")] {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = conn.close(200, "done".into()).await;
+    }
+    db.drop_db().await;
+    result
+}
