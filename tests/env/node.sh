@@ -47,40 +47,28 @@ node_deps() {
 
 kctl() { kubectl --kubeconfig "$STATE/k8s/kubeconfig" "$@"; }
 
-# Certificates of the node: the kubelet's client certificate (user system:node:<name>, group
-# system:nodes, so the Node authorizer applies) and the apiserver's client certificate for the
-# kubelet API (logs, exec, port-forward).
-node_certs() {
+# client_cert NAME SUBJECT: a client certificate NAME.crt/.key in .local/k8s signed by the kube CA,
+# made again when the CA is newer.
+client_cert() {
   local k=$STATE/k8s
-  [ -f "$k/node-certs.done" ] && [ "$k/node-certs.done" -nt "$k/certs.done" ] && return
+  [ -f "$k/$1.crt" ] && [ "$k/$1.crt" -nt "$k/certs.done" ] && return
   (
     cd "$k" || exit 1
     umask 077
-    openssl req -newkey rsa:2048 -nodes -subj "/O=system:nodes/CN=system:node:$NODE_NAME" \
-      -keyout kubelet-client.key -out kubelet-client.csr 2>/dev/null
-    printf 'extendedKeyUsage=clientAuth\n' > client.ext
-    openssl x509 -req -sha256 -days 3650 -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -extfile client.ext -out kubelet-client.crt 2>/dev/null
-    rm -f kubelet-client.csr
-    touch node-certs.done
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > "$1.ext"
+    openssl x509 -req -sha256 -days 3650 -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    rm -f "$1.csr" "$1.ext"
   )
 }
 
-# The apiserver's kubelet client certificate; called by k8s_up before the apiserver starts.
-apiserver_kubelet_cert() {
-  local k=$STATE/k8s
-  [ -f "$k/apiserver-kubelet-client.crt" ] && [ "$k/apiserver-kubelet-client.crt" -nt "$k/certs.done" ] && return
-  (
-    cd "$k" || exit 1
-    umask 077
-    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
-      -keyout apiserver-kubelet-client.key -out apiserver-kubelet-client.csr 2>/dev/null
-    printf 'extendedKeyUsage=clientAuth\n' > client.ext
-    openssl x509 -req -sha256 -days 3650 -in apiserver-kubelet-client.csr -CA ca.crt -CAkey ca.key \
-      -CAcreateserial -extfile client.ext -out apiserver-kubelet-client.crt 2>/dev/null
-    rm -f apiserver-kubelet-client.csr
-  )
-}
+# The kubelet's credential: user system:node:<name> in group system:nodes, so the Node authorizer applies.
+node_certs() { client_cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME"; }
+
+# The apiserver's client certificate for the kubelet API (logs, exec, port-forward); k8s_up makes it
+# before the apiserver starts.
+apiserver_kubelet_cert() { client_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"; }
 
 node_pid() { cat "$NODE_DIR/run/$1.pid" 2>/dev/null; }
 node_alive() { pid_alive "$NODE_DIR/run/$1.pid"; }

@@ -244,11 +244,12 @@ async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_ke
     for c in adapter.status.and_then(|s| s.container_statuses).unwrap_or_default() {
         assert!(c.ready && c.restart_count == 0, "adapter after the forbidden apply: {c:?}");
     }
-    // The Namespace (allowed) exists; clean it up with the release.
+    // The Namespace (allowed) was created; removed once no adapter can apply it again.
     let namespaces: Api<Namespace> = Api::all(release.kube.clone());
-    let _ = namespaces.delete(&id, &Default::default()).await;
     drop(pf);
-    release.uninstall().await
+    release.uninstall().await?;
+    namespaces.delete(&id, &Default::default()).await?;
+    Ok(())
 }
 
 /// SIGTERM as the kubelet sends it: the API pod is deleted during a stream of POSTs; every create
