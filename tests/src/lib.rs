@@ -498,7 +498,12 @@ pub async fn seed_clusters(conn: &mut PgConnection, n: i64) -> Result<()> {
 /// POSTs a cluster named `name` with `labels` to the API at `api_url`; returns its id.
 pub async fn post_cluster(api_url: &str, name: &str, labels: serde_json::Value) -> Result<String> {
     let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
-    let resp = reqwest::Client::new().post(format!("{api_url}/api/hyperfleet/v1/clusters")).json(&body).send().await?;
+    let resp = reqwest::Client::new()
+        .post(format!("{api_url}/api/hyperfleet/v1/clusters"))
+        .timeout(Duration::from_secs(10))
+        .json(&body)
+        .send()
+        .await?;
     if resp.status() != 201 {
         bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
     }

@@ -89,9 +89,7 @@ impl Release {
     }
 
     pub async fn install_as(env: &LocalEnv, spec: ReleaseSpec<'_>, name: String, namespace: String) -> Result<Self> {
-        if env.get("HF_CONTAINERD_SOCK").is_err() {
-            bail!("the local node is not running: start it with `tests/env/run node-up`");
-        }
+        require_node(env).await?;
         let one = ONE_RELEASE.lock().await;
         let kube = env.kube().await?;
         let mut args = vec![
@@ -242,7 +240,7 @@ impl Release {
     }
 
     /// `kubectl port-forward` to `target` (`service/hyperfleet-api`, `pod/…`) port `port`, on a free
-    /// loopback port; ready once a TCP connection goes through.
+    /// loopback port; ready once kubectl says it is forwarding.
     pub async fn port_forward(&self, target: &str, port: u16) -> Result<PortForward> {
         let local = free_port();
         let mut child = Command::new(self.env.get("HF_KUBECTL")?)
@@ -272,8 +270,12 @@ impl Release {
                 self.diagnostics().await
             );
         }
-        // Keep draining stdout ("Handling connection for …") so kubectl never blocks on it.
+        // Keep draining its output ("Handling connection for …", errors) so kubectl never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        if let Some(stderr) = child.stderr.take() {
+            let mut stderr = BufReader::new(stderr).lines();
+            tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        }
         Ok(PortForward { url: format!("http://127.0.0.1:{local}"), _child: child })
     }
 
@@ -329,6 +331,21 @@ impl Drop for Release {
                 .output();
         }
     }
+}
+
+/// Fails with how to start it unless the local node is registered and Ready.
+pub async fn require_node(env: &LocalEnv) -> Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.kube().await?);
+    let ready = nodes
+        .get_opt("hyperfleet-node")
+        .await?
+        .and_then(|n| n.status)
+        .and_then(|s| s.conditions)
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        bail!("the local node is not running or not Ready: start it with `tests/env/run node-up`");
+    }
+    Ok(())
 }
 
 /// A running `kubectl port-forward`; stopped when dropped.

@@ -178,27 +178,29 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     let sentinel_before = release.pod("sentinel").await?.metadata.uid;
     let api_before = release.pod("api").await?.metadata.uid;
     let probe_url = format!("{}/api/hyperfleet/v1/clusters", pf.url);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let prober = tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut failures = Vec::new();
-        let mut n = 0u32;
-        while n < 10_000 {
-            n += 1;
+        let mut probes = 0u32;
+        loop {
+            probes += 1;
             match http.get(&probe_url).timeout(Duration::from_secs(5)).send().await {
                 Ok(r) if r.status() == 200 => {}
                 Ok(r) => failures.push(format!("{}", r.status())),
                 Err(e) => failures.push(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if failures.len() > 5 {
-                break;
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        failures
+        (probes, failures)
     });
     release.upgrade(&set("hyperfleetSentinel.config.pollInterval=2s")).await?;
-    prober.abort();
-    let failures = prober.await.unwrap_or_default();
+    let _ = stop.send(());
+    let (probes, failures) = prober.await?;
+    assert!(probes > 1, "the API was probed during the upgrade");
     assert!(failures.is_empty(), "the API failed during the upgrade: {failures:?}");
     let sentinel_after = release.pod("sentinel").await?;
     assert_ne!(sentinel_after.metadata.uid, sentinel_before, "the sentinel pod was rolled");
@@ -330,8 +332,28 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
 async fn external_mode_uses_the_local_database_and_broker_over_verified_tls() -> Result<()> {
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
-    let kube = env.kube().await?;
     let (name, ns) = Release::new_namespace("ext");
+    let exchange = format!("hf-{ns}");
+    let outcome = external_mode(&env, &db, name, ns.clone(), &exchange).await;
+
+    // Whatever happened: the namespace, the database and what the install declared on the shared broker.
+    let namespaces: Api<Namespace> = Api::all(env.kube().await?);
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+    if let Ok(conn) = env.broker(&exchange)?.connect("hyperfleet-test-cleanup").await {
+        let ch = conn.create_channel().await?;
+        let queue = format!("{exchange}-landing-zone");
+        for q in [queue.clone(), format!("{queue}.dead-letter")] {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = conn.close(200, "done".into()).await;
+    }
+    db.drop_db().await;
+    outcome
+}
+
+async fn external_mode(env: &LocalEnv, db: &TestDb, name: String, ns: String, exchange: &str) -> Result<()> {
+    let kube = env.kube().await?;
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
     let node_ip = env.get("HF_NODE_IP")?;
@@ -354,47 +376,25 @@ async fn external_mode_uses_the_local_database_and_broker_over_verified_tls() ->
         secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
     }
     let cms: Api<ConfigMap> = Api::namespaced(kube.clone(), &ns);
-    let ca_cm = json!({"metadata": {"name": "local-ca"}, "data": {"ca.crt": std::fs::read_to_string(env.get("HF_AMQPS_CA_FILE")?)?}});
+    let broker_ca = std::fs::read_to_string(env.get("HF_AMQPS_CA_FILE")?)?;
+    let ca_cm = json!({"metadata": {"name": "local-ca"}, "data": {"ca.crt": broker_ca}});
     cms.create(&PostParams::default(), &serde_json::from_value(ca_cm)?).await?;
 
-    let exchange = format!("hf-{ns}");
-    let queue = format!("{exchange}-landing-zone");
-    let mut args =
-        vec!["-f".into(), workspace_root().join("tests/fixtures/values/external-local.yaml").display().to_string()];
+    let values = workspace_root().join("tests/fixtures/values/external-local.yaml");
+    let mut args = vec!["-f".into(), values.display().to_string()];
     for kv in [
         format!("hyperfleetSentinel.broker.external.exchange={exchange}"),
         format!("hyperfleetAdapter.broker.external.exchange={exchange}"),
-        format!("hyperfleetAdapter.broker.external.queue={queue}"),
+        format!("hyperfleetAdapter.broker.external.queue={exchange}-landing-zone"),
     ] {
         args.extend(["--set".into(), kv]);
     }
-    // A failed install removes the release and the namespace itself (Release's Drop).
-    let release =
-        match Release::install_as(&env, ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false }, name, ns)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                db.drop_db().await;
-                return Err(e);
-            }
-        };
+    let spec = ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false };
+    let release = Release::install_as(env, spec, name, ns).await?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
     let id = post_cluster(&pf.url, "external", json!({})).await?;
     wait_landed(&release, &pf.url, &id).await?;
     delete_and_wait_gone(&release, &pf.url, &id).await?;
     drop(pf);
-    let result = release.uninstall().await;
-
-    // The exchange and queues this install declared on the shared broker go with it.
-    if let Ok(conn) = env.broker(&exchange)?.connect("hyperfleet-test-cleanup").await {
-        let ch = conn.create_channel().await?;
-        for q in [queue.clone(), format!("{queue}.dead-letter")] {
-            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-        }
-        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
-        let _ = conn.close(200, "done".into()).await;
-    }
-    db.drop_db().await;
-    result
+    release.uninstall().await
 }

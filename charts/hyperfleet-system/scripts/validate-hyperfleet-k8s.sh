@@ -23,7 +23,7 @@ nodes=$("$K" get nodes --no-headers 2>/dev/null | wc -l)
 # (ErrImagePull, CrashLoopBackOff, ContainerCreating…) and the pod's last warning event.
 why_not_ready() {
   local pod states event
-  for pod in $(k get pods -l "app.kubernetes.io/name=$1" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'); do
+  for pod in $(k get pods -l "app.kubernetes.io/name=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | awk '$2 != "True" {print $1}'); do
     states=$(k get pod "$pod" -o jsonpath='{range .status.initContainerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason} {end}{range .status.containerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason}{.state.running.startedAt} {end}')
     event=$(k get events --field-selector "involvedObject.name=$pod,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -1)
     printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warning: $event}"

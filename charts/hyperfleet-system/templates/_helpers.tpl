@@ -154,5 +154,5 @@ broker:
 
 {{/* Cluster-scoped objects are named after the namespace, so installs in two namespaces never collide. */}}
 {{- define "hf.clusterScopedName" -}}
-{{ printf "%s-hyperfleet-adapter" .Values.namespace | trunc 63 | trimSuffix "-" }}
+{{ printf "%s-hyperfleet-adapter" .Values.namespace }}
 {{- end }}
