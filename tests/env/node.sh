@@ -155,8 +155,8 @@ proxy_rules_down() {
   local table chain rule
   for table in nat filter; do
     while read -r rule; do
-      # shellcheck disable=SC2086 # a rule from iptables-save is a word list by design
-      $SUDO iptables -t "$table" ${rule/#-A /-D } 2>/dev/null || true
+      # iptables-save quotes the rule's comment for the shell, so it is read back through eval.
+      eval "$SUDO iptables -t $table ${rule/#-A /-D }" 2>/dev/null || true
     done < <($SUDO iptables-save -t "$table" 2>/dev/null | grep -E '^-A (PREROUTING|OUTPUT|INPUT) .*-j KUBE-(PORTALS|NODEPORT)-' || true)
     for chain in $($SUDO iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-\(PORTALS\|NODEPORT\)-[A-Z-]*\) .*/\1/p'); do
       $SUDO iptables -t "$table" -F "$chain" 2>/dev/null || true

@@ -52,6 +52,7 @@ pub async fn helm(env: &LocalEnv, args: &[String]) -> Result<(bool, String)> {
 }
 
 /// How a release is installed: extra helm arguments (`-f FILE`, `--set K=V`) after the node's values.
+#[derive(Default)]
 pub struct ReleaseSpec<'a> {
     /// Names the release (`<prefix>-<tag>`) and its namespace (`hf-<prefix>-<tag>`).
     pub prefix: &'a str,
@@ -59,6 +60,8 @@ pub struct ReleaseSpec<'a> {
     /// Whether the chart renders the Namespace (so that uninstalling removes it); when false the test
     /// has created it (for Secrets that must exist first) and it is deleted after the uninstall.
     pub chart_creates_namespace: bool,
+    /// How long `helm install --wait` waits for the pods (default 5 minutes).
+    pub wait: Option<Duration>,
 }
 
 pub struct Release {
@@ -102,6 +105,7 @@ impl Release {
             "--set".into(),
             format!("createNamespace={}", spec.chart_creates_namespace),
         ];
+        let wait = spec.wait;
         args.extend(spec.args);
         let release = Release {
             env: env.clone(),
@@ -117,7 +121,8 @@ impl Release {
         let started = Instant::now();
         let mut cmd: Vec<String> = vec!["install".into(), release.name.clone(), chart_dir().display().to_string()];
         cmd.extend(release.args.iter().cloned());
-        cmd.extend(["--wait".into(), "--timeout".into(), "5m".into()]);
+        let wait = wait.unwrap_or(Duration::from_secs(300));
+        cmd.extend(["--wait".into(), "--timeout".into(), format!("{}s", wait.as_secs())]);
         let (ok, text) = helm(env, &cmd).await?;
         if !ok {
             bail!("helm install {}:\n{text}\n{}", release.name, release.diagnostics().await);

@@ -112,9 +112,11 @@ async fn assert_restricted(env: &LocalEnv, pod: &Pod) -> Result<()> {
 #[tokio::test]
 async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() -> Result<()> {
     let env = LocalEnv::load()?;
-    let release =
-        Release::install(&env, ReleaseSpec { prefix: "dev", args: dev_values(), chart_creates_namespace: true })
-            .await?;
+    let release = Release::install(
+        &env,
+        ReleaseSpec { prefix: "dev", args: dev_values(), chart_creates_namespace: true, ..Default::default() },
+    )
+    .await?;
     println!("helm install → all pods Ready: {:?}", release.install_to_ready);
 
     // db-migrate ran to completion before the API started.
@@ -213,6 +215,24 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     release.uninstall().await
 }
 
+/// A pod that cannot start is explained: the install fails with the pod's state, the kubelet's
+/// events and the other containers' logs in the message (here an API image that does not exist).
+#[tokio::test]
+async fn a_broken_install_fails_with_the_pods_events_and_logs() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut args = dev_values();
+    args.extend(set("hyperfleetApi.image.tag=no-such-tag"));
+    let wait = Some(Duration::from_secs(45));
+    let spec = ReleaseSpec { prefix: "broken", args, chart_creates_namespace: true, wait };
+    let Err(e) = Release::install(&env, spec).await else { bail!("an install with a missing image succeeded") };
+    let text = format!("{e:#}");
+    assert!(text.contains("ErrImageNeverPull"), "the waiting reason:\n{text}");
+    assert!(text.contains("localhost/hyperfleet-local/hyperfleet-api:no-such-tag"), "the image named:\n{text}");
+    assert!(text.contains("--- events ---") && text.contains("Pod/hyperfleet-api-"), "the pod's events:\n{text}");
+    assert!(text.contains("ready to accept connections"), "the other pods' logs (PostgreSQL's):\n{text}");
+    Ok(())
+}
+
 /// The adapter with only the chart's ClusterRole: without `serviceaccounts` it cannot create the
 /// ServiceAccount, reports Health=False with the API server's reason, and keeps running.
 #[tokio::test]
@@ -220,7 +240,11 @@ async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_ke
     let env = LocalEnv::load()?;
     let mut args = dev_values();
     args.extend(set("hyperfleetAdapter.rbac.resources={namespaces}"));
-    let release = Release::install(&env, ReleaseSpec { prefix: "rbac", args, chart_creates_namespace: true }).await?;
+    let release = Release::install(
+        &env,
+        ReleaseSpec { prefix: "rbac", args, chart_creates_namespace: true, ..Default::default() },
+    )
+    .await?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
     let id = post_cluster(&pf.url, "rbac-less", json!({})).await?;
     let url = format!("{}/api/hyperfleet/v1/clusters/{id}/statuses", pf.url);
@@ -262,7 +286,11 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
     let mut args = dev_values();
     // Only the API matters here; the workers would land every cluster meanwhile.
     args.extend(set("hyperfleetAdapter.replicaCount=0"));
-    let release = Release::install(&env, ReleaseSpec { prefix: "drain", args, chart_creates_namespace: true }).await?;
+    let release = Release::install(
+        &env,
+        ReleaseSpec { prefix: "drain", args, chart_creates_namespace: true, ..Default::default() },
+    )
+    .await?;
     let old = release.pod("api").await?;
     let old_name = old.metadata.name.clone().unwrap_or_default();
     let pf = release.port_forward(&format!("pod/{old_name}"), 8000).await?;
@@ -389,7 +417,7 @@ async fn external_mode(env: &LocalEnv, db: &TestDb, name: String, ns: String, ex
     ] {
         args.extend(["--set".into(), kv]);
     }
-    let spec = ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false };
+    let spec = ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false, ..Default::default() };
     let release = Release::install_as(env, spec, name, ns).await?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
     let id = post_cluster(&pf.url, "external", json!({})).await?;

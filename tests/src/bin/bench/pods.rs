@@ -54,9 +54,12 @@ pub async fn run(env: &LocalEnv, bin_dir: &std::path::Path, n: usize) -> Result<
     let loopback = loopback?;
 
     let args = vec!["-f".into(), chart_dir().join("ci/in-cluster-values.yaml").display().to_string()];
-    let release = Release::install(env, ReleaseSpec { prefix: "bench", args, chart_creates_namespace: true })
-        .await
-        .context("helm install on the node")?;
+    let release = Release::install(
+        env,
+        ReleaseSpec { prefix: "bench", args, chart_creates_namespace: true, ..Default::default() },
+    )
+    .await
+    .context("helm install on the node")?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
     let pods = sequential(&pf.url, n, "bench-pod", &mut ids).await;
     drop(pf);
