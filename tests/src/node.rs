@@ -36,7 +36,7 @@ pub fn node_values() -> PathBuf {
 }
 
 /// Runs helm against the local apiserver; returns whether it succeeded and what it printed.
-pub async fn helm(env: &LocalEnv, args: &[String]) -> Result<(bool, String)> {
+pub async fn helm<S: AsRef<std::ffi::OsStr>>(env: &LocalEnv, args: &[S]) -> Result<(bool, String)> {
     let tmp = std::env::temp_dir();
     let out = Command::new(env.get("HF_HELM")?)
         .args(args)

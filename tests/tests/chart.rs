@@ -5,7 +5,11 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use hyperfleet_tests::{LocalEnv, eventually, workspace_root};
+use hyperfleet_tests::{
+    LocalEnv, eventually,
+    node::{chart_dir, helm},
+    workspace_root,
+};
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Namespace, rbac::v1::ClusterRole},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -14,26 +18,9 @@ use kube::Api;
 use serde::Deserialize;
 use serde_json::Value;
 
-fn chart() -> PathBuf {
-    workspace_root().join("charts/hyperfleet-system")
-}
-
-fn helm(env: &LocalEnv, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new(env.get("HF_HELM")?)
-        .args(args)
-        .env("KUBECONFIG", env.get("KUBECONFIG")?)
-        .env("HELM_CACHE_HOME", std::env::temp_dir().join("hf-helm-cache"))
-        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("hf-helm-config"))
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("hf-helm-data"))
-        .output()
-        .context("run helm")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), text))
-}
-
 /// The rendered objects, as JSON.
 fn render(env: &LocalEnv, extra: &[&str]) -> Result<Vec<Value>> {
-    let chart = chart().display().to_string();
+    let chart = chart_dir().display().to_string();
     let mut args = vec!["template", "rel", chart.as_str()];
     args.extend_from_slice(extra);
     let out = Command::new(env.get("HF_HELM")?).args(&args).output()?;
@@ -55,17 +42,17 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
-#[test]
-fn lint_render_and_schema() -> Result<()> {
+#[tokio::test]
+async fn lint_render_and_schema() -> Result<()> {
     let env = LocalEnv::load()?;
-    let dev = chart().join("ci/in-cluster-values.yaml").display().to_string();
-    let chart = chart().display().to_string();
+    let dev = chart_dir().join("ci/in-cluster-values.yaml").display().to_string();
+    let chart = chart_dir().display().to_string();
     for values in [None, Some(dev.as_str())] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         if let Some(v) = values {
             args.extend(["-f", v]);
         }
-        let (ok, text) = helm(&env, &args)?;
+        let (ok, text) = helm(&env, &args).await?;
         assert!(ok && text.contains("0 chart(s) failed"), "helm lint {values:?}:\n{text}");
     }
 
@@ -129,7 +116,7 @@ fn lint_render_and_schema() -> Result<()> {
         ("hyperfleetSentinel.broker.external.exchangeType=fanciful", "value must be one of"),
         ("hyperfleetAdapter.broker.external.useTLS=false", "useTLS: false is not supported"),
     ] {
-        let (ok, text) = helm(&env, &["template", "rel", &chart, "--set", set])?;
+        let (ok, text) = helm(&env, &["template", "rel", &chart, "--set", set]).await?;
         assert!(!ok && text.contains(complaint), "--set {set}: {text}");
     }
     Ok(())
@@ -157,7 +144,7 @@ async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
     }
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let (release, ns) = (format!("hf-{tag}"), format!("hf-chart-{tag}"));
-    let chart = chart().display().to_string();
+    let chart = chart_dir().display().to_string();
     let install = [
         "install",
         &release,
@@ -177,11 +164,11 @@ async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
         "--set",
         "hyperfleetAdapter.aws.podIdentity.roleArn=arn:aws:iam::1:role/adapter",
     ];
-    let (ok, text) = helm(&env, &install)?;
+    let (ok, text) = helm(&env, &install).await?;
     assert!(ok, "helm install:\n{text}");
     let deployments: Api<Deployment> = Api::namespaced(kube.clone(), &ns);
     assert_eq!(deployments.list(&Default::default()).await?.items.len(), 3);
-    let (ok, manifest) = helm(&env, &["get", "manifest", &release, "--namespace", "default"])?;
+    let (ok, manifest) = helm(&env, &["get", "manifest", &release, "--namespace", "default"]).await?;
     assert!(ok);
     for kind in ["PodDisruptionBudget", "ServiceMonitor", "SecretProviderClass", "NetworkPolicy", "Role", "ClusterRole"]
     {
@@ -218,7 +205,7 @@ async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
         "{report}"
     );
 
-    let (ok, text) = helm(&env, &["uninstall", &release, "--namespace", "default"])?;
+    let (ok, text) = helm(&env, &["uninstall", &release, "--namespace", "default"]).await?;
     assert!(ok, "helm uninstall:\n{text}");
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     eventually(Duration::from_secs(120), || async { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) })
@@ -302,7 +289,7 @@ fn runnable(docs: &[Value], deployment: &str, init: bool, secrets: &[(&str, Stri
 async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
     use hyperfleet_tests::{Service, TestDb, api_db_vars, free_port};
     let env = LocalEnv::load()?;
-    let dev = chart().join("ci/in-cluster-values.yaml").display().to_string();
+    let dev = chart_dir().join("ci/in-cluster-values.yaml").display().to_string();
     let docs = render(&env, &["-f", &dev, "--set", "global.logFormat=text"])?;
     let db = TestDb::create(&env).await?;
     let local_db: Vec<(&'static str, String)> = api_db_vars(&env, &db)?;
