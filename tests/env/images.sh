@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Container images for the local node, built without a registry or a daemon and imported into
-# containerd's k8s.io namespace (sourced by tests/env/run; uses node.sh's NODE_DIR, CTR_SOCK, IMAGE_REPO):
+# containerd's k8s.io namespace (sourced by tests/env/run; uses node.sh's NODE_DIR, CTR_SOCK, IMAGE_REPO
+# and run's pg_bin, say, die, now_ms):
 #
 #   pause:3.2                   the sandbox process, tests/env/pause.c built with gcc -static
 #   base:bookworm               what docker/Dockerfile's runtime base (distroless cc-debian12:nonroot) has:
@@ -134,7 +135,7 @@ images_up() {
 
   # PostgreSQL
   local pg pgver
-  pg=$(printf '%s\n' /usr/lib/postgresql/* | sort -V | tail -1); pgver=${pg##*/}
+  pg=$(dirname "$(pg_bin)"); pgver=${pg##*/}
   key=$(printf '%s %s' "$(dpkg-query -W -f '${Version}' "postgresql-$pgver" busybox-static)" "$(sha256sum "$HERE/images.sh")" | sha256sum | cut -c1-16)
   if ! image_fresh postgres:local "$key"; then
     local r=$d/work/postgres

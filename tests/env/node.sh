@@ -80,15 +80,7 @@ node_start() { # node_start NAME COMMAND...: a background process with its log i
   echo $! > "$NODE_DIR/run/$name.pid"
 }
 
-node_stop() { # node_stop NAME [SECONDS]
-  local pidf=$NODE_DIR/run/$1.pid pid
-  if pid_alive "$pidf"; then
-    pid=$(cat "$pidf")
-    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
-    wait_for "" "${2:-20}" bash -c "! kill -0 $pid 2>/dev/null" || kill -9 -- "-$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidf"
-}
+node_stop() { stop_pidfile "$NODE_DIR/run/$1.pid" "${2:-20}"; } # node_stop NAME [SECONDS]
 
 # The bridge and its address are machine-wide, so one node runs per machine. /run/hyperfleet-node
 # names the state folder whose node owns them; a bridge without a live owner (a node that was killed,
