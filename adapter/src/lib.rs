@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod observe;
 pub mod task;
 
 use std::{
@@ -110,6 +111,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     cfg.validate().map_err(Error::Start)?;
     let task = Task::load(cfg.task_file.as_deref()).map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
+    observe::describe_metrics();
     let kube = kube_client(&cfg).await?;
     let consuming = Arc::new(AtomicBool::new(false));
     let (flag, probe) = (consuming.clone(), kube.clone());

@@ -15,8 +15,9 @@ use kube::{
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The built-in landing-zone task.
-pub const LANDING_ZONE: &str = include_str!("../tasks/landing-zone.yaml");
+/// The built-in landing-zone task: the chart's own file, so the chart (which must be a self-contained
+/// directory: it is copied into GitOps repositories) and the binary ship one text.
+pub const LANDING_ZONE: &str = include_str!("../../charts/hyperfleet-system/files/landing-zone.yaml");
 
 /// Template variables a task may use.
 pub const VARIABLES: &[&str] =

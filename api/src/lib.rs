@@ -183,6 +183,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         }
     }
     let prometheus = ops::install_metrics_recorder().map_err(StartError::Metrics)?;
+    observe::describe_metrics();
     let ping_pool = db.clone();
     let check: ops::ReadinessCheck = Arc::new(move || {
         let pool = ping_pool.clone();

@@ -20,6 +20,60 @@ pub const COMMIT: &str = match option_env!("HYPERFLEET_GIT_COMMIT") {
     None => "unknown",
 };
 
+/// Gives every metric the API exports its `# HELP` text (and unit); called once, right after the
+/// recorder is installed. A metric named here appears in `/metrics` only once it has a value.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("hyperfleet_api_build_info", "Always 1; the labels name the running build.");
+    describe_counter!("hyperfleet_api_requests_total", "HTTP requests served, by method, route and status code.");
+    describe_histogram!(
+        "hyperfleet_api_request_duration_seconds",
+        Unit::Seconds,
+        "Time to serve an HTTP request, by method and route."
+    );
+    describe_counter!("hyperfleet_api_errors_total", "Error responses sent, by error code.");
+    describe_counter!(
+        "hyperfleet_api_auth_failures_total",
+        "Requests refused because their bearer token failed verification."
+    );
+    describe_counter!(
+        "hyperfleet_api_status_reports_discarded_total",
+        "Adapter status reports answered 204 but not stored (out of order, stale or repeated)."
+    );
+    describe_counter!(
+        "hyperfleet_api_reconciliation_started_total",
+        "Resources whose Reconciled condition went from True to False, by resource type and deletion."
+    );
+    describe_counter!("hyperfleet_api_resources_created_total", "Resources created, by kind.");
+    describe_counter!(
+        "hyperfleet_api_watch_disconnects_total",
+        "Change-feed watchers disconnected by the API, by reason."
+    );
+    describe_gauge!(
+        "hyperfleet_api_resource_pending_reconciliation",
+        Unit::Count,
+        "Resources whose Reconciled condition is not True, by resource type."
+    );
+    describe_gauge!(
+        "hyperfleet_api_resource_pending_reconciliation_stuck",
+        Unit::Count,
+        "Resources not Reconciled for longer than reconciliation_stuck_threshold, by resource type."
+    );
+    describe_gauge!(
+        "hyperfleet_api_resource_pending_reconciliation_stuck_duration_seconds",
+        Unit::Seconds,
+        "How long the longest-stuck resource has not been Reconciled (0 when none is stuck), by resource type."
+    );
+    describe_gauge!("hyperfleet_db_connections_open", Unit::Count, "Connections open in the database pool.");
+    describe_gauge!("hyperfleet_db_connections_in_use", Unit::Count, "Connections of the database pool in use.");
+    describe_counter!("hyperfleet_db_errors_total", "Database operations that failed.");
+    describe_histogram!(
+        "hyperfleet_db_query_duration_seconds",
+        Unit::Seconds,
+        "Time of a database round trip, by query."
+    );
+}
+
 /// `hyperfleet_api_build_info` = 1 with the build's labels.
 pub fn build_info() {
     metrics::gauge!("hyperfleet_api_build_info", "component" => "api", "version" => VERSION, "commit" => COMMIT)

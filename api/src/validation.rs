@@ -56,7 +56,23 @@ pub fn create(kind: Kind, body: &Value) -> Result<NewResource, ApiError> {
     validate_name(kind, &name)?;
     let spec = match obj.get("spec") {
         None | Some(Value::Null) => {
-            return Err(ApiError::validation("spec", None, "required", "spec is required".into()));
+            // A body like the seed README's `{"kind","name","region","version"}`: say where they go.
+            let stray: Vec<&str> = obj
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !matches!(*k, "kind" | "name" | "spec" | "labels"))
+                .take(5)
+                .collect();
+            let message = if stray.is_empty() {
+                "spec is required".to_string()
+            } else {
+                format!(
+                    "spec is required; {} properties belong inside spec (found '{}' at the top level)",
+                    kind.name().to_lowercase(),
+                    stray.join("', '")
+                )
+            };
+            return Err(ApiError::validation("spec", None, "required", message));
         }
         Some(v) => spec(v)?,
     };
@@ -223,6 +239,11 @@ mod tests {
             (Kind::Cluster, json!({"name": "abc", "spec": {}}), "kind is required"),
             (Kind::Cluster, json!({"kind": "NodePool", "name": "abc", "spec": {}}), "kind must be 'Cluster'"),
             (Kind::Cluster, json!({"kind": "Cluster", "spec": {}}), "name is required"),
+            (
+                Kind::Cluster,
+                json!({"kind": "Cluster", "name": "abc", "region": "us-east-1", "version": "4.14"}),
+                "spec is required; cluster properties belong inside spec (found 'region', 'version' at the top level)",
+            ),
             (Kind::Cluster, json!({"kind": "Cluster", "name": "ab", "spec": {}}), "name must be at least 3 characters"),
             (
                 Kind::Cluster,

@@ -66,6 +66,9 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every value [`EventError::label`] can return.
+    pub const LABELS: [&'static str; 4] = ["content_type", "not_cloudevent", "unknown_type", "invalid_data"];
+
     /// Short, stable name for metric labels and dead-letter headers.
     pub fn label(&self) -> &'static str {
         match self {
@@ -174,5 +177,16 @@ mod tests {
         let body = br#"{"specversion":"1.0","id":"1","source":"x","type":"com.redhat.hyperfleet.cluster.reconcile","data":{"id":5}}"#;
         let e = decode(None, body).expect("valid envelope");
         assert_eq!(reconcile_data(&e).expect_err("bad data").label(), "invalid_data");
+    }
+
+    #[test]
+    fn labels_lists_every_label() {
+        let all = [
+            EventError::ContentType(String::new()),
+            EventError::Invalid(String::new()),
+            EventError::Type(String::new()),
+            EventError::Data(String::new()),
+        ];
+        assert_eq!(all.map(|e| e.label()), EventError::LABELS);
     }
 }

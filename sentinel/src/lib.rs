@@ -9,6 +9,7 @@
 pub mod config;
 pub mod decision;
 pub mod leader;
+pub mod observe;
 pub mod watch;
 
 use std::{
@@ -117,6 +118,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     cfg.validate().map_err(Error::Start)?;
     cfg.apply_seed_keys();
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
+    observe::describe_metrics();
     let health = Arc::new(Health {
         broker_up: AtomicBool::new(false),
         last_poll_ms: AtomicI64::new(-1),

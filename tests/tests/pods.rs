@@ -156,7 +156,12 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
         .await?;
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "validate-hyperfleet-k8s.sh:\n{report}\n{}", release.diagnostics().await);
-    for line in ["PASS  deployment hyperfleet-api: 1/1 ready", "PASS  API /readyz through a port-forward"] {
+    for line in [
+        "PASS  deployment hyperfleet-api: 1/1 ready",
+        "PASS  API /readyz through a port-forward",
+        "PASS  secret hyperfleet-postgresql present",
+        "SKIP  no SecretProviderClass referenced",
+    ] {
         assert!(report.contains(line), "{line}:\n{report}");
     }
     let out = tokio::process::Command::new("bash")
@@ -353,9 +358,9 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
     release.uninstall().await
 }
 
-/// External mode the way the seed chart runs it, without AWS: the local environment's PostgreSQL
-/// (`verify-full`) and RabbitMQ (AMQPS, verified with the environment's CA) reached from the pods,
-/// credentials from Kubernetes Secrets in the documented shapes (`db.*` files, `BROKER_RABBITMQ_URL`).
+/// External mode the way K3s without Pod Identity runs it: the local environment's PostgreSQL
+/// (`verify-full`) and RabbitMQ (AMQPS) reached from the pods, both verified with a CA from a
+/// ConfigMap; credentials from Secrets the chart makes from values and from an existing Secret.
 #[tokio::test]
 async fn external_mode_uses_the_local_database_and_broker_over_verified_tls() -> Result<()> {
     let env = LocalEnv::load()?;
@@ -385,31 +390,38 @@ async fn external_mode(env: &LocalEnv, db: &TestDb, name: String, ns: String, ex
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
     let node_ip = env.get("HF_NODE_IP")?;
-    let ca = std::fs::read_to_string(env.get("HF_DB_CA_FILE")?)?;
-    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
-    let db_secret = json!({
-        "metadata": {"name": "hyperfleet-api-db-secret"},
-        "stringData": {
-            "db.host": node_ip, "db.port": env.get("HF_PG_NODE_PORT")?, "db.user": env.get("HF_DB_USER")?,
-            "db.password": env.get("HF_DB_PASSWORD")?, "db.name": db.name, "ca.crt": ca,
-        }
-    });
-    secrets.create(&PostParams::default(), &serde_json::from_value(db_secret)?).await?;
+    // The adapter's broker URL in a Secret the platform made (existingSecret); the database
+    // credentials and the sentinel's URL in Secrets the chart makes from values (K3s without Pod
+    // Identity); one CA ConfigMap (a trust-manager bundle's shape) for the database and the broker.
     let url = env.get("HF_AMQPS_URL")?.replace("@127.0.0.1:", &format!("@{node_ip}:"));
-    for component in ["sentinel", "adapter"] {
-        let s = json!({
-            "metadata": {"name": format!("hyperfleet-{component}-mq-secret")},
-            "stringData": {"BROKER_RABBITMQ_URL": url}
-        });
-        secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
-    }
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &ns);
+    let s = json!({"metadata": {"name": "platform-mq"}, "stringData": {"BROKER_RABBITMQ_URL": url}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
     let cms: Api<ConfigMap> = Api::namespaced(kube.clone(), &ns);
-    let broker_ca = std::fs::read_to_string(env.get("HF_AMQPS_CA_FILE")?)?;
-    let ca_cm = json!({"metadata": {"name": "local-ca"}, "data": {"ca.crt": broker_ca}});
+    let ca = std::fs::read_to_string(env.get("HF_AMQPS_CA_FILE")?)?;
+    assert_eq!(ca, std::fs::read_to_string(env.get("HF_DB_CA_FILE")?)?, "one local CA signs both servers");
+    let ca_cm = json!({"metadata": {"name": "local-ca"}, "data": {"ca.crt": ca}});
     cms.create(&PostParams::default(), &serde_json::from_value(ca_cm)?).await?;
+    // Secret values go through a private values file, never a command line.
+    let private = std::env::temp_dir().join(format!("hf-values-{}.yaml", uuid::Uuid::new_v4().simple()));
+    let secret_values = json!({
+        "hyperfleetApi": {"database": {"external": {
+            "credentials": {
+                "host": node_ip, "port": env.get("HF_PG_NODE_PORT")?, "user": env.get("HF_DB_USER")?,
+                "password": env.get("HF_DB_PASSWORD")?, "name": db.name,
+            },
+        }}},
+        "hyperfleetSentinel": {"broker": {"external": {"url": url}}},
+        "hyperfleetAdapter": {"broker": {"external": {"existingSecret": "platform-mq"}}},
+    });
+    {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&private)?;
+        f.write_all(serde_json::to_string(&secret_values)?.as_bytes())?;
+    }
 
     let values = workspace_root().join("tests/fixtures/values/external-local.yaml");
-    let mut args = vec!["-f".into(), values.display().to_string()];
+    let mut args = vec!["-f".into(), values.display().to_string(), "-f".into(), private.display().to_string()];
     for kv in [
         format!("hyperfleetSentinel.broker.external.exchange={exchange}"),
         format!("hyperfleetAdapter.broker.external.exchange={exchange}"),
@@ -418,7 +430,11 @@ async fn external_mode(env: &LocalEnv, db: &TestDb, name: String, ns: String, ex
         args.extend(["--set".into(), kv]);
     }
     let spec = ReleaseSpec { prefix: "ext", args, chart_creates_namespace: false, ..Default::default() };
-    let release = Release::install_as(env, spec, name, ns).await?;
+    let release = Release::install_as(env, spec, name, ns).await;
+    let _ = std::fs::remove_file(&private);
+    let release = release?;
+    let made = secrets.get("hyperfleet-sentinel-mq-secret").await?;
+    assert!(made.data.is_some_and(|d| d.contains_key("BROKER_RABBITMQ_URL")), "the chart made the sentinel's Secret");
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
     let id = post_cluster(&pf.url, "external", json!({})).await?;
     wait_landed(&release, &pf.url, &id).await?;

@@ -26,11 +26,12 @@ id=$(printf '%s' "$created" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
 [ -n "$id" ] || { echo "create failed: $created" >&2; exit 1; }
 echo "created cluster $NAME ($id)"
 deadline=$(( $(date +%s) + TIMEOUT ))
-until "$K" get namespace "$id" >/dev/null 2>&1; do
-  [ "$(date +%s)" -lt "$deadline" ] || { echo "no Namespace $id after ${TIMEOUT}s" >&2; exit 1; }
+# The adapter names the Namespace after the cluster's id and labels it with the cluster's name.
+until [ -n "$("$K" get namespaces -l "hyperfleet.io/cluster-id=$id" -o name 2>/dev/null)" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "no Namespace labelled hyperfleet.io/cluster-id=$id after ${TIMEOUT}s" >&2; exit 1; }
   sleep 0.5
 done
-echo "Namespace $id exists"
+echo "Namespace $id exists (kubectl get namespaces -l hyperfleet.io/cluster-name=$NAME)"
 reconciled() { # the Reconciled condition object, whatever the key order, says True
   local body cond
   body=$(curl -fsS "${auth[@]}" "$API/api/hyperfleet/v1/clusters/$id") || return 1

@@ -60,15 +60,38 @@ st=$(k get configmap hyperfleet-sentinel-broker-config -o jsonpath='{.data.broke
 at=$(k get configmap hyperfleet-adapter-broker-config -o jsonpath='{.data.broker\.yaml}' | grep exchange_type)
 if [ "$st" = "$at" ]; then pass "sentinel and adapter agree on the exchange type"; else fail "exchange types differ: sentinel '$st', adapter '$at'"; fi
 
-if k get secretproviderclass >/dev/null; then
-  for spc in hyperfleet-api-db-secrets hyperfleet-sentinel-mq-secrets hyperfleet-adapter-mq-secrets; do
-    if k get secretproviderclass "$spc" >/dev/null; then pass "SecretProviderClass $spc"; else skip "SecretProviderClass $spc not used (in-cluster mode?)"; fi
-  done
+# What the Deployments really reference: SecretProviderClasses (AWS mode) and Secrets (env and
+# volumes). A missing one is the most likely reason pods wait in ContainerCreating or
+# CreateContainerConfigError, so each is a FAIL with what provides it.
+spcs=$(k get deployments -o jsonpath='{range .items[*]}{range .spec.template.spec.volumes[*]}{.csi.volumeAttributes.secretProviderClass}{"\n"}{end}{end}' | sort -u | sed '/^$/d')
+secrets=$(k get deployments -o jsonpath='{range .items[*]}{range .spec.template.spec.containers[*]}{range .env[*]}{.valueFrom.secretKeyRef.name}{"\n"}{end}{end}{range .spec.template.spec.initContainers[*]}{range .env[*]}{.valueFrom.secretKeyRef.name}{"\n"}{end}{end}{range .spec.template.spec.volumes[*]}{.secret.secretName}{"\n"}{end}{end}' | sort -u | sed '/^$/d')
+if [ -n "$spcs" ]; then
+  if ! "$K" get crd secretproviderclasses.secrets-store.csi.x-k8s.io >/dev/null 2>&1; then
+    fail "SecretProviderClass API missing: install the Secrets Store CSI driver (with syncSecret.enabled=true) and the AWS provider (ASCP), or use usePodIdentity: false with Kubernetes Secrets"
+  else
+    for spc in $spcs; do
+      if k get secretproviderclass "$spc" >/dev/null; then pass "SecretProviderClass $spc"; else fail "SecretProviderClass $spc missing"; fi
+    done
+    # The driver records each successful mount; none for a pod means its volume never mounted.
+    if [ "$(k get secretproviderclasspodstatuses --no-headers | wc -l)" -gt 0 ]; then
+      pass "Secrets Store CSI driver mounted secrets into $(k get secretproviderclasspodstatuses --no-headers | wc -l) pod(s)"
+    else
+      fail "no SecretProviderClassPodStatus in $NS: no secret was mounted yet (kubectl describe pod; check the Pod Identity association or IRSA role and the ASCP pods)"
+    fi
+  fi
 else
-  skip "SecretProviderClass API not installed (no Secrets Store CSI driver)"
+  skip "no SecretProviderClass referenced (Kubernetes Secrets or in-cluster mode)"
 fi
-for sec in hyperfleet-postgresql hyperfleet-rabbitmq hyperfleet-sentinel-mq-secret hyperfleet-adapter-mq-secret; do
-  if k get secret "$sec" >/dev/null; then pass "secret $sec present"; fi
+for sec in $secrets; do
+  if k get secret "$sec" >/dev/null; then
+    pass "secret $sec present"
+  else
+    case "$sec" in
+      *-mq-secret) fail "secret $sec missing: in AWS mode the CSI driver creates it from the SecretProviderClass (needs syncSecret.enabled=true); otherwise create it with key BROKER_RABBITMQ_URL or set broker.external.url" ;;
+      hyperfleet-api-db-secret) fail "secret $sec missing: create it with keys db.host, db.port, db.user, db.password, db.name or set hyperfleetApi.database.external.credentials" ;;
+      *) fail "secret $sec missing (referenced by a Deployment)" ;;
+    esac
+  fi
 done
 for sa in hyperfleet-api-sa sentinel-sa hyperfleet-adapter-sa; do
   arn=$(k get serviceaccount "$sa" -o jsonpath='{.metadata.annotations.eks\.amazonaws\.com/role-arn}')

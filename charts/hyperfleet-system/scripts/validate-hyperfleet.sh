@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The Kubernetes checks of validate-hyperfleet-k8s.sh plus AWS checks (Secrets Manager secrets,
-# RDS and Amazon MQ reachability) when the AWS CLI and credentials are available; otherwise the
-# AWS part is skipped with the reason.
+# The Kubernetes checks of validate-hyperfleet-k8s.sh plus AWS checks when the AWS CLI and
+# credentials are available (otherwise skipped with the reason): the Secrets Manager secrets exist
+# and have the shapes the chart's SecretProviderClasses read (a string `port`; an amqps:// `url`
+# with a URL-encoded password), and RDS and Amazon MQ accept TCP connections from this machine
+# (a private RDS answers only inside its VPC: run the script from a bastion, or set
+# HYPERFLEET_SKIP_REACHABILITY=1; the pods' readiness, checked above, is the in-cluster proof).
 #
 #   scripts/validate-hyperfleet.sh [namespace]
+#
+# HYPERFLEET_DB_SECRET / HYPERFLEET_MQ_SECRET: the secret names (hyperfleet/db-credentials,
+# hyperfleet/mq-credentials).
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 "$HERE/validate-hyperfleet-k8s.sh" "$@"
@@ -23,12 +29,56 @@ for secret in "${HYPERFLEET_DB_SECRET:-hyperfleet/db-credentials}" "${HYPERFLEET
     echo "FAIL  Secrets Manager secret $secret missing or not readable"; status=1
   fi
 done
-url=$(aws secretsmanager get-secret-value --secret-id "${HYPERFLEET_MQ_SECRET:-hyperfleet/mq-credentials}" \
-  --query SecretString --output text 2>/dev/null | sed -n 's/.*"url" *: *"\([^"]*\)".*/\1/p')
+json() { aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text 2>/dev/null; }
+command -v python3 >/dev/null || { echo "SKIP  secret shape checks: python3 is needed to read the secrets' JSON"; exit $status; }
+field() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print(type(v).__name__, v if v is not None else "")' "$1"; }
+# reachable HOST PORT: a TCP connection opens within 5 s.
+# shellcheck disable=SC2016 # $0 and $1 are the inner shell's arguments
+reachable() { timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null; }
+
+db=$(json "${HYPERFLEET_DB_SECRET:-hyperfleet/db-credentials}")
+db_host=$(printf '%s' "$db" | field host 2>/dev/null | cut -d' ' -f2-)
+read -r port_type db_port < <(printf '%s' "$db" | field port 2>/dev/null || echo "missing ")
+if [ "$port_type" = str ]; then
+  echo "PASS  DB secret: port is a string ($db_port)"
+else
+  echo "FAIL  DB secret: port must be a JSON string (\"5432\"), the AWS provider rejects a $port_type"; status=1
+fi
+
+url=$(json "${HYPERFLEET_MQ_SECRET:-hyperfleet/mq-credentials}" | field url 2>/dev/null | cut -d' ' -f2-)
+# amqps://user:password@host:port/vhost — the authority ends at the first / after the last @.
+rest=${url#amqps://}
+hostport=${rest##*@}
+hostport=${hostport%%/*}
+mq_host=${hostport%%:*}
+mq_port=${hostport#*:}
+[ "$mq_port" = "$hostport" ] && mq_port=5671
 case "$url" in
-  amqps://*@amqps://*) echo "FAIL  MQ url repeats the scheme"; status=1 ;;
-  amqps://*:[0-9]*:[0-9]*) echo "FAIL  MQ url repeats the port"; status=1 ;;
-  amqps://*) echo "PASS  MQ url is amqps://" ;;
+  amqps://*amqps://*) echo "FAIL  MQ url repeats the scheme"; status=1 ;;
+  amqps://*@*)
+    if [[ $mq_port == *:* ]]; then
+      echo "FAIL  MQ url repeats the port ($hostport)"; status=1
+    else
+      echo "PASS  MQ url is amqps:// (host $mq_host, port $mq_port)"
+    fi ;;
+  amqps://*) echo "FAIL  MQ url has no user:password@ part"; status=1 ;;
   *) echo "FAIL  MQ url is not amqps:// (or missing)"; status=1 ;;
 esac
+
+# check_reachable WHAT HOST PORT
+check_reachable() {
+  if [ -z "$2" ]; then
+    echo "SKIP  $1 reachability: no host in the secret"
+  elif reachable "$2" "$3"; then
+    echo "PASS  $1 $2:$3 accepts TCP connections from this machine"
+  else
+    echo "FAIL  $1 $2:$3 does not accept TCP connections from this machine (private subnet? security group?)"; status=1
+  fi
+}
+if [ "${HYPERFLEET_SKIP_REACHABILITY:-}" = 1 ]; then
+  echo "SKIP  RDS/Amazon MQ reachability (HYPERFLEET_SKIP_REACHABILITY=1)"
+else
+  check_reachable RDS "$db_host" "${db_port:-5432}"
+  check_reachable "Amazon MQ" "$mq_host" "${mq_port:-5671}"
+fi
 exit $status

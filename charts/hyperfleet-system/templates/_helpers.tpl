@@ -1,4 +1,4 @@
-{{/* Common labels; `component` is api, sentinel or adapter. */}}
+{{/* Common labels; `component` is api, sentinel, adapter, postgresql or rabbitmq. */}}
 {{- define "hf.labels" -}}
 app.kubernetes.io/name: hyperfleet-{{ .component }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
@@ -13,8 +13,14 @@ app.kubernetes.io/name: hyperfleet-{{ .component }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end }}
 
+{{/* registry/repository:tag, or registry/repository@digest when a digest pins it. */}}
 {{- define "hf.image" -}}
+{{- if not .registry }}{{ fail (printf "image.registry of %s is empty: set the registry the images were pushed to" .repository) }}{{ end }}
+{{- if .digest -}}
+{{ printf "%s/%s@%s" .registry .repository .digest }}
+{{- else -}}
 {{ printf "%s/%s:%s" .registry .repository .tag }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level security for the restricted Pod Security Standard. */}}
@@ -70,13 +76,73 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{- with .affinity }}
 affinity: {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
 {{- end }}
 
-{{/* The ServiceAccount annotation for AWS Pod Identity / IRSA. */}}
-{{- define "hf.awsAnnotations" -}}
-{{- if and .aws.podIdentity.enabled .aws.podIdentity.roleArn }}
+{{/*
+The pod template's metadata: labels (+ podLabels) and annotations (config checksum, the mesh's, then
+podAnnotations, which win). Input: root, component, v (the component's values), checksum, bypass
+(ports that skip the sidecar).
+*/}}
+{{- define "hf.podMetadata" -}}
+{{- $ann := dict "checksum/config" .checksum -}}
+{{- $mesh := .root.Values.mesh -}}
+{{- if $mesh.enabled -}}
+{{- $_ := set $ann "traffic.sidecar.istio.io/excludeOutboundPorts" (join "," .bypass) -}}
+{{- if $mesh.istio.holdApplicationUntilProxyStarts -}}
+{{- $_ := set $ann "proxy.istio.io/config" "{\"holdApplicationUntilProxyStarts\": true}" -}}
+{{- end -}}
+{{- end -}}
+{{- $ann = merge (deepCopy (.v.podAnnotations | default dict)) $ann -}}
+labels:
+  {{- include "hf.labels" . | nindent 2 }}
+  {{- include "hf.stringMap" .v.podLabels | nindent 2 }}
 annotations:
-  eks.amazonaws.com/role-arn: {{ .aws.podIdentity.roleArn | quote }}
+  {{- include "hf.stringMap" $ann | nindent 2 }}
+{{- end }}
+
+{{/* A map of labels or annotations with every value a string (`--set team=42` gives a number). */}}
+{{- define "hf.stringMap" -}}
+{{- range $k, $v := . }}
+{{ $k }}: {{ $v | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Metadata of the dev PostgreSQL/RabbitMQ pods: never injected (their clients bypass the sidecar). */}}
+{{- define "hf.devPodMetadata" -}}
+{{- $ann := dict -}}
+{{- if .root.Values.mesh.enabled }}{{ $_ := set $ann "sidecar.istio.io/inject" "false" }}{{ end -}}
+{{- $ann = merge (deepCopy (.v.podAnnotations | default dict)) $ann -}}
+labels:
+  {{- include "hf.labels" . | nindent 2 }}
+  {{- include "hf.stringMap" .v.podLabels | nindent 2 }}
+{{- with $ann }}
+annotations:
+  {{- include "hf.stringMap" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A ServiceAccount/Service annotations block: AWS role (IRSA) and the component's own. */}}
+{{- define "hf.saAnnotations" -}}
+{{- $ann := deepCopy (.serviceAccount.annotations | default dict) -}}
+{{- if and .aws.podIdentity.enabled .aws.podIdentity.roleArn }}
+{{- $_ := set $ann "eks.amazonaws.com/role-arn" .aws.podIdentity.roleArn }}
+{{- end }}
+{{- with $ann }}
+annotations:
+  {{- include "hf.stringMap" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "hf.serviceAnnotations" -}}
+{{- with .service.annotations }}
+annotations:
+  {{- include "hf.stringMap" . | nindent 2 }}
 {{- end }}
 {{- end }}
 
@@ -85,23 +151,101 @@ annotations:
 {{- if or .Values.hyperfleetSentinel.broker.rabbitmq.enabled .Values.hyperfleetAdapter.broker.rabbitmq.enabled }}true{{ end }}
 {{- end }}
 
-{{/* A generated password kept across upgrades (looked up from the existing Secret). */}}
+{{/*
+A development password: the value if set, else the one in the existing Secret (kept across upgrades),
+else a new random one. ArgoCD renders without cluster access: set the value, or keep the Secret with
+the Application's ignoreDifferences (charts/argocd/application.yaml).
+*/}}
 {{- define "hf.password" -}}
+{{- if .value -}}
+{{ .value }}
+{{- else -}}
 {{- $existing := lookup "v1" "Secret" .namespace .secret -}}
-{{- if and $existing (index $existing.data .key) -}}
+{{- if and $existing $existing.data (index $existing.data .key) -}}
 {{ index $existing.data .key | b64dec }}
 {{- else -}}
 {{ randAlphaNum 32 }}
 {{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Mode checks that span several values, each failing with one sentence. Rendered once (namespace.yaml).
+*/}}
+{{- define "hf.validate" -}}
+{{- $api := .Values.hyperfleetApi -}}
+{{- $db := $api.database -}}
+{{- if and (not $db.postgresql.enabled) (not $db.external.enabled) }}
+{{- fail "hyperfleetApi.database: enable postgresql (development) or external (RDS or any PostgreSQL); both are off, so the API has no database" }}
+{{- end }}
+{{- if and $db.postgresql.enabled $db.external.enabled }}
+{{- fail "hyperfleetApi.database: postgresql and external are both enabled; enable exactly one" }}
+{{- end }}
+{{- if and $db.external.caBundle.configMap $db.external.caBundle.secret }}
+{{- fail "hyperfleetApi.database.external.caBundle: set configMap or secret, not both" }}
+{{- end }}
+{{- if and (or $db.external.caBundle.configMap $db.external.caBundle.secret) $db.external.rootCertFile }}
+{{- fail "hyperfleetApi.database.external: set caBundle or rootCertFile, not both" }}
+{{- end }}
+{{- if and $db.external.enabled $db.external.usePodIdentity $db.external.rootCertFile (not $db.external.rootCertSecretName) }}
+{{- fail "hyperfleetApi.database.external.rootCertSecretName: with usePodIdentity, rootCertFile is mounted from this Secrets Manager secret; set it (or use caBundle)" }}
+{{- end }}
+{{- if and $db.external.enabled (not $db.external.usePodIdentity) $db.external.credentials.host $db.external.rootCertFile }}
+{{- fail "hyperfleetApi.database.external: the Secret made from credentials holds no CA file; give the CA with caBundle instead of rootCertFile" }}
+{{- end }}
+{{- if and $db.external.enabled (not $db.external.usePodIdentity) $db.external.credentials.host $db.external.existingSecret }}
+{{- fail "hyperfleetApi.database.external: set credentials.host (the chart creates the Secret) or existingSecret, not both" }}
+{{- end }}
+{{- $pdb := $api.podDisruptionBudget -}}
+{{- if and $pdb.enabled (gt (int $api.replicaCount) 1) (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int $api.replicaCount)) }}
+{{- fail (printf "hyperfleetApi.podDisruptionBudget.minAvailable (%d) must be lower than replicaCount (%d), or no node could ever be drained" (int $pdb.minAvailable) (int $api.replicaCount)) }}
+{{- end }}
+{{- $s := .Values.hyperfleetSentinel.broker -}}
+{{- $a := .Values.hyperfleetAdapter.broker -}}
+{{- range $name, $b := dict "hyperfleetSentinel" $s "hyperfleetAdapter" $a }}
+{{- if and (not $b.rabbitmq.enabled) (not $b.external.enabled) }}
+{{- fail (printf "%s.broker: enable rabbitmq (development) or external (Amazon MQ or any AMQPS broker); both are off" $name) }}
+{{- end }}
+{{- if and $b.rabbitmq.enabled $b.external.enabled }}
+{{- fail (printf "%s.broker: rabbitmq and external are both enabled; enable exactly one" $name) }}
+{{- end }}
+{{- if and $b.external.enabled (not $b.external.useTLS) }}
+{{- fail (printf "%s.broker.external.useTLS: false is not supported: the external broker is reached over AMQPS with its certificate verified" $name) }}
+{{- end }}
+{{- if and $b.external.caBundle.configMap $b.external.caBundle.secret }}
+{{- fail (printf "%s.broker.external.caBundle: set configMap or secret, not both" $name) }}
+{{- end }}
+{{- if and $b.external.enabled (not $b.external.usePodIdentity) $b.external.url $b.external.existingSecret }}
+{{- fail (printf "%s.broker.external: set url (the chart creates the Secret) or existingSecret, not both" $name) }}
+{{- end }}
+{{- if and $b.external.url (not (hasPrefix "amqps://" $b.external.url)) }}
+{{- fail (printf "%s.broker.external.url must start with amqps:// (the external broker is reached over TLS)" $name) }}
+{{- end }}
+{{- end }}
+{{- if ne $s.rabbitmq.enabled $a.rabbitmq.enabled }}
+{{- fail "hyperfleetSentinel and hyperfleetAdapter use different brokers (one the development RabbitMQ, one external): events would never arrive; set broker.rabbitmq.enabled alike" }}
+{{- end }}
+{{- if and $s.external.enabled $a.external.enabled (ne $s.external.exchange $a.external.exchange) }}
+{{- fail (printf "hyperfleetSentinel publishes to exchange %q but hyperfleetAdapter binds to %q: set broker.external.exchange alike" $s.external.exchange $a.external.exchange) }}
+{{- end }}
+{{- if and .Values.mesh.enabled (ne .Values.mesh.type "istio") }}
+{{- fail (printf "mesh.type %q is not supported (istio)" .Values.mesh.type) }}
+{{- end }}
+{{- with $api.virtualService }}
+{{- if and .enabled (or (not .gateways) (not .hosts)) }}
+{{- fail "hyperfleetApi.virtualService: set gateways (e.g. istio-system/development-gateway) and hosts" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The broker CA bundle of a component's broker.external (caBundle.configMap or .secret), if any. */}}
 {{- define "hf.brokerCa.enabled" -}}
 {{- $c := .broker.external.caBundle -}}
-{{- if and $c.configMap $c.secret }}
-{{- fail (printf "%s.broker.external.caBundle: set configMap or secret, not both" .component) }}
+{{- if and .broker.external.enabled (or $c.configMap $c.secret) }}true{{ end }}
 {{- end }}
-{{- if and .broker.external.enabled (not .broker.rabbitmq.enabled) (or $c.configMap $c.secret) }}true{{ end }}
+
+{{- define "hf.brokerCert.enabled" -}}
+{{- if and .broker.external.enabled .broker.external.clientCertificate.secret }}true{{ end }}
 {{- end }}
 
 {{- define "hf.brokerCa.env" -}}
@@ -109,11 +253,20 @@ annotations:
 - name: HYPERFLEET_BROKER_CA_FILE
   value: /etc/hyperfleet/broker-ca/ca.crt
 {{- end }}
+{{- if include "hf.brokerCert.enabled" . }}
+- name: HYPERFLEET_BROKER_CERT_FILE
+  value: /etc/hyperfleet/broker-cert/tls.crt
+- name: HYPERFLEET_BROKER_KEY_FILE
+  value: /etc/hyperfleet/broker-cert/tls.key
+{{- end }}
 {{- end }}
 
 {{- define "hf.brokerCa.mount" -}}
 {{- if include "hf.brokerCa.enabled" . }}
 - {name: broker-ca, mountPath: /etc/hyperfleet/broker-ca, readOnly: true}
+{{- end }}
+{{- if include "hf.brokerCert.enabled" . }}
+- {name: broker-cert, mountPath: /etc/hyperfleet/broker-cert, readOnly: true}
 {{- end }}
 {{- end }}
 
@@ -129,6 +282,44 @@ annotations:
     secretName: {{ $c.secret }}
   {{- end }}
     items: [{key: {{ $c.key | quote }}, path: ca.crt}]
+{{- end }}
+{{- $t := .broker.external.clientCertificate -}}
+{{- if include "hf.brokerCert.enabled" . }}
+- name: broker-cert
+  secret:
+    secretName: {{ $t.secret }}
+    defaultMode: 0440
+    items: [{key: {{ $t.certKey | quote }}, path: tls.crt}, {key: {{ $t.keyKey | quote }}, path: tls.key}]
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding BROKER_RABBITMQ_URL for a component (name: hyperfleet-sentinel or hyperfleet-adapter). */}}
+{{- define "hf.mqSecretName" -}}
+{{- $e := .v.broker.external -}}
+{{- if not $e.enabled -}}hyperfleet-rabbitmq
+{{- else if and (not $e.usePodIdentity) $e.existingSecret -}}{{ $e.existingSecret }}
+{{- else -}}{{ .name }}-mq-secret
+{{- end -}}
+{{- end }}
+
+{{- define "hf.mqSecretKey" -}}
+{{- if .v.broker.external.enabled }}BROKER_RABBITMQ_URL{{ else }}url{{ end -}}
+{{- end }}
+
+{{/* The Secret the chart creates from broker.external.url (no Pod Identity). */}}
+{{- define "hf.mqSecret" -}}
+{{- $e := .v.broker.external -}}
+{{- if and $e.enabled (not $e.usePodIdentity) $e.url }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .name }}-mq-secret
+  namespace: {{ .root.Values.namespace }}
+  labels: {{- include "hf.labels" .ctx | nindent 4 }}
+type: Opaque
+stringData:
+  BROKER_RABBITMQ_URL: {{ $e.url | quote }}
 {{- end }}
 {{- end }}
 
@@ -152,7 +343,22 @@ broker:
 {{- end }}
 {{- end }}
 
-{{/* Cluster-scoped objects are named after the namespace, so installs in two namespaces never collide. */}}
+{{/* Ports a component's traffic leaves on without the sidecar (database or broker). */}}
+{{- define "hf.brokerPorts" -}}
+{{- $p := list -}}
+{{- range .Values.networkPolicy.egress.broker }}{{ $p = append $p (toString .) }}{{ end -}}
+{{ join "," $p }}
+{{- end }}
+
+{{/*
+Cluster-scoped objects are named after the namespace: every namespaced object of the chart has a fixed
+name, so a namespace holds one release, and two releases (in two namespaces) never collide.
+*/}}
 {{- define "hf.clusterScopedName" -}}
 {{ printf "%s-hyperfleet-adapter" .Values.namespace }}
+{{- end }}
+
+{{/* Env entries shared by every component: extraEnv last, so it can add but not silently replace. */}}
+{{- define "hf.extraEnv" -}}
+{{- with .extraEnv }}{{ toYaml . }}{{ end }}
 {{- end }}

@@ -1,0 +1,51 @@
+//! The adapter's metrics: their `# HELP` texts and the series that start at zero.
+
+use hyperfleet_common::cloudevent::EventError;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// The `status` values of `hyperfleet_adapter_events_processed_total`.
+pub const EVENT_STATUSES: [&str; 4] = ["success", "failed", "skipped", "dead_lettered"];
+
+/// Gives every metric the adapter exports its `# HELP` text (and unit), and starts the per-outcome
+/// counters at 0 so that `increase()` over them sees the very first event; called once, right
+/// after the recorder is installed.
+pub fn describe_metrics() {
+    describe_gauge!("hyperfleet_adapter_build_info", "Always 1; the labels name the running build.");
+    describe_gauge!("hyperfleet_adapter_up", "1 while consuming from the queue, 0 while the broker is lost.");
+    describe_counter!("hyperfleet_adapter_broker_errors_total", "Broker connections lost or refused.");
+    describe_counter!(
+        "hyperfleet_adapter_events_processed_total",
+        "Events handled and acknowledged, by outcome (success, failed, skipped, dead_lettered)."
+    );
+    describe_histogram!(
+        "hyperfleet_adapter_event_processing_duration_seconds",
+        Unit::Seconds,
+        "Time to handle one event, from delivery to acknowledgement."
+    );
+    describe_counter!(
+        "hyperfleet_adapter_dead_letters_total",
+        "Messages moved to the dead-letter queue because they are not reconcile events, by reason."
+    );
+    describe_counter!("hyperfleet_adapter_retries_total", "Transient failures retried, by phase.");
+    describe_counter!("hyperfleet_adapter_errors_total", "Failures that outlasted the retries, by phase.");
+    describe_gauge!(
+        "hyperfleet_adapter_resource_deletions_in_progress",
+        Unit::Count,
+        "Resources whose Kubernetes objects are being deleted now."
+    );
+    describe_counter!(
+        "hyperfleet_adapter_resources_deleted_total",
+        "Kubernetes objects deleted for resources being deleted."
+    );
+    describe_histogram!(
+        "hyperfleet_adapter_resource_deletion_duration_seconds",
+        Unit::Seconds,
+        "Time to delete a resource's Kubernetes objects until they are gone."
+    );
+    for status in EVENT_STATUSES {
+        metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => status).increment(0);
+    }
+    for reason in EventError::LABELS {
+        metrics::counter!("hyperfleet_adapter_dead_letters_total", "reason" => reason).increment(0);
+    }
+}
