@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# checkov on the rendered chart, both modes: the default values (AWS: RDS and Amazon MQ through the
-# Secrets Store CSI driver and Pod Identity) and development mode (ci/in-cluster-values.yaml), each
-# rendered with real helm into a temporary folder. The checks listed in tests/env/checkov-skips.txt
+# checkov on the rendered chart: the default values (AWS: RDS and Amazon MQ through the Secrets Store
+# CSI driver and Pod Identity), development mode (ci/in-cluster-values.yaml) and the seed-002 platform
+# (Istio, Secrets from values, a private CA), each rendered with real helm into a temporary folder. The checks listed in tests/env/checkov-skips.txt
 # (`CKV_K8S_<n>  reason`, one a line) are deliberate and skipped; any other finding fails, and so does a
 # listed check that no longer fails anywhere (the list, and the README's copy of it, stay exact).
 # Called by `tests/env/run test`; alone: tests/env/checkov.sh (HF_HELM, HF_CHECKOV name the binaries).
@@ -42,8 +42,21 @@ for c in Api Sentinel Adapter; do
 done
 "$HELM" template hyperfleet "$CHART" "${aws[@]}" --output-dir "$tmp/aws" >/dev/null
 "$HELM" template hyperfleet "$CHART" -f "$CHART/ci/in-cluster-values.yaml" --output-dir "$tmp/dev" >/dev/null
+# The seed-002 platform: Istio, Secrets made from values (K3s without Pod Identity), a private CA.
+platform=(--set mesh.enabled=true --set mesh.istio.cni=true --set createNamespace=true
+  --set hyperfleetApi.database.external.usePodIdentity=false --set hyperfleetApi.database.external.sslMode=verify-full
+  --set hyperfleetApi.database.external.credentials.host=db.example.com
+  --set hyperfleetApi.database.external.credentials.user=hyperfleet
+  --set hyperfleetApi.database.external.credentials.password=not-a-secret
+  --set hyperfleetApi.database.external.caBundle.configMap=platform-ca)
+for c in Sentinel Adapter; do
+  platform+=(--set "hyperfleet$c.broker.external.usePodIdentity=false"
+    --set "hyperfleet$c.broker.external.url=amqps://u:p@mq.example.com:5671"
+    --set "hyperfleet$c.broker.external.caBundle.configMap=platform-ca")
+done
+"$HELM" template hyperfleet "$CHART" "${platform[@]}" --output-dir "$tmp/platform" >/dev/null
 
-# One run over both folders (findings name their file: /aws/… or /dev/…). No download: no network here,
+# One run over the three folders (findings name their file: /aws/…, /dev/… or /platform/…). No download: no network here,
 # and nothing from the Bridgecrew platform is wanted.
 cd "$tmp"
 if ! "$CHECKOV" -d . --framework kubernetes --quiet --compact --skip-download --skip-check "$skip"; then
@@ -61,5 +74,5 @@ stale=()
 for id in "${ids[@]}"; do
   [[ " $fired " == *" $id "* ]] || stale+=("$id")
 done
-[ "${#stale[@]}" = 0 ] || die "checkov: listed but failing in neither mode: ${stale[*]}: remove them from $SKIPS and the README"
-echo "checkov: both modes clean apart from the ${#ids[@]} deliberate checks in tests/env/checkov-skips.txt"
+[ "${#stale[@]}" = 0 ] || die "checkov: listed but failing in no render: ${stale[*]}: remove them from $SKIPS and the README"
+echo "checkov: the three renders are clean apart from the ${#ids[@]} deliberate checks in tests/env/checkov-skips.txt"

@@ -476,7 +476,13 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             "--set",
             "mesh.enabled=true",
             "--set",
+            "mesh.istio.cni=true",
+            "--set",
             "createNamespace=true",
+            "--set",
+            "hyperfleetApi.auth.enableJwt=true",
+            "--set",
+            "hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks",
             "--set",
             "hyperfleetApi.virtualService.enabled=true",
             "--set",
@@ -508,6 +514,17 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             })
             .with_context(|| format!("{d}: egress to istiod"))?;
         assert_eq!(istiod["ports"][0]["port"], 15012);
+        assert_eq!(pod["metadata"]["labels"]["sidecar.istio.io/inject"], "true", "{d}");
+        // The kubelet's probes, rewritten by Istio to the sidecar, are let in like the health port.
+        let probe_ports: Vec<i64> = np["spec"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["from"].is_null())
+            .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["port"].as_i64())
+            .collect();
+        assert!(probe_ports.contains(&15020) && probe_ports.contains(&15021), "{d}: {probe_ports:?}");
         let pa = find(&docs, "PeerAuthentication", &format!("{d}-metrics")).context("PeerAuthentication")?;
         assert_eq!(pa["spec"]["portLevelMtls"]["9090"]["mode"], "PERMISSIVE", "only the metrics port");
         assert!(pa["spec"]["mtls"].is_null(), "the workload keeps the mesh's mode on its other ports");
@@ -679,7 +696,28 @@ async fn broken_values_fail_at_template_time_with_one_sentence() -> Result<()> {
             &["hyperfleetApi.replicaCount=2", "hyperfleetApi.podDisruptionBudget.minAvailable=2"],
             "must be lower than replicaCount",
         ),
-        (&["hyperfleetApi.virtualService.enabled=true"], "hyperfleetApi.virtualService: set gateways"),
+        (
+            &["hyperfleetApi.virtualService.enabled=true", "hyperfleetApi.virtualService.allowUnauthenticated=true"],
+            "hyperfleetApi.virtualService: set gateways",
+        ),
+        (
+            &[
+                "hyperfleetApi.virtualService.enabled=true",
+                "hyperfleetApi.virtualService.gateways={istio-system/development-gateway}",
+                "hyperfleetApi.virtualService.hosts={h.example.com}",
+            ],
+            "while hyperfleetApi.auth.enableJwt is false",
+        ),
+        (&["mesh.enabled=true", "createNamespace=true"], "run Istio with istio-cni and set mesh.istio.cni=true"),
+        (&["networkPolicy.egress.database=null"], "networkPolicy.egress.database is empty"),
+        (
+            &["hyperfleetSentinel.broker.external.url=amqps://u:p@h:5671"],
+            "url and existingSecret are used only with usePodIdentity=false",
+        ),
+        (
+            &["hyperfleetApi.database.external.credentials.host=db"],
+            "credentials and existingSecret are used only with usePodIdentity=false",
+        ),
         // The schema, where a value alone is wrong.
         (&["hyperfleetApi.image.registry="], "/hyperfleetApi/image/registry"),
         (&["hyperfleetApi.aws.podIdentity.roleArn=ACCOUNT_ID"], "/hyperfleetApi/aws/podIdentity/roleArn"),
@@ -688,6 +726,21 @@ async fn broken_values_fail_at_template_time_with_one_sentence() -> Result<()> {
         (&["hyperfleetSentinel.config.pollInterval=soon"], "/hyperfleetSentinel/config/pollInterval"),
         (&["hyperfleetApi.image.digest=latest"], "/hyperfleetApi/image/digest"),
     ];
+    // A broker URL that is wrong is refused without echoing it (it carries the password).
+    let (ok, text) = helm(
+        &env,
+        &[
+            "template",
+            "rel",
+            chart.as_str(),
+            "--set",
+            "hyperfleetSentinel.broker.external.usePodIdentity=false",
+            "--set",
+            "hyperfleetSentinel.broker.external.url=amqp://hyperfleet:NotThisPassword@mq:5672",
+        ],
+    )
+    .await?;
+    assert!(!ok && text.contains("must start with amqps://") && !text.contains("NotThisPassword"), "{text}");
     for (sets, complaint) in cases {
         let mut args = vec!["template", "rel", chart.as_str()];
         for s in *sets {
@@ -709,6 +762,7 @@ async fn escape_hatches_are_accepted_and_rendered() -> Result<()> {
         "hyperfleetSentinel.config.pollInterval=1m30s".into(),
         "metrics.serviceMonitor.enabled=true".into(),
         "metrics.serviceMonitor.labels.release=kube-prometheus-stack".into(),
+        "metrics.serviceMonitor.labels.tier=1".into(),
         "hyperfleetApi.replicaCount=2".into(),
         "hyperfleetApi.image.digest=sha256:".to_string() + &"a".repeat(64),
     ];
@@ -754,6 +808,7 @@ async fn escape_hatches_are_accepted_and_rendered() -> Result<()> {
         assert_eq!(find(&docs, "Service", d).context("svc")?["metadata"]["annotations"]["owner"], "fleet");
         let sm = find(&docs, "ServiceMonitor", d).context("ServiceMonitor")?;
         assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack", "{d}");
+        assert_eq!(sm["metadata"]["labels"]["tier"], "1", "a --set number becomes a string label");
     }
     let api = &pod_of(&docs, "hyperfleet-api")?["spec"];
     let digest = format!("quay.io/hyperfleet/hyperfleet-api@sha256:{}", "a".repeat(64));
@@ -800,12 +855,20 @@ async fn escape_hatches_are_accepted_and_rendered() -> Result<()> {
     for s in ["hyperfleet-postgresql", "hyperfleet-rabbitmq"] {
         assert_eq!(find(&a, "Secret", s).context("secret")?, find(&b, "Secret", s).context("secret")?);
     }
-    assert_eq!(find(&a, "Secret", "hyperfleet-postgresql").context("pg")?["stringData"]["password"], "pw1");
+    // `data`, not `stringData`: ArgoCD's ignoreDifferences on /data can then keep the first password.
+    let pg = find(&a, "Secret", "hyperfleet-postgresql").context("pg")?;
+    assert!(pg["stringData"].is_null());
+    assert_eq!(pg["data"]["password"], base64_of("pw1"));
     for d in ["hyperfleet-postgresql", "hyperfleet-rabbitmq"] {
         let c = &pod_of(&a, d)?["spec"]["containers"][0];
         assert!(c["livenessProbe"].is_object() && c["resources"]["limits"]["memory"].is_string(), "{d}");
     }
     Ok(())
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 fn common_duration_ok(s: &str) -> bool {
@@ -909,6 +972,20 @@ async fn the_aws_validation_checks_secret_shapes_and_reachability() -> Result<()
     assert!(bad.contains("FAIL  DB secret: port must be a JSON string"), "{bad}");
     assert!(bad.contains("FAIL  MQ url repeats the port"), "{bad}");
     assert!(bad.contains(&format!("FAIL  RDS 127.0.0.1:{closed} does not accept TCP connections")), "{bad}");
+    assert!(!bad.contains("pw@"), "the URL (and its password) is never printed: {bad}");
+    // Unencoded characters in the password move where the host starts: each is named.
+    for (url, reason) in [
+        ("amqps://u:p?ss@h:5671", "needs exactly one @"),
+        ("amqps://u:p@ss@h:5671", "needs exactly one @"),
+        ("amqps://h:5671/u@x", "needs exactly one @"),
+        ("amqps://u:p@h:56x1", "has a port that is not a number"),
+        ("amqp://u:p@h:5672", "is not amqps://"),
+    ] {
+        let out = run(String::new(), format!(r#"{{"url":"{url}"}}"#)).await?;
+        assert!(out.contains(&format!("FAIL  MQ url {reason}")), "{url}: {out}");
+    }
+    let ok = run(String::new(), r#"{"url":"amqps://u:p@[::1]:5671/%2f?heartbeat=30"}"#.to_string()).await?;
+    assert!(ok.contains("PASS  MQ url is amqps:// (host ::1, port 5671)"), "{ok}");
     std::fs::remove_dir_all(&bin)?;
     Ok(())
 }

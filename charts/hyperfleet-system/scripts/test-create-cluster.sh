@@ -21,7 +21,7 @@ fi
 auth=()
 [ -n "${HYPERFLEET_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $HYPERFLEET_TOKEN")
 body=$(printf '{"kind":"Cluster","name":"%s","spec":{"region":"test"}}' "$NAME")
-created=$(curl -fsS "${auth[@]}" -H 'Content-Type: application/json' -d "$body" "$API/api/hyperfleet/v1/clusters")
+created=$(curl -fsS ${auth[@]+"${auth[@]}"} -H 'Content-Type: application/json' -d "$body" "$API/api/hyperfleet/v1/clusters")
 id=$(printf '%s' "$created" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
 [ -n "$id" ] || { echo "create failed: $created" >&2; exit 1; }
 echo "created cluster $NAME ($id)"
@@ -34,7 +34,7 @@ done
 echo "Namespace $id exists (kubectl get namespaces -l hyperfleet.io/cluster-name=$NAME)"
 reconciled() { # the Reconciled condition object, whatever the key order, says True
   local body cond
-  body=$(curl -fsS "${auth[@]}" "$API/api/hyperfleet/v1/clusters/$id") || return 1
+  body=$(curl -fsS ${auth[@]+"${auth[@]}"} "$API/api/hyperfleet/v1/clusters/$id") || return 1
   cond=$(printf '%s' "$body" | grep -o '{[^{}]*"type":"Reconciled"[^{}]*}') || return 1
   [[ $cond == *'"status":"True"'* ]]
 }

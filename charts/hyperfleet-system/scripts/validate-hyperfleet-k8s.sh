@@ -17,7 +17,13 @@ k() { "$K" -n "$NS" "$@" 2>/dev/null; }
 command -v "$K" >/dev/null || { echo "kubectl not found (set KUBECTL)"; exit 2; }
 if "$K" get namespace "$NS" >/dev/null 2>&1; then pass "namespace $NS exists"; else fail "namespace $NS missing"; exit 1; fi
 
-nodes=$("$K" get nodes --no-headers 2>/dev/null | wc -l)
+# The node count, or "unknown" for a caller who may not list nodes (namespace-scoped RBAC): then a
+# Deployment that is not ready is a FAIL, never a "this cluster has no nodes" SKIP.
+if node_list=$("$K" get nodes --no-headers 2>/dev/null); then
+  nodes=$(printf '%s' "$node_list" | grep -c . || true)
+else
+  nodes=unknown
+fi
 
 # why_not_ready DEPLOYMENT: each of its pods that is not Ready, with what its containers wait for
 # (ErrImagePull, CrashLoopBackOff, ContainerCreating…) and the pod's last warning event.
@@ -35,7 +41,7 @@ for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
   ready=$(k get deployment "$d" -o jsonpath='{.status.readyReplicas}')
   if [ "${ready:-0}" = "$want" ]; then
     pass "deployment $d: $ready/$want ready"
-  elif [ "$nodes" -eq 0 ]; then
+  elif [ "$nodes" = 0 ]; then
     skip "deployment $d: 0/$want ready — this cluster has no nodes, so no pod can run (a bare control plane)"
   else
     fail "deployment $d: ${ready:-0}/$want ready (kubectl describe deployment $d -n $NS)"
@@ -66,8 +72,12 @@ if [ "$st" = "$at" ]; then pass "sentinel and adapter agree on the exchange type
 spcs=$(k get deployments -o jsonpath='{range .items[*]}{range .spec.template.spec.volumes[*]}{.csi.volumeAttributes.secretProviderClass}{"\n"}{end}{end}' | sort -u | sed '/^$/d')
 secrets=$(k get deployments -o jsonpath='{range .items[*]}{range .spec.template.spec.containers[*]}{range .env[*]}{.valueFrom.secretKeyRef.name}{"\n"}{end}{end}{range .spec.template.spec.initContainers[*]}{range .env[*]}{.valueFrom.secretKeyRef.name}{"\n"}{end}{end}{range .spec.template.spec.volumes[*]}{.secret.secretName}{"\n"}{end}{end}' | sort -u | sed '/^$/d')
 if [ -n "$spcs" ]; then
-  if ! "$K" get crd secretproviderclasses.secrets-store.csi.x-k8s.io >/dev/null 2>&1; then
+  # Listing in the namespace tells "no such API" from "not allowed" without cluster-wide rights.
+  spc_err=$("$K" -n "$NS" get secretproviderclasses.secrets-store.csi.x-k8s.io 2>&1 >/dev/null || true)
+  if [[ $spc_err == *"doesn't have a resource type"* ]]; then
     fail "SecretProviderClass API missing: install the Secrets Store CSI driver (with syncSecret.enabled=true) and the AWS provider (ASCP), or use usePodIdentity: false with Kubernetes Secrets"
+  elif [ -n "$spc_err" ]; then
+    skip "SecretProviderClasses: cannot read them ($spc_err)"
   else
     for spc in $spcs; do
       if k get secretproviderclass "$spc" >/dev/null; then pass "SecretProviderClass $spc"; else fail "SecretProviderClass $spc missing"; fi
@@ -103,8 +113,10 @@ done
 api_ready=$(k get deployment hyperfleet-api -o jsonpath='{.status.readyReplicas}')
 if [ "${api_ready:-0}" -ge 1 ]; then
   port=$(( 20000 + RANDOM % 10000 ))
-  k port-forward service/hyperfleet-api "$port:8080" >/dev/null 2>&1 &
+  # kubectl itself in the background (not a function wrapping it), so $! is what must be stopped.
+  "$K" -n "$NS" port-forward service/hyperfleet-api "$port:8080" >/dev/null 2>&1 &
   pf=$!
+  trap 'kill "$pf" 2>/dev/null' EXIT
   ok=0
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.2; done
   kill "$pf" 2>/dev/null

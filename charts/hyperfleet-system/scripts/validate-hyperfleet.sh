@@ -41,29 +41,41 @@ db_host=$(printf '%s' "$db" | field host 2>/dev/null | cut -d' ' -f2-)
 read -r port_type db_port < <(printf '%s' "$db" | field port 2>/dev/null || echo "missing ")
 if [ "$port_type" = str ]; then
   echo "PASS  DB secret: port is a string ($db_port)"
+elif [ "$port_type" = missing ] || [ "$port_type" = NoneType ]; then
+  echo "FAIL  DB secret: no port (or the secret is not JSON)"; status=1
 else
   echo "FAIL  DB secret: port must be a JSON string (\"5432\"), the AWS provider rejects a $port_type"; status=1
 fi
 
 url=$(json "${HYPERFLEET_MQ_SECRET:-hyperfleet/mq-credentials}" | field url 2>/dev/null | cut -d' ' -f2-)
-# amqps://user:password@host:port/vhost — the authority ends at the first / after the last @.
-rest=${url#amqps://}
-hostport=${rest##*@}
-hostport=${hostport%%/*}
-mq_host=${hostport%%:*}
-mq_port=${hostport#*:}
-[ "$mq_port" = "$hostport" ] && mq_port=5671
-case "$url" in
-  amqps://*amqps://*) echo "FAIL  MQ url repeats the scheme"; status=1 ;;
-  amqps://*@*)
-    if [[ $mq_port == *:* ]]; then
-      echo "FAIL  MQ url repeats the port ($hostport)"; status=1
-    else
-      echo "PASS  MQ url is amqps:// (host $mq_host, port $mq_port)"
-    fi ;;
-  amqps://*) echo "FAIL  MQ url has no user:password@ part"; status=1 ;;
-  *) echo "FAIL  MQ url is not amqps:// (or missing)"; status=1 ;;
-esac
+# check_mq_url URL: prints "host port" or, on stderr, what is wrong with it. The userinfo must be
+# URL-encoded: a raw ?, /, # or a second @ in the password changes where the host starts.
+# shellcheck disable=SC2016 # a Python program
+mq_check='
+import sys, urllib.parse as u
+url = sys.argv[1]
+if url.count("amqps://") > 1: sys.exit("repeats the scheme")
+parts = u.urlsplit(url)
+if parts.scheme != "amqps": sys.exit("is not amqps:// (or missing)")
+if parts.netloc.count("@") != 1: sys.exit("needs exactly one @ between user:password and the host (encode @ in the password as %40)")
+userinfo, hostport = parts.netloc.rsplit("@", 1)
+if ":" not in userinfo: sys.exit("has no user:password@ part")
+if hostport.count(":") > 1 and not hostport.startswith("["): sys.exit("repeats the port (" + hostport + ")")
+try:
+    port = parts.port or 5671
+except ValueError:
+    sys.exit("has a port that is not a number (" + hostport + ")")
+if not parts.hostname: sys.exit("has no host")
+print(parts.hostname, port)
+'
+if mq=$(python3 -c "$mq_check" "$url" 2>&1); then
+  read -r mq_host mq_port <<<"$mq"
+  echo "PASS  MQ url is amqps:// (host $mq_host, port $mq_port)"
+else
+  # Only the reason: the URL carries the password.
+  echo "FAIL  MQ url $mq"; status=1
+  mq_host="" mq_port=""
+fi
 
 # check_reachable WHAT HOST PORT
 check_reachable() {

@@ -1,7 +1,7 @@
 {{/* Common labels; `component` is api, sentinel, adapter, postgresql or rabbitmq. */}}
 {{- define "hf.labels" -}}
 app.kubernetes.io/name: hyperfleet-{{ .component }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name | quote }}
 app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: hyperfleet
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
@@ -10,7 +10,7 @@ helm.sh/chart: {{ .root.Chart.Name }}-{{ .root.Chart.Version }}
 
 {{- define "hf.selector" -}}
 app.kubernetes.io/name: hyperfleet-{{ .component }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name | quote }}
 {{- end }}
 
 {{/* registry/repository:tag, or registry/repository@digest when a digest pins it. */}}
@@ -92,15 +92,21 @@ podAnnotations, which win). Input: root, component, v (the component's values), 
 {{- define "hf.podMetadata" -}}
 {{- $ann := dict "checksum/config" .checksum -}}
 {{- $mesh := .root.Values.mesh -}}
+{{- $user := .v.podAnnotations | default dict -}}
 {{- if $mesh.enabled -}}
-{{- $_ := set $ann "traffic.sidecar.istio.io/excludeOutboundPorts" (join "," .bypass) -}}
+{{- $bypass := .bypass -}}
+{{- with index $user "traffic.sidecar.istio.io/excludeOutboundPorts" }}{{ $bypass = concat $bypass (splitList "," (toString .)) | uniq }}{{ end -}}
+{{- $_ := set $ann "traffic.sidecar.istio.io/excludeOutboundPorts" (join "," $bypass) -}}
 {{- if $mesh.istio.holdApplicationUntilProxyStarts -}}
 {{- $_ := set $ann "proxy.istio.io/config" "{\"holdApplicationUntilProxyStarts\": true}" -}}
 {{- end -}}
 {{- end -}}
-{{- $ann = merge (deepCopy (.v.podAnnotations | default dict)) $ann -}}
+{{- $ann = merge (omit (deepCopy $user) "traffic.sidecar.istio.io/excludeOutboundPorts") $ann -}}
 labels:
   {{- include "hf.labels" . | nindent 2 }}
+  {{- if $mesh.enabled }}
+  sidecar.istio.io/inject: "true"
+  {{- end }}
   {{- include "hf.stringMap" .v.podLabels | nindent 2 }}
 annotations:
   {{- include "hf.stringMap" $ann | nindent 2 }}
@@ -227,6 +233,26 @@ Mode checks that span several values, each failing with one sentence. Rendered o
 {{- end }}
 {{- if and $s.external.enabled $a.external.enabled (ne $s.external.exchange $a.external.exchange) }}
 {{- fail (printf "hyperfleetSentinel publishes to exchange %q but hyperfleetAdapter binds to %q: set broker.external.exchange alike" $s.external.exchange $a.external.exchange) }}
+{{- end }}
+{{- if and .Values.mesh.enabled .Values.createNamespace (ne .Values.podSecurityLevel "privileged") (not .Values.mesh.istio.cni) }}
+{{- fail (printf "mesh.enabled with createNamespace: istio-init needs NET_ADMIN and NET_RAW, which Pod Security %q forbids; run Istio with istio-cni and set mesh.istio.cni=true, or set podSecurityLevel=privileged" .Values.podSecurityLevel) }}
+{{- end }}
+{{- range $name := list "database" "broker" "kubernetesApi" "jwks" }}
+{{- $ports := index $.Values.networkPolicy.egress $name }}
+{{- if not $ports }}
+{{- fail (printf "networkPolicy.egress.%s is empty: an egress rule without ports allows every port; list the ports" $name) }}
+{{- end }}
+{{- end }}
+{{- if and $api.virtualService.enabled (not $api.auth.enableJwt) (not $api.virtualService.allowUnauthenticated) }}
+{{- fail "hyperfleetApi.virtualService publishes the API on a gateway while hyperfleetApi.auth.enableJwt is false: anyone could write; turn JWT on or set virtualService.allowUnauthenticated=true" }}
+{{- end }}
+{{- if and $db.external.enabled $db.external.usePodIdentity (or $db.external.credentials.host $db.external.existingSecret) }}
+{{- fail "hyperfleetApi.database.external: credentials and existingSecret are used only with usePodIdentity=false (with Pod Identity the SecretProviderClass mounts secretName)" }}
+{{- end }}
+{{- range $name, $b := dict "hyperfleetSentinel" $s "hyperfleetAdapter" $a }}
+{{- if and $b.external.enabled $b.external.usePodIdentity (or $b.external.url $b.external.existingSecret) }}
+{{- fail (printf "%s.broker.external: url and existingSecret are used only with usePodIdentity=false (with Pod Identity the SecretProviderClass mounts secretName)" $name) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.mesh.enabled (ne .Values.mesh.type "istio") }}
 {{- fail (printf "mesh.type %q is not supported (istio)" .Values.mesh.type) }}
