@@ -58,11 +58,14 @@ pub struct ApiClientConfig {
     pub base_url: String,
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// File holding the bearer token sent on every API request (e.g. a projected ServiceAccount
+    /// token); read again when it changes and after a 401/403. Unset: no `Authorization` header.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ApiClientConfig {
     fn default() -> Self {
-        ApiClientConfig { base_url: "http://localhost:8000".into(), timeout: Duration::from_secs(10) }
+        ApiClientConfig { base_url: "http://localhost:8000".into(), timeout: Duration::from_secs(10), token_file: None }
     }
 }
 
@@ -105,6 +108,19 @@ impl Default for RetryConfig {
     }
 }
 
+impl ApiClientConfig {
+    /// The configured token file, read once: it must exist and hold a token (a clear start error).
+    pub fn check_token_file(&self) -> Result<(), String> {
+        self.credentials().map(drop)
+    }
+
+    /// The credentials for the API client: the token file (read now) or none.
+    pub fn credentials(&self) -> Result<hyperfleet_common::token::ApiCredentials, String> {
+        hyperfleet_common::token::ApiCredentials::from_file(self.token_file.as_deref())
+            .map_err(|e| format!("hyperfleet_api.token_file: {e}"))
+    }
+}
+
 impl ServiceConfig for AdapterConfig {
     fn log(&self) -> &LogConfig {
         &self.log
@@ -130,6 +146,34 @@ impl ServiceConfig for AdapterConfig {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL"));
         }
+        self.hyperfleet_api.check_token_file()?;
         self.broker.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_comes_from_the_environment_and_must_hold_a_token() {
+        let dir = std::env::temp_dir().join(format!("hf-adapter-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "abc\n").expect("write");
+        let env = [
+            ("HYPERFLEET_HYPERFLEET_API_TOKEN_FILE".to_string(), token.display().to_string()),
+            ("HYPERFLEET_BROKER_URL".to_string(), "amqps://u:p@broker:5671".to_string()),
+        ];
+        let cfg: AdapterConfig = hyperfleet_common::config::load_with_env(None, &[], env).expect("loads");
+        assert_eq!(cfg.hyperfleet_api.token_file.as_deref(), Some(token.as_path()));
+        cfg.validate().expect("a token in the file");
+        std::fs::write(&token, "").expect("empty it");
+        let err = cfg.validate().expect_err("empty");
+        assert!(
+            err.starts_with("hyperfleet_api.token_file: token file ") && err.ends_with("the file is empty"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -10,7 +10,12 @@
 //! Transient failures are retried in process with backoff; a failure that outlasts the retries is
 //! reported as `Health=False` and acknowledged — the sentinel re-announces resources that are not
 //! reconciled, which drives the next try. Messages that are not reconcile CloudEvents go to
-//! `<queue>.dead-letter` with the reason in a header. Every step is idempotent, so a redelivery
+//! `<queue>.dead-letter` with the reason in a header.
+//!
+//! API requests carry the bearer token of `hyperfleet_api.token_file` when one is configured. An
+//! API that refuses it (401/403) is warned about once per streak and counted, and the event is put
+//! back on the queue (after the retries and a pause) rather than acknowledged or dead-lettered, so
+//! it is worked on as soon as the token is accepted. Every step is idempotent, so a redelivery
 //! after a crash is harmless.
 #![forbid(unsafe_code)]
 
@@ -32,6 +37,7 @@ use hyperfleet_common::{
     cloudevent::{self, EventError},
     ops,
     process::ServiceConfig,
+    token::{ApiCredentials, problem_detail},
 };
 use kube::Client;
 use lapin::{
@@ -72,21 +78,32 @@ enum Outcome {
     Done(&'static str),
     /// Not a reconcile event: dead-letter, never retry.
     Poison(EventError),
+    /// The API refused the adapter's credentials (or the token file cannot be read): not the
+    /// event's fault — put it back on the queue after a pause, to be worked on once they work.
+    Requeue,
 }
 
 /// A failed step; transient ones are retried.
 #[derive(Debug)]
 struct Failure {
     transient: bool,
+    /// Put the event back rather than acknowledging it (see [`Outcome::Requeue`]).
+    requeue: bool,
+    /// The API answered 401/403 (already counted, and warned about once per streak).
+    refused: bool,
     message: String,
 }
 
 impl Failure {
     fn transient(message: String) -> Self {
-        Failure { transient: true, message }
+        Failure { transient: true, requeue: false, refused: false, message }
     }
     fn permanent(message: String) -> Self {
-        Failure { transient: false, message }
+        Failure { transient: false, requeue: false, refused: false, message }
+    }
+    /// Retried like a transient failure, then requeued.
+    fn requeue(message: String, refused: bool) -> Self {
+        Failure { transient: true, requeue: true, refused, message }
     }
     /// Kubernetes 5xx, 429, conflicts and connection errors are transient; other API errors
     /// (forbidden, invalid) are not.
@@ -95,7 +112,7 @@ impl Failure {
             kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.code == 409,
             _ => true,
         };
-        Failure { transient, message: format!("{what}: {e}") }
+        Failure { transient, requeue: false, refused: false, message: format!("{what}: {e}") }
     }
 }
 
@@ -104,12 +121,15 @@ struct Worker {
     task: Task,
     objects: Objects,
     http: reqwest::Client,
+    /// The bearer token (if configured) and whether the API refuses it.
+    creds: ApiCredentials,
 }
 
 /// Runs the adapter until `shutdown` is cancelled; in-flight events finish first.
 pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), Error> {
     cfg.validate().map_err(Error::Start)?;
     let task = Task::load(cfg.task_file.as_deref()).map_err(Error::Start)?;
+    let creds = cfg.hyperfleet_api.credentials().map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
     observe::describe_metrics();
     let kube = kube_client(&cfg).await?;
@@ -135,9 +155,11 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     let objects = Objects::new(kube, &cfg.kubernetes.field_manager);
     metrics::gauge!("hyperfleet_adapter_build_info", "component" => "adapter", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
-    let worker = Arc::new(Worker { cfg, task, objects, http });
+    let worker = Arc::new(Worker { cfg, task, objects, http, creds });
     tracing::info!(
         adapter = %worker.cfg.name,
+        api = %worker.cfg.hyperfleet_api.base_url,
+        api_token_file = ?worker.creds.token_path(),
         task = %worker.task.resource,
         objects = worker.task.objects.len(),
         broker = %worker.cfg.broker.endpoint(),
@@ -265,10 +287,22 @@ async fn handle(worker: &Worker, dlq: &Channel, delivery: Delivery) {
             }
             "dead_lettered"
         }
+        Outcome::Requeue => {
+            // Not processed: neither acknowledged nor counted as an outcome; it comes back.
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            if let Err(e) = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+                tracing::warn!(error = %e, "requeue failed; the broker redelivers the event when the channel closes");
+            }
+            return;
+        }
     };
     metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => label).increment(1);
     metrics::histogram!("hyperfleet_adapter_event_processing_duration_seconds").record(started.elapsed().as_secs_f64());
 }
+
+/// How long an event the API refused to let the adapter work on waits before it is put back (on
+/// top of the in-process retries), so that refused credentials do not spin the queue.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(2);
 
 /// A pause before a requeue so a persistent failure does not spin.
 async fn pause() {
@@ -318,6 +352,7 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
             tracing::info!(resource_id = %data.id, "resource is gone; nothing to do");
             return Outcome::Done("skipped");
         }
+        Err(f) if f.requeue => return requeue(&data.id, &f),
         Err(f) => {
             tracing::warn!(resource_id = %data.id, error = %f.message, "cannot read the resource; the sentinel will announce it again");
             return Outcome::Done("failed");
@@ -369,11 +404,59 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
     let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
     match with_retry(worker, "report", || put_status(worker, &resource, &report, &data)).await {
         Ok(()) => Outcome::Done(status),
+        Err(f) if f.requeue => requeue(&resource.id, &f),
         Err(f) => {
             tracing::warn!(resource_id = %resource.id, error = %f.message, "cannot report; the sentinel will announce it again");
             Outcome::Done("failed")
         }
     }
+}
+
+/// An event put back because of the credentials: a refusal was already warned about once per
+/// streak, so only an unreadable token file is warned about here.
+fn requeue(resource_id: &str, f: &Failure) -> Outcome {
+    if f.refused {
+        tracing::debug!(resource_id, error = %f.message, "requeueing the event: the API still refuses the adapter's credentials");
+    } else {
+        tracing::warn!(resource_id, error = %f.message, "cannot send the API token; requeueing the event");
+    }
+    Outcome::Requeue
+}
+
+/// A request to the API with the bearer token, when one is configured (read again if the file
+/// changed or the last one was refused).
+fn api_request(worker: &Worker, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, Failure> {
+    let request = worker.http.request(method.clone(), url);
+    match worker.creds.authorization() {
+        Ok(Some(value)) => Ok(request.header(reqwest::header::AUTHORIZATION, value)),
+        Ok(None) => Ok(request),
+        Err(e) => Err(Failure::requeue(format!("{method} {url}: {e}"), false)),
+    }
+}
+
+/// The API answered: a 401/403 is counted, warned about once per streak (with the problem's
+/// `detail`), and makes the token file be read again; anything else ends such a streak.
+async fn check_auth(worker: &Worker, what: String, resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
+    let status = resp.status().as_u16();
+    if status != 401 && status != 403 {
+        if worker.creds.accepted() {
+            tracing::info!("the API accepts the adapter's credentials again");
+        }
+        return Ok(resp);
+    }
+    metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
+    let body = resp.text().await.unwrap_or_default();
+    let detail = problem_detail(&body);
+    if worker.creds.refused() {
+        tracing::warn!(
+            request = %what,
+            status,
+            reason = %detail,
+            token_file = ?worker.creds.token_path(),
+            "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
+        );
+    }
+    Err(Failure::requeue(format!("{what}: HTTP {status}: {detail}"), true))
 }
 
 fn api_url(worker: &Worker, id: &str) -> String {
@@ -383,13 +466,15 @@ fn api_url(worker: &Worker, id: &str) -> String {
 
 fn http_failure(what: String, status: reqwest::StatusCode) -> Failure {
     let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-    Failure { transient, message: format!("{what}: HTTP {status}") }
+    Failure { transient, requeue: false, refused: false, message: format!("{what}: HTTP {status}") }
 }
 
 /// The resource, or `None` when the API no longer has it.
 async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
     let url = api_url(worker, id);
-    let resp = worker.http.get(&url).send().await.map_err(|e| Failure::transient(format!("GET {url}: {e}")))?;
+    let request = api_request(worker, reqwest::Method::GET, &url)?;
+    let resp = request.send().await.map_err(|e| Failure::transient(format!("GET {url}: {e}")))?;
+    let resp = check_auth(worker, format!("GET {url}"), resp).await?;
     match resp.status() {
         reqwest::StatusCode::NOT_FOUND => Ok(None),
         s if !s.is_success() => Err(http_failure(format!("GET {url}"), s)),
@@ -471,8 +556,9 @@ async fn put_status(
         "conditions": conditions,
         "data": data,
     });
-    let resp =
-        worker.http.put(&url).json(&body).send().await.map_err(|e| Failure::transient(format!("PUT {url}: {e}")))?;
+    let request = api_request(worker, reqwest::Method::PUT, &url)?;
+    let resp = request.json(&body).send().await.map_err(|e| Failure::transient(format!("PUT {url}: {e}")))?;
+    let resp = check_auth(worker, format!("PUT {url}"), resp).await?;
     match resp.status().as_u16() {
         201 | 204 | 404 => Ok(()),
         _ => Err(http_failure(format!("PUT {url}"), resp.status())),

@@ -21,6 +21,9 @@ struct Cli {
     /// HyperFleet API base URL (hyperfleet_api.base_url).
     #[arg(long)]
     hyperfleet_api_base_url: Option<String>,
+    /// File holding the bearer token for the API (hyperfleet_api.token_file).
+    #[arg(long)]
+    hyperfleet_api_token_file: Option<PathBuf>,
     /// Queue to consume (queue).
     #[arg(long)]
     queue: Option<String>,
@@ -41,6 +44,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = cli.common.overrides([
         ("hyperfleet_api.base_url", cli.hyperfleet_api_base_url.map(Value::from)),
+        ("hyperfleet_api.token_file", cli.hyperfleet_api_token_file.map(|p| Value::from(p.display().to_string()))),
         ("queue", cli.queue.map(Value::from)),
         ("broker.exchange", cli.broker_exchange.map(Value::from)),
         ("kubernetes.kubeconfig", cli.kubeconfig.map(|p| Value::from(p.display().to_string()))),

@@ -27,6 +27,10 @@ pub fn describe_metrics() {
         "Messages moved to the dead-letter queue because they are not reconcile events, by reason."
     );
     describe_counter!("hyperfleet_adapter_retries_total", "Transient failures retried, by phase.");
+    describe_counter!(
+        "hyperfleet_adapter_api_auth_failures_total",
+        "API requests refused with 401 or 403 (the bearer token missing, invalid or without permission)."
+    );
     describe_counter!("hyperfleet_adapter_errors_total", "Failures that outlasted the retries, by phase.");
     describe_gauge!(
         "hyperfleet_adapter_resource_deletions_in_progress",
@@ -42,6 +46,7 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to delete a resource's Kubernetes objects until they are gone."
     );
+    metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(0);
     for status in EVENT_STATUSES {
         metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => status).increment(0);
     }

@@ -1,6 +1,8 @@
-//! JWT authentication (reference §2.11): RS256 and ES256 tokens checked against a JWKS (URL or
-//! file), with issuer, audience, expiry and not-before; the caller's identity (a claim, or a
-//! header set by a trusted gateway) becomes `created_by`/`updated_by`.
+//! JWT authentication (reference §2.11): RS256 and ES256 tokens checked against the JWKS (URL or
+//! file) of the issuer their `iss` names — one or several issuers, e.g. the cluster's own
+//! ServiceAccount issuer beside an external IdP — with issuer, audience, expiry and not-before; the
+//! caller's identity (a claim, or a header set by a gateway on a trusted connection) becomes
+//! `created_by`/`updated_by`, and [`crate::authz`] decides what it may do.
 //!
 //! Only RS256 and ES256 are accepted, and only with a key of the matching type: `alg: none`,
 //! HMAC (including "HS256 signed with the public key") and anything else are refused. Signatures
@@ -8,14 +10,15 @@
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{FromRequestParts, Request, State},
-    http::{Method, request::Parts},
+    extract::{ConnectInfo, FromRequestParts, Request, State},
+    http::request::Parts,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -25,7 +28,11 @@ use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{error::ApiError, model::SYSTEM_IDENTITY};
+use crate::{
+    authz::{Action, AuthzConfig},
+    error::ApiError,
+    model::SYSTEM_IDENTITY,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -33,26 +40,56 @@ pub struct JwtConfig {
     /// Require a valid bearer token on every `/api/hyperfleet/v1` route except the OpenAPI
     /// document. Also set by `ENABLE_JWT` (as the seed chart does).
     pub enabled: bool,
-    /// JWKS URL of the issuer. Also set by `JWKS_URL`.
+    /// JWKS URL of the issuer. Also set by `JWKS_URL`. (This and the next six keys describe one
+    /// issuer; `issuers` adds more.)
     pub jwks_url: Option<String>,
     /// JWKS file (instead of, or in addition to, the URL).
     pub jwks_file: Option<PathBuf>,
     /// CA bundle for the JWKS URL (default: the system roots).
     pub jwks_ca_file: Option<PathBuf>,
-    /// Required `iss`, when set.
+    /// Bearer token sent with the JWKS request, read at each fetch (the kube-apiserver serves its
+    /// keys only to authenticated callers: a projected ServiceAccount token).
+    pub jwks_token_file: Option<PathBuf>,
+    /// Required `iss` (required when enabled).
     pub issuer: Option<String>,
-    /// Required member of `aud`, when set.
+    /// Required member of `aud` (required when enabled).
     pub audience: Option<String>,
     /// Claim naming the caller (`email`; `sub` for Kubernetes service-account tokens).
     pub identity_claim: String,
-    /// Header a trusted gateway sets with the caller's identity; it wins over the claim.
+    /// More issuers, each with its own keys, audience and identity claim; a token is checked
+    /// against the one its `iss` names.
+    pub issuers: Vec<IssuerConfig>,
+    /// Header a trusted gateway sets with the caller's identity; it wins over the claim, but only
+    /// on connections from `trusted_proxies`.
     pub identity_header: Option<String>,
+    /// Peers (IP addresses or CIDRs) whose `identity_header` is believed.
+    pub trusted_proxies: Vec<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "hyperfleet_common::config::duration")]
     pub leeway: Duration,
-    /// Unknown `kid`s reload the keys at most this often.
+    /// Unknown `kid`s reload the keys at most this often (failed reloads included).
     #[serde(with = "hyperfleet_common::config::duration")]
     pub jwks_refresh_interval: Duration,
+}
+
+/// One token issuer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Required member of `aud`.
+    pub audience: String,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_ca_file: Option<PathBuf>,
+    pub jwks_token_file: Option<PathBuf>,
+    /// Claim naming the caller; default `jwt.identity_claim`.
+    pub identity_claim: Option<String>,
+    /// Learn `issuer` (when empty) at start from `<origin of jwks_url>/.well-known/openid-configuration`
+    /// (with the same CA and token): the cluster's ServiceAccount issuer differs between
+    /// distributions (`https://kubernetes.default.svc`, `….cluster.local`, an EKS OIDC URL).
+    pub discover: bool,
 }
 
 impl Default for JwtConfig {
@@ -62,30 +99,144 @@ impl Default for JwtConfig {
             jwks_url: None,
             jwks_file: None,
             jwks_ca_file: None,
+            jwks_token_file: None,
             issuer: None,
             audience: None,
             identity_claim: "email".into(),
+            issuers: Vec::new(),
             identity_header: None,
+            trusted_proxies: Vec::new(),
             leeway: Duration::from_secs(30),
             jwks_refresh_interval: Duration::from_secs(10),
         }
     }
 }
 
+/// The largest JWKS document read (a few keys are a few kB).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// `https://…`, or `http://` to a loopback host exactly (`localhost`, `127.0.0.0/8`, `::1`).
+fn jwks_url_ok(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let Some(host) = u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']')) else { return false };
+    match u.scheme() {
+        "https" => true,
+        "http" => host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        _ => false,
+    }
+}
+
+/// A CIDR or a single address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 impl JwtConfig {
+    /// Every issuer: the top-level one (when any of its keys is set) first, then `issuers`.
+    pub fn all_issuers(&self) -> Vec<IssuerConfig> {
+        let mut out = Vec::new();
+        if self.jwks_url.is_some() || self.jwks_file.is_some() || self.issuer.is_some() || self.audience.is_some() {
+            out.push(IssuerConfig {
+                issuer: self.issuer.clone().unwrap_or_default(),
+                audience: self.audience.clone().unwrap_or_default(),
+                jwks_url: self.jwks_url.clone(),
+                jwks_file: self.jwks_file.clone(),
+                jwks_ca_file: self.jwks_ca_file.clone(),
+                jwks_token_file: self.jwks_token_file.clone(),
+                identity_claim: None,
+                discover: false,
+            });
+        }
+        out.extend(self.issuers.iter().cloned());
+        out
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.enabled && self.jwks_url.is_none() && self.jwks_file.is_none() {
-            return Err("jwt.enabled needs jwt.jwks_url (JWKS_URL) or jwt.jwks_file".into());
-        }
-        if let Some(url) = &self.jwks_url
-            && !(url.starts_with("https://")
-                || url.starts_with("http://127.0.0.1")
-                || url.starts_with("http://localhost"))
-        {
-            return Err(format!("jwt.jwks_url {url:?} must be https (plain http only on loopback)"));
-        }
         if self.identity_claim.is_empty() {
             return Err("jwt.identity_claim must not be empty".into());
+        }
+        let issuers = self.all_issuers();
+        if self.enabled && issuers.is_empty() {
+            return Err("jwt.enabled needs an issuer: jwt.jwks_url (JWKS_URL) or jwt.jwks_file with jwt.issuer and jwt.audience, or jwt.issuers".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in issuers.iter().enumerate() {
+            let name = if iss.issuer.is_empty() { format!("issuer #{}", i + 1) } else { iss.issuer.clone() };
+            if iss.discover && iss.jwks_url.is_none() {
+                return Err(format!(
+                    "jwt: {name}: discover needs jwks_url (the discovery document is read from its origin)"
+                ));
+            }
+            if self.enabled && iss.issuer.is_empty() && !iss.discover {
+                return Err(format!(
+                    "jwt: {name} has no issuer: any token signed by its keys would be accepted; set jwt.issuer (or issuers[].issuer)"
+                ));
+            }
+            if self.enabled && iss.audience.is_empty() {
+                return Err(format!(
+                    "jwt: {name} has no audience: tokens meant for any other service would be accepted; set jwt.audience (or issuers[].audience)"
+                ));
+            }
+            if iss.jwks_url.is_none() && iss.jwks_file.is_none() {
+                return Err(format!("jwt: {name} needs jwks_url or jwks_file"));
+            }
+            if let Some(url) = &iss.jwks_url
+                && !jwks_url_ok(url)
+            {
+                return Err(format!(
+                    "jwt: {name}: jwks_url {url:?} must be https (plain http only to a loopback host)"
+                ));
+            }
+            if iss.identity_claim.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("jwt: {name}: identity_claim must not be empty"));
+            }
+            if !iss.issuer.is_empty() && !seen.insert(iss.issuer.clone()) {
+                return Err(format!("jwt: issuer {name} is configured twice"));
+            }
+        }
+        if self.identity_header.is_some() && self.trusted_proxies.is_empty() {
+            return Err("jwt.identity_header needs jwt.trusted_proxies: the gateways whose header is believed (any caller could set it otherwise)".into());
+        }
+        for p in &self.trusted_proxies {
+            if Cidr::parse(p).is_none() {
+                return Err(format!("jwt.trusted_proxies: {p:?} is not an IP address or CIDR"));
+            }
         }
         Ok(())
     }
@@ -165,15 +316,29 @@ struct Keys {
     by_kid: HashMap<String, Key>,
     /// Keys without a `kid`.
     anonymous: Vec<Key>,
-    loaded: Option<Instant>,
 }
 
-/// Verifies tokens; shared by every request.
-pub struct Authenticator {
-    cfg: JwtConfig,
+/// One issuer's configuration, keys and refresh state.
+struct Issuer {
+    cfg: IssuerConfig,
+    identity_claim: String,
     keys: RwLock<Keys>,
+    /// Held while a reload runs; a request that finds it held does not wait for it.
     refresh: tokio::sync::Mutex<()>,
+    /// The last reload attempt, successful or not: unknown `kid`s reload at most once per
+    /// `jwks_refresh_interval`, also while the identity provider is down.
+    last_attempt: RwLock<Option<Instant>>,
     http: reqwest::Client,
+}
+
+/// Verifies tokens and decides what their holders may do; shared by every request.
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    identity_header: Option<String>,
+    trusted_proxies: Vec<Cidr>,
+    leeway: i64,
+    refresh_interval: Duration,
+    authz: AuthzConfig,
 }
 
 /// Why a request is refused.
@@ -192,54 +357,94 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl Authenticator {
-    pub async fn new(cfg: JwtConfig) -> Result<Arc<Self>, String> {
-        cfg.validate()?;
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+impl Issuer {
+    fn new(cfg: IssuerConfig, default_claim: &str) -> Result<Issuer, String> {
+        let mut http =
+            reqwest::Client::builder().timeout(Duration::from_secs(5)).connect_timeout(Duration::from_secs(3));
         if let Some(ca) = &cfg.jwks_ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("jwt.jwks_ca_file {}: {e}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("jwt.jwks_ca_file: {e}"))? {
+            let pem = std::fs::read(ca).map_err(|e| format!("jwt jwks_ca_file {}: {e}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("jwt jwks_ca_file: {e}"))? {
                 http = http.add_root_certificate(cert);
             }
         }
-        let auth = Arc::new(Authenticator {
-            keys: RwLock::new(Keys { by_kid: HashMap::new(), anonymous: Vec::new(), loaded: None }),
+        Ok(Issuer {
+            identity_claim: cfg.identity_claim.clone().unwrap_or_else(|| default_claim.to_string()),
+            keys: RwLock::new(Keys { by_kid: HashMap::new(), anonymous: Vec::new() }),
             refresh: tokio::sync::Mutex::new(()),
+            last_attempt: RwLock::new(None),
             http: http.build().map_err(|e| format!("JWKS HTTP client: {e}"))?,
             cfg,
-        });
-        // A file must be readable now; an identity provider that is down is retried on demand.
-        if let Err(e) = auth.reload().await {
-            if auth.cfg.jwks_url.is_none() {
-                return Err(e);
-            }
-            tracing::warn!(error = %e, "JWKS not loaded yet; will retry when a token arrives");
-        }
-        Ok(auth)
+        })
     }
 
     async fn fetch(&self) -> Result<Vec<Jwk>, String> {
         let mut keys = Vec::new();
         if let Some(path) = &self.cfg.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("jwt.jwks_file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("jwt jwks_file {}: {e}", path.display()))?;
             let set: JwkSet =
-                serde_json::from_str(&text).map_err(|e| format!("jwt.jwks_file {}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("jwt jwks_file {}: {e}", path.display()))?;
             keys.extend(set.keys);
         }
         if let Some(url) = &self.cfg.jwks_url {
-            let resp = self.http.get(url).send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            let mut req = self.http.get(url);
+            if let Some(path) = &self.cfg.jwks_token_file {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
+                req = req.bearer_auth(token.trim());
+            }
+            let mut resp = req.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
             if !resp.status().is_success() {
                 return Err(format!("JWKS {url}: HTTP {}", resp.status()));
             }
-            let set: JwkSet = resp.json().await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+                return Err(format!("JWKS {url}: larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("JWKS {url}: {e}"))? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(format!("JWKS {url}: larger than {MAX_JWKS_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("JWKS {url}: {e}"))?;
             keys.extend(set.keys);
         }
         Ok(keys)
     }
 
+    /// The `issuer` of the OpenID discovery document at the JWKS URL's origin.
+    async fn discover_issuer(&self) -> Result<String, String> {
+        let jwks = self.cfg.jwks_url.as_deref().unwrap_or_default();
+        let mut url = reqwest::Url::parse(jwks).map_err(|e| format!("jwks_url {jwks:?}: {e}"))?;
+        url.set_path("/.well-known/openid-configuration");
+        url.set_query(None);
+        let mut req = self.http.get(url.clone());
+        if let Some(path) = &self.cfg.jwks_token_file {
+            let token =
+                std::fs::read_to_string(path).map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
+            req = req.bearer_auth(token.trim());
+        }
+        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+            return Err(format!("{url}: larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let doc: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        doc.get("issuer")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .ok_or_else(|| format!("{url}: no issuer in the discovery document"))
+    }
+
     async fn reload(&self) -> Result<(), String> {
+        if let Ok(mut t) = self.last_attempt.write() {
+            *t = Some(Instant::now());
+        }
         let jwks = self.fetch().await?;
-        let mut next = Keys { by_kid: HashMap::new(), anonymous: Vec::new(), loaded: Some(Instant::now()) };
+        let mut next = Keys { by_kid: HashMap::new(), anonymous: Vec::new() };
         for jwk in &jwks {
             match (Key::from_jwk(jwk), &jwk.kid) {
                 (Some(key), Some(kid)) => {
@@ -249,7 +454,7 @@ impl Authenticator {
                 (None, _) => tracing::debug!(kty = %jwk.kty, "JWKS key of an unsupported type ignored"),
             }
         }
-        tracing::info!(keys = next.by_kid.len() + next.anonymous.len(), "JWKS loaded");
+        tracing::info!(issuer = %self.cfg.issuer, keys = next.by_kid.len() + next.anonymous.len(), "JWKS loaded");
         if let Ok(mut keys) = self.keys.write() {
             *keys = next;
         }
@@ -264,18 +469,72 @@ impl Authenticator {
         }
     }
 
-    /// Reloads the keys for an unknown `kid`, at most once per `jwks_refresh_interval`.
-    async fn refresh_for_unknown_kid(&self) {
-        let _one_at_a_time = self.refresh.lock().await;
-        let recent =
-            self.keys.read().ok().and_then(|k| k.loaded).is_some_and(|t| t.elapsed() < self.cfg.jwks_refresh_interval);
-        if !recent && let Err(e) = self.reload().await {
-            tracing::warn!(error = %e, "JWKS reload failed");
+    /// Reloads the keys for an unknown `kid`: at most once per `interval` (a failed attempt counts),
+    /// and never waiting behind another request's reload, so a burst of such tokens while the
+    /// identity provider is down costs one fetch, not one queued fetch each.
+    async fn refresh_for_unknown_kid(&self, interval: Duration) {
+        let recent = self.last_attempt.read().ok().and_then(|t| *t).is_some_and(|t| t.elapsed() < interval);
+        if recent {
+            return;
+        }
+        let Ok(_only_one) = self.refresh.try_lock() else { return };
+        if let Err(e) = self.reload().await {
+            tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS reload failed");
         }
     }
+}
 
-    /// Verifies a compact JWS and its claims; returns the claims.
-    pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+/// The unverified `iss` of a compact JWS, to pick the issuer whose keys must verify it.
+fn unverified_issuer(payload: &str) -> Option<String> {
+    let claims: Map<String, Value> = serde_json::from_slice(&b64(payload).ok()?).ok()?;
+    claims.get("iss").and_then(Value::as_str).map(String::from)
+}
+
+impl Authenticator {
+    pub async fn new(cfg: JwtConfig, authz: AuthzConfig) -> Result<Arc<Self>, String> {
+        cfg.validate()?;
+        authz.validate()?;
+        let mut issuers = Vec::new();
+        for iss in cfg.all_issuers() {
+            let mut issuer = Issuer::new(iss, &cfg.identity_claim)?;
+            if issuer.cfg.discover && issuer.cfg.issuer.is_empty() {
+                let found =
+                    issuer.discover_issuer().await.map_err(|e| format!("jwt: cannot discover the issuer: {e}"))?;
+                tracing::info!(issuer = %found, "token issuer discovered");
+                issuer.cfg.issuer = found;
+            }
+            if issuers.iter().any(|i: &Issuer| i.cfg.issuer == issuer.cfg.issuer) {
+                return Err(format!("jwt: issuer {} is configured twice", issuer.cfg.issuer));
+            }
+            issuers.push(issuer);
+        }
+        let auth = Arc::new(Authenticator {
+            issuers,
+            identity_header: cfg.identity_header.clone(),
+            trusted_proxies: cfg.trusted_proxies.iter().filter_map(|p| Cidr::parse(p)).collect(),
+            leeway: i64::try_from(cfg.leeway.as_secs()).unwrap_or(i64::MAX),
+            refresh_interval: cfg.jwks_refresh_interval,
+            authz,
+        });
+        // A file must be readable now; an identity provider that is down is retried on demand.
+        for iss in &auth.issuers {
+            if let Err(e) = iss.reload().await {
+                if iss.cfg.jwks_url.is_none() {
+                    return Err(e);
+                }
+                tracing::warn!(issuer = %iss.cfg.issuer, error = %e, "JWKS not loaded yet; will retry when a token arrives");
+            }
+        }
+        if auth.authz.rules.is_empty() {
+            tracing::warn!(
+                "authz.rules is empty: every authenticated caller may read, write, force-delete and report as any adapter"
+            );
+        }
+        Ok(auth)
+    }
+
+    /// Verifies a compact JWS and its claims; returns the claims and the identity claim's name.
+    pub async fn verify(&self, token: &str) -> Result<(Map<String, Value>, &str), AuthError> {
         let invalid = |why: &str| AuthError::Invalid(why.to_string());
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -287,13 +546,22 @@ impl Authenticator {
         if !matches!(alg, "RS256" | "ES256") {
             return Err(AuthError::Invalid(format!("algorithm {alg:?} is not accepted (RS256, ES256)")));
         }
+        // The issuer is chosen by the token's own claim, then must sign it; with one issuer
+        // configured, a token without `iss` still reaches the signature check (and fails on `iss`).
+        let claimed = unverified_issuer(p);
+        let issuer = match (&claimed, self.issuers.as_slice()) {
+            (Some(iss), all) => all.iter().find(|i| &i.cfg.issuer == iss),
+            (None, [only]) => Some(only),
+            (None, _) => None,
+        }
+        .ok_or_else(|| invalid("wrong issuer"))?;
         let kid = header.get("kid").and_then(Value::as_str);
         let sig = b64(s).map_err(|e| invalid(&e))?;
         let message = format!("{h}.{p}");
-        let mut candidates = self.lookup(kid);
+        let mut candidates = issuer.lookup(kid);
         if candidates.is_empty() {
-            self.refresh_for_unknown_kid().await;
-            candidates = self.lookup(kid);
+            issuer.refresh_for_unknown_kid(self.refresh_interval).await;
+            candidates = issuer.lookup(kid);
         }
         if candidates.is_empty() {
             return Err(AuthError::Invalid(format!("no signing key {}", kid.unwrap_or("(no kid)"))));
@@ -311,57 +579,61 @@ impl Authenticator {
         }
         let claims: Map<String, Value> =
             serde_json::from_slice(&b64(p).map_err(|e| invalid(&e))?).map_err(|_| invalid("payload is not JSON"))?;
-        self.check_claims(&claims)?;
-        Ok(claims)
+        self.check_claims(&issuer.cfg, &claims)?;
+        Ok((claims, issuer.identity_claim.as_str()))
     }
 
-    fn check_claims(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    fn check_claims(&self, iss: &IssuerConfig, claims: &Map<String, Value>) -> Result<(), AuthError> {
         let now = Utc::now().timestamp();
-        let leeway = i64::try_from(self.cfg.leeway.as_secs()).unwrap_or(0);
         let time = |name: &str| claims.get(name).and_then(Value::as_i64);
         match time("exp") {
             None => return Err(AuthError::Invalid("no exp claim".into())),
-            Some(exp) if now > exp + leeway => return Err(AuthError::Invalid("token expired".into())),
+            Some(exp) if now > exp.saturating_add(self.leeway) => {
+                return Err(AuthError::Invalid("token expired".into()));
+            }
             _ => {}
         }
-        if time("nbf").is_some_and(|nbf| now + leeway < nbf) {
+        if time("nbf").is_some_and(|nbf| now.saturating_add(self.leeway) < nbf) {
             return Err(AuthError::Invalid("token not yet valid".into()));
         }
-        if let Some(iss) = &self.cfg.issuer
-            && claims.get("iss").and_then(Value::as_str) != Some(iss)
-        {
+        if claims.get("iss").and_then(Value::as_str) != Some(iss.issuer.as_str()) {
             return Err(AuthError::Invalid("wrong issuer".into()));
         }
-        if let Some(aud) = &self.cfg.audience {
-            let ok = match claims.get("aud") {
-                Some(Value::String(a)) => a == aud,
-                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(aud)),
-                _ => false,
-            };
-            if !ok {
-                return Err(AuthError::Invalid("wrong audience".into()));
-            }
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == iss.audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(iss.audience.as_str())),
+            _ => false,
+        };
+        if !ok {
+            return Err(AuthError::Invalid("wrong audience".into()));
         }
         Ok(())
     }
 
-    /// The caller's identity: the trusted header if configured and present, else the claim.
-    fn identity(&self, parts: &axum::http::HeaderMap, claims: &Map<String, Value>) -> Option<String> {
+    /// The caller's identity: the gateway's header when it comes from a trusted proxy, else the claim.
+    fn identity(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<IpAddr>,
+        claims: &Map<String, Value>,
+        claim: &str,
+    ) -> Option<String> {
+        let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)));
         let from_header = self
-            .cfg
             .identity_header
             .as_deref()
-            .and_then(|h| parts.get(h))
+            .filter(|_| trusted)
+            .and_then(|h| headers.get(h))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let raw =
-            from_header.or_else(|| claims.get(&self.cfg.identity_claim).and_then(Value::as_str).map(String::from))?;
+        let raw = from_header.or_else(|| claims.get(claim).and_then(Value::as_str).map(String::from))?;
         let id = raw.trim();
         (!id.is_empty() && id.chars().count() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_string())
     }
 }
 
-/// Middleware: refuses requests without a valid token; records the caller's identity.
+/// Middleware: refuses requests without a valid token or without the permission they need;
+/// records the caller's identity and permissions.
 pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -374,25 +646,117 @@ pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Reque
     let Some(token) = token else {
         return ApiError::from(AuthError::Missing).into_response();
     };
-    let claims = match auth.verify(&token).await {
+    let (claims, claim) = match auth.verify(&token).await {
         Ok(c) => c,
         Err(e) => {
             metrics::counter!("hyperfleet_api_auth_failures_total").increment(1);
             return ApiError::from(e).into_response();
         }
     };
-    match auth.identity(req.headers(), &claims) {
-        Some(id) => {
-            req.extensions_mut().insert(Identity(id));
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let action = Action::of(req.method(), req.uri().path());
+    let identity = match auth.identity(req.headers(), peer, &claims, claim) {
+        Some(id) => id,
+        None if action != Action::Read => {
+            return ApiError::from(AuthError::Invalid(format!("no usable identity in claim {claim:?} for a write")))
+                .into_response();
         }
-        None if req.method() != Method::GET && req.method() != Method::HEAD => {
-            return ApiError::from(AuthError::Invalid(format!(
-                "no usable identity in claim {:?} for a write",
-                auth.cfg.identity_claim
-            )))
-            .into_response();
-        }
-        None => {}
+        None => SYSTEM_IDENTITY.to_string(),
+    };
+    let grants = auth.authz.grants(&identity);
+    if !grants.allows(action) {
+        metrics::counter!("hyperfleet_api_authorization_denials_total").increment(1);
+        return ApiError::Forbidden(grants.refusal(action)).into_response();
     }
+    req.extensions_mut().insert(Identity(identity));
+    req.extensions_mut().insert(grants);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled() -> JwtConfig {
+        JwtConfig {
+            enabled: true,
+            jwks_url: Some("https://idp.example.test/jwks".into()),
+            issuer: Some("https://idp.example.test/".into()),
+            audience: Some("hyperfleet".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn enabled_needs_issuer_audience_and_a_safe_jwks_url() {
+        assert!(enabled().validate().is_ok());
+        let cases: Vec<(JwtConfig, &str)> = vec![
+            (JwtConfig { issuer: None, ..enabled() }, "has no issuer"),
+            (JwtConfig { audience: None, ..enabled() }, "has no audience"),
+            (JwtConfig { jwks_url: Some("http://localhost.evil.example/jwks".into()), ..enabled() }, "must be https"),
+            (JwtConfig { jwks_url: Some("http://127.0.0.1.nip.io/jwks".into()), ..enabled() }, "must be https"),
+            (JwtConfig { jwks_url: Some("ftp://idp/jwks".into()), ..enabled() }, "must be https"),
+            (JwtConfig { identity_header: Some("x-user".into()), ..enabled() }, "trusted_proxies"),
+            (
+                JwtConfig {
+                    identity_header: Some("x-user".into()),
+                    trusted_proxies: vec!["10.0.0.0/33".into()],
+                    ..enabled()
+                },
+                "not an IP address or CIDR",
+            ),
+            (
+                JwtConfig {
+                    issuers: vec![IssuerConfig {
+                        issuer: "https://idp.example.test/".into(),
+                        audience: "x".into(),
+                        jwks_file: Some("/k".into()),
+                        ..Default::default()
+                    }],
+                    ..enabled()
+                },
+                "configured twice",
+            ),
+        ];
+        for (cfg, why) in cases {
+            let err = cfg.validate().expect_err(why);
+            assert!(err.contains(why), "{err}");
+        }
+        for ok in ["http://localhost:8080/jwks", "http://127.0.0.1/jwks", "http://[::1]:9/jwks"] {
+            assert!(JwtConfig { jwks_url: Some(ok.into()), ..enabled() }.validate().is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_match_addresses_and_networks() {
+        let net = Cidr::parse("10.1.0.0/16").expect("cidr");
+        assert!(net.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!net.contains("10.2.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.1.0.9".parse().expect("ip")), "v4-mapped v6 peers");
+        let one = Cidr::parse("127.0.0.1").expect("ip");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")) && !one.contains("127.0.0.2".parse().expect("ip")));
+        assert!(Cidr::parse("fd00::/8").expect("v6").contains("fd12::1".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0").expect("all").contains("8.8.8.8".parse().expect("ip")));
+        assert!(Cidr::parse("nonsense").is_none() && Cidr::parse("10.0.0.0/40").is_none());
+    }
+
+    #[test]
+    fn expiry_with_leeway_cannot_overflow() {
+        let auth = Authenticator {
+            issuers: Vec::new(),
+            identity_header: None,
+            trusted_proxies: Vec::new(),
+            leeway: i64::MAX,
+            refresh_interval: Duration::ZERO,
+            authz: AuthzConfig::default(),
+        };
+        let iss = IssuerConfig { issuer: "i".into(), audience: "a".into(), ..Default::default() };
+        let mut claims = Map::new();
+        claims.insert("iss".into(), "i".into());
+        claims.insert("aud".into(), "a".into());
+        claims.insert("exp".into(), i64::MAX.into());
+        claims.insert("nbf".into(), i64::MAX.into());
+        // No panic (debug builds check overflow); a huge leeway accepts the token.
+        assert!(auth.check_claims(&iss, &claims).is_ok());
+    }
 }

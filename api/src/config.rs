@@ -31,6 +31,8 @@ pub struct ApiConfig {
     pub reconciliation_stuck_threshold: Duration,
     /// JWT authentication.
     pub jwt: crate::auth::JwtConfig,
+    /// Who may do what once authenticated.
+    pub authz: crate::authz::AuthzConfig,
     /// The change feed (`?watch=true`).
     pub watch: WatchConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -50,6 +52,7 @@ impl Default for ApiConfig {
             reconciliation_stuck_threshold: Duration::from_secs(600),
             watch: WatchConfig::default(),
             jwt: crate::auth::JwtConfig::default(),
+            authz: crate::authz::AuthzConfig::default(),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -62,6 +65,7 @@ impl ServiceConfig for ApiConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.jwt.validate()?;
+        self.authz.validate()?;
         for (kind, names) in
             [("clusters", &self.required_adapters.clusters), ("nodepools", &self.required_adapters.nodepools)]
         {

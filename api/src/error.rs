@@ -79,6 +79,9 @@ pub enum ApiError {
     /// 401 `HYPERFLEET-AUT-002`: a token that does not verify.
     #[error("{0}")]
     InvalidToken(String),
+    /// 403 `HYPERFLEET-AUT-003`: a valid token whose identity may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 410 `HYPERFLEET-CNF-004`: a watch cannot resume that far back.
     #[error("{0}")]
     Gone(String),
@@ -130,6 +133,7 @@ impl ApiError {
             ApiError::InvalidToken(_) => {
                 (StatusCode::UNAUTHORIZED, "HYPERFLEET-AUT-002", "Invalid Token", "invalid-token")
             }
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "HYPERFLEET-AUT-003", "Forbidden", "forbidden"),
             ApiError::Gone(_) => (StatusCode::GONE, "HYPERFLEET-CNF-004", "Resource Version Too Old", "gone"),
             ApiError::VersionConflict(_) => {
                 (StatusCode::PRECONDITION_FAILED, "HYPERFLEET-CNF-002", "Version Conflict", "version-conflict")

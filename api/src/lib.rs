@@ -9,6 +9,7 @@
 
 pub mod aggregation;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod listing;
@@ -211,7 +212,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     let drain = cfg.shutdown_timeout;
     let stop = shutdown.clone();
     let auth = if cfg.jwt.enabled {
-        Some(auth::Authenticator::new(cfg.jwt.clone()).await.map_err(StartError::Auth)?)
+        Some(auth::Authenticator::new(cfg.jwt.clone(), cfg.authz.clone()).await.map_err(StartError::Auth)?)
     } else {
         tracing::warn!("JWT authentication is off (jwt.enabled / ENABLE_JWT): every caller is trusted");
         None
@@ -220,7 +221,9 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         .with_watch(cfg.watch.clone(), shutdown.clone())
         .with_auth(auth);
     watch::spawn_pruner(db.clone(), cfg.watch.retention, shutdown.clone());
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned());
+    // The peer address: an identity header is believed only from jwt.trusted_proxies.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
     tokio::select! {
         res = server => res?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {

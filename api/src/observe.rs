@@ -37,6 +37,10 @@ pub fn describe_metrics() {
         "Requests refused because their bearer token failed verification."
     );
     describe_counter!(
+        "hyperfleet_api_authorization_denials_total",
+        "Requests refused with 403 because the caller's identity lacks the permission (authz.rules)."
+    );
+    describe_counter!(
         "hyperfleet_api_status_reports_discarded_total",
         "Adapter status reports answered 204 but not stored (out of order, stale or repeated)."
     );

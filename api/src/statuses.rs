@@ -285,9 +285,17 @@ pub fn validate(body: &Value, at: DateTime<Utc>) -> Result<Incoming, ApiError> {
 pub async fn put<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    grants: Option<axum::Extension<crate::authz::Grants>>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let incoming = validate(&body, now())?;
+    // An adapter's identity reports under its own name only (authentication on).
+    if let Some(axum::Extension(g)) = &grants
+        && !g.may_report_as(&incoming.adapter)
+    {
+        metrics::counter!("hyperfleet_api_authorization_denials_total").increment(1);
+        return Err(ApiError::Forbidden(g.report_refusal(&incoming.adapter)));
+    }
     let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
     let discard = |why: &str| {

@@ -17,7 +17,7 @@ use ring::{
     signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents},
 };
 use serde_json::{Value, json};
-use support::{App, CLUSTERS, app_with_auth, cluster};
+use support::{App, CLUSTERS, app_with_auth, app_with_authz, cluster};
 
 const ISSUER: &str = "https://sso.example.test/realms/hyperfleet";
 const AUDIENCE: &str = "hyperfleet-api";
@@ -148,6 +148,7 @@ async fn every_bad_token_is_refused_and_good_ones_name_the_caller() -> Result<()
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         identity_header: Some("x-hyperfleet-identity".into()),
+        trusted_proxies: vec!["127.0.0.0/8".into()],
         jwks_refresh_interval: Duration::ZERO,
         ..Default::default()
     })
@@ -177,6 +178,14 @@ async fn every_bad_token_is_refused_and_good_ones_name_the_caller() -> Result<()
     let via_gateway = [("x-hyperfleet-identity", "gateway-user")];
     let (_, created) = call(&app, Method::POST, Some(&token), &via_gateway, Some(&cluster("by-gateway"))).await?;
     assert_eq!(created["created_by"], "gateway-user", "the trusted header wins over the claim");
+    // The same header from a peer that is not a trusted proxy is ignored.
+    let bearer = format!("Bearer {token}");
+    let stranger: std::net::SocketAddr = "10.9.8.7:5555".parse()?;
+    let headers = [("x-hyperfleet-identity", "gateway-user"), ("authorization", bearer.as_str())];
+    let resp = app.send_from(stranger, Method::POST, CLUSTERS, &headers, Some(&cluster("by-stranger"))).await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await?)?;
+    assert_eq!(created["created_by"], "ada@example.test", "an untrusted peer's header is not believed");
 
     // Every way of being wrong: 401 HYPERFLEET-AUT-002, and nothing is written.
     let now = chrono::Utc::now().timestamp();
@@ -247,8 +256,176 @@ async fn every_bad_token_is_refused_and_good_ones_name_the_caller() -> Result<()
     assert_eq!(call(&app, Method::GET, Some(&token), &[], None).await?.0, StatusCode::OK, "the new kid is fetched");
 
     let (_, list) = call(&app, Method::GET, Some(&token), &[], None).await?;
-    assert_eq!(list["total"], 2, "only the two good writes happened: {list}");
+    assert_eq!(list["total"], 3, "only the three good writes happened: {list}");
     let _ = list.get("items").context("items")?;
     app.done().await;
+    Ok(())
+}
+
+/// `method uri` with `token`; the status and the JSON body.
+async fn request(app: &App, method: Method, uri: &str, token: &str, body: Option<&str>) -> Result<(StatusCode, Value)> {
+    let bearer = format!("Bearer {token}");
+    let resp = app.send(method, uri, &[("authorization", bearer.as_str())], body).await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+fn report(adapter: &str) -> String {
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    json!({
+        "adapter": adapter, "observed_generation": 1, "observed_time": at,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "Checked"},
+            {"type": "Applied", "status": "True", "reason": "Applied"},
+            {"type": "Health", "status": "True", "reason": "Healthy"},
+        ],
+    })
+    .to_string()
+}
+
+/// Who may do what: the sentinel reads, the adapter reads and reports under its own name only, an
+/// operator group may do everything, anyone else nothing — 403 `HYPERFLEET-AUT-003`, nothing written.
+#[tokio::test]
+async fn authorization_rules_decide_what_each_identity_may_do() -> Result<()> {
+    use hyperfleet_api::authz::{AuthzConfig, Rule};
+    let signer = Signer::ec()?;
+    let url = serve_jwks(Arc::new(RwLock::new(json!({"keys": [signer.jwk("k")]})))).await?;
+    let rule = |subjects: &[&str], allow: &[&str]| Rule {
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        allow: allow.iter().map(|s| s.to_string()).collect(),
+    };
+    let authz = AuthzConfig {
+        rules: vec![
+            rule(&["system:serviceaccount:hf:sentinel-sa"], &["read"]),
+            rule(&["system:serviceaccount:hf:hyperfleet-adapter-sa"], &["read", "report:landing-zone"]),
+            rule(&["system:serviceaccount:ops:*"], &["*"]),
+        ],
+    };
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        identity_claim: "sub".into(),
+        ..Default::default()
+    };
+    let app = app_with_authz(jwt, authz).await?;
+    let token_for = |sub: &str| {
+        let mut c = claims("unused@example.test");
+        c["sub"] = json!(sub);
+        signer.token("k", &c)
+    };
+    let (sentinel, adapter, ops, stranger) = (
+        token_for("system:serviceaccount:hf:sentinel-sa")?,
+        token_for("system:serviceaccount:hf:hyperfleet-adapter-sa")?,
+        token_for("system:serviceaccount:ops:alice")?,
+        token_for("system:serviceaccount:default:default")?,
+    );
+
+    let (status, created) = request(&app, Method::POST, CLUSTERS, &ops, Some(&cluster("by-ops"))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["created_by"], "system:serviceaccount:ops:alice", "audit fields carry the subject");
+    let id = created["id"].as_str().context("id")?.to_string();
+    let one = format!("{CLUSTERS}/{id}");
+    let statuses = format!("{one}/statuses");
+
+    assert_eq!(request(&app, Method::GET, &one, &sentinel, None).await?.0, StatusCode::OK);
+    let denied: Vec<(&str, &str, Method, String, Option<String>)> = vec![
+        ("the sentinel creating", &sentinel, Method::POST, CLUSTERS.into(), Some(cluster("by-sentinel"))),
+        ("the adapter creating", &adapter, Method::POST, CLUSTERS.into(), Some(cluster("by-adapter"))),
+        ("the adapter deleting", &adapter, Method::DELETE, one.clone(), None),
+        ("the adapter force-deleting", &adapter, Method::POST, format!("{one}/force-delete"), Some("{}".into())),
+        ("the sentinel reporting", &sentinel, Method::PUT, statuses.clone(), Some(report("landing-zone"))),
+        ("the adapter reporting as another adapter", &adapter, Method::PUT, statuses.clone(), Some(report("dns"))),
+        ("a stranger reading", &stranger, Method::GET, one.clone(), None),
+    ];
+    for (what, token, method, uri, body) in denied {
+        let (status, v) = request(&app, method, &uri, token, body.as_deref()).await?;
+        assert_eq!((status, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("HYPERFLEET-AUT-003")), "{what}: {v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains("system:serviceaccount:"), "{what} names who: {v}");
+    }
+    let (_, v) = request(&app, Method::PUT, &statuses, &adapter, Some(&report("dns"))).await?;
+    assert!(v["detail"].as_str().unwrap_or("").contains("only as adapter landing-zone"), "{v}");
+
+    // Its own name is fine; nothing the refused calls attempted happened.
+    let (status, v) = request(&app, Method::PUT, &statuses, &adapter, Some(&report("landing-zone"))).await?;
+    assert!(status.is_success(), "{status}: {v}");
+    let (_, list) = request(&app, Method::GET, &statuses, &ops, None).await?;
+    let adapters: Vec<&str> =
+        list["items"].as_array().into_iter().flatten().filter_map(|s| s["adapter"].as_str()).collect();
+    assert_eq!(adapters, ["landing-zone"], "{list}");
+    let (_, all) = request(&app, Method::GET, CLUSTERS, &ops, None).await?;
+    assert_eq!(all["total"], 1, "{all}");
+    let (_, cluster) = request(&app, Method::GET, &one, &ops, None).await?;
+    assert!(cluster["deleted_time"].is_null(), "{cluster}");
+    app.done().await;
+    Ok(())
+}
+
+/// A JWKS larger than the cap is not read (a hostile or broken IdP cannot balloon the API): its
+/// keys are never loaded, so even a well-signed token is refused.
+#[tokio::test]
+async fn an_oversized_jwks_is_not_loaded() -> Result<()> {
+    let signer = Signer::ec()?;
+    let padded = json!({"keys": [signer.jwk("k")], "padding": "x".repeat(512 * 1024)});
+    let url = serve_jwks(Arc::new(RwLock::new(padded))).await?;
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        ..Default::default()
+    };
+    let app = app_with_auth(jwt).await?;
+    let token = signer.token("k", &claims("ada@example.test"))?;
+    let (status, v) = call(&app, Method::GET, Some(&token), &[], None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("no signing key"), "{v}");
+    app.done().await;
+    Ok(())
+}
+
+/// While the IdP is down, a burst of tokens with unknown `kid`s costs one JWKS fetch per refresh
+/// interval — not one (queued) fetch per request.
+#[tokio::test]
+async fn unknown_kids_while_the_idp_is_down_do_not_queue_fetches() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/jwks", listener.local_addr()?);
+    let counter = hits.clone();
+    let down = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::SERVICE_UNAVAILABLE }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, down).await });
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        jwks_refresh_interval: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let app = Arc::new(app_with_auth(jwt).await?);
+    let signer = Signer::ec()?;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let token = signer.token(&format!("kid-{i}"), &claims("eve@example.test"))?;
+        let app = app.clone();
+        calls.push(tokio::spawn(async move { call(&app, Method::GET, Some(&token), &[], None).await }));
+    }
+    for c in calls {
+        assert_eq!(c.await??.0, StatusCode::UNAUTHORIZED);
+    }
+    // The start-up load, and at most one reload for the whole burst.
+    assert!(hits.load(Ordering::SeqCst) <= 2, "{} JWKS fetches for 20 requests", hits.load(Ordering::SeqCst));
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.done().await;
+    }
     Ok(())
 }

@@ -141,6 +141,8 @@ async fn the_charts_enable_jwt_is_honoured_and_health_and_metrics_stay_open() ->
         ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
         ("HYPERFLEET_SERVER_PORT", port.to_string()),
         ("ENABLE_JWT", "true".to_string()),
+        ("HYPERFLEET_JWT_ISSUER", "https://idp.example.test/".to_string()),
+        ("HYPERFLEET_JWT_AUDIENCE", "hyperfleet".to_string()),
     ]);
     let jwks_arg = jwks.display().to_string();
     let mut api = Service::start(&env, "server-jwt", "api", &["serve", "--jwks-file", &jwks_arg], &vars)?;
@@ -154,16 +156,26 @@ async fn the_charts_enable_jwt_is_honoured_and_health_and_metrics_stay_open() ->
     assert!(api.metrics().await?.contains("hyperfleet_api_requests_total"), "metrics need no token");
     api.stop().await;
 
-    // Switched on without keys: a clear refusal to start.
-    let out = tokio::process::Command::new(env.bin("hyperfleet-api")?)
-        .arg("serve")
-        .env_clear()
-        .env("ENABLE_JWT", "true")
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("jwt.enabled needs jwt.jwks_url (JWKS_URL) or jwt.jwks_file"), "{text}");
+    // Switched on without keys, or without an issuer or audience to check: a clear refusal to start.
+    for (extra, why) in [
+        (vec![], "jwt.enabled needs an issuer"),
+        (vec![("JWKS_URL", "https://idp.example.test/jwks")], "has no issuer"),
+        (
+            vec![("JWKS_URL", "https://idp.example.test/jwks"), ("HYPERFLEET_JWT_ISSUER", "https://idp.example.test/")],
+            "has no audience",
+        ),
+    ] {
+        let out = tokio::process::Command::new(env.bin("hyperfleet-api")?)
+            .arg("serve")
+            .env_clear()
+            .env("ENABLE_JWT", "true")
+            .envs(extra)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains(why), "{why}: {text}");
+    }
     let _ = std::fs::remove_file(&jwks);
     db.drop_db().await;
     Ok(())

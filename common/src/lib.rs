@@ -13,6 +13,9 @@
 //!   optional client certificate, and idempotent exchange declaration.
 //! * [`cloudevent`] — CloudEvents 1.0 over AMQP in structured mode, and the reconcile-event payload
 //!   shared by the sentinel (producer) and the adapters (consumers).
+//! * [`token`] — the bearer token the workers send to the API, read from a file
+//!   (`hyperfleet_api.token_file`, e.g. a projected ServiceAccount token) and re-read when it is
+//!   rotated; a refusal (401/403) remembered so that it is logged once per streak.
 #![forbid(unsafe_code)]
 
 pub mod broker;
@@ -22,3 +25,4 @@ pub mod ops;
 pub mod process;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;

@@ -1,6 +1,6 @@
 //! Sentinel configuration (defaults → YAML → `HYPERFLEET_*` → flags).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use hyperfleet_common::{
     broker::BrokerConfig, config::duration, ops::Listen, process::ServiceConfig, telemetry::LogConfig,
@@ -87,6 +87,9 @@ pub struct ApiClientConfig {
     pub timeout: Duration,
     /// Items per list request (1–100).
     pub page_size: u32,
+    /// File holding the bearer token sent on every API request (e.g. a projected ServiceAccount
+    /// token); read again when it changes and after a 401/403. Unset: no `Authorization` header.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ApiClientConfig {
@@ -96,7 +99,21 @@ impl Default for ApiClientConfig {
             endpoint: None,
             timeout: Duration::from_secs(10),
             page_size: 100,
+            token_file: None,
         }
+    }
+}
+
+impl ApiClientConfig {
+    /// The configured token file, read once: it must exist and hold a token (a clear start error).
+    pub fn check_token_file(&self) -> Result<(), String> {
+        self.credentials().map(drop)
+    }
+
+    /// The credentials for the API client: the token file (read now) or none.
+    pub fn credentials(&self) -> Result<hyperfleet_common::token::ApiCredentials, String> {
+        hyperfleet_common::token::ApiCredentials::from_file(self.token_file.as_deref())
+            .map_err(|e| format!("hyperfleet_api.token_file: {e}"))
     }
 }
 
@@ -133,6 +150,7 @@ impl ServiceConfig for SentinelConfig {
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL without a query"));
         }
+        self.hyperfleet_api.check_token_file()?;
         self.broker.validate().map_err(|e| e.to_string())
     }
 }
@@ -264,6 +282,33 @@ mod tests {
         assert_eq!(ours.broker.exchange, "ours");
         let theirs: SentinelConfig = config::load_layered(None, &layers, &[], env(&[])).expect("seed");
         assert_eq!(theirs.broker.exchange, "from-seed");
+    }
+
+    #[test]
+    fn the_token_file_comes_from_the_environment_and_must_hold_a_token() {
+        let token = scratch("token", "abc\n");
+        let env = [
+            ("HYPERFLEET_HYPERFLEET_API_TOKEN_FILE".to_string(), token.display().to_string()),
+            ("HYPERFLEET_BROKER_URL".to_string(), "amqps://u:p@broker:5671".to_string()),
+        ];
+        let cfg: SentinelConfig = config::load_with_env(None, &[], env).expect("loads");
+        assert_eq!(cfg.hyperfleet_api.token_file.as_deref(), Some(token.as_path()));
+        cfg.validate().expect("a token in the file");
+        assert!(cfg.hyperfleet_api.credentials().expect("creds").has_token());
+        let empty = scratch("token", " \n");
+        let cfg = SentinelConfig {
+            hyperfleet_api: ApiClientConfig { token_file: Some(empty.clone()), ..Default::default() },
+            ..cfg.clone()
+        };
+        let err = cfg.validate().expect_err("empty");
+        assert_eq!(err, format!("hyperfleet_api.token_file: token file {}: the file is empty", empty.display()));
+        let missing = SentinelConfig {
+            hyperfleet_api: ApiClientConfig { token_file: Some("/nope/token".into()), ..Default::default() },
+            ..cfg.clone()
+        };
+        assert!(missing.validate().expect_err("missing").contains("/nope/token: cannot read it"));
+        // Unset: valid, and no header.
+        assert!(!SentinelConfig::default().hyperfleet_api.credentials().expect("none").has_token());
     }
 
     #[test]

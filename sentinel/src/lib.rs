@@ -28,6 +28,7 @@ use hyperfleet_common::{
     cloudevent::{self, ObjectRef, ReconcileData},
     ops,
     process::ServiceConfig,
+    token::ApiCredentials,
 };
 use lapin::{
     Channel, Confirmation, Connection,
@@ -99,13 +100,18 @@ struct Health {
     broker_up: AtomicBool,
     /// Milliseconds since `started` of the last successful poll; -1 before the first.
     last_poll_ms: AtomicI64,
+    /// The API refuses our token: stale polls then do not fail liveness — a restart cannot fix a
+    /// refused token (the kubelet's rotation can, and the file is re-read), so it would only loop.
+    refused: AtomicBool,
     started: Instant,
 }
 
 impl Health {
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
     fn polled(&self) {
-        let ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.last_poll_ms.store(ms, Ordering::Relaxed);
+        self.last_poll_ms.store(self.now_ms(), Ordering::Relaxed);
     }
     fn since_last_poll(&self) -> Option<Duration> {
         let ms = self.last_poll_ms.load(Ordering::Relaxed);
@@ -122,6 +128,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     let health = Arc::new(Health {
         broker_up: AtomicBool::new(false),
         last_poll_ms: AtomicI64::new(-1),
+        refused: AtomicBool::new(false),
         started: Instant::now(),
     });
     let h = health.clone();
@@ -138,10 +145,12 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     let h = health.clone();
     let stale_after = cfg.poll_interval * 3;
     let live: ops::ReadinessCheck = Arc::new(move || {
-        let since = h.since_last_poll();
+        let (since, refused) = (h.since_last_poll(), h.refused.load(Ordering::Relaxed));
         Box::pin(async move {
             match since {
-                Some(d) if d > stale_after => Err(format!("poll stale: last successful poll {}s ago", d.as_secs())),
+                Some(d) if d > stale_after && !refused => {
+                    Err(format!("poll stale: last successful poll {}s ago", d.as_secs()))
+                }
                 _ => Ok(()),
             }
         })
@@ -155,12 +164,16 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
         .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
+    let creds = Arc::new(cfg.hyperfleet_api.credentials().map_err(Error::Start)?);
+    metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(&cfg)).increment(0);
     let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
-    let mut sentinel = Sentinel { cfg, http, publisher: None, published: HashMap::new(), health, leadership };
+    let mut sentinel =
+        Sentinel { cfg, http, creds: creds.clone(), publisher: None, published: HashMap::new(), health, leadership };
     tracing::info!(
         resource_type = %sentinel.cfg.resource_type,
         selector = %sentinel.cfg.selector_label(),
         api = %sentinel.cfg.hyperfleet_api.base_url,
+        api_token_file = ?sentinel.creds.token_path(),
         broker = %sentinel.cfg.broker.endpoint(),
         exchange = %sentinel.cfg.broker.exchange,
         poll_interval = ?sentinel.cfg.poll_interval,
@@ -168,7 +181,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     );
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
     if sentinel.cfg.watch {
-        watch::spawn(&sentinel.cfg, changes_tx, shutdown.clone());
+        watch::spawn(&sentinel.cfg, creds, changes_tx, shutdown.clone());
     }
     let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,6 +212,8 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
 struct Sentinel {
     cfg: SentinelConfig,
     http: reqwest::Client,
+    /// The bearer token (if configured) and whether the API refuses it; shared with the feed.
+    creds: Arc<ApiCredentials>,
     publisher: Option<Publisher>,
     /// The last confirmed event per resource id; pruned to the resources seen in the last pass.
     published: HashMap<String, Published>,
@@ -211,7 +226,7 @@ const PUBLISH_ATTEMPTS: u32 = 4;
 
 impl Sentinel {
     fn labels(&self) -> [(&'static str, String); 2] {
-        [("resource_type", self.cfg.resource_type.clone()), ("resource_selector", self.cfg.selector_label())]
+        metric_labels(&self.cfg)
     }
 
     /// One pass: list, decide, publish. Only a permanent broker error (an exchange of another
@@ -221,18 +236,25 @@ impl Sentinel {
         let started = Instant::now();
         // Connect (or reconnect) up front, so readiness reflects the broker even on idle passes.
         self.connected_publisher().await?;
-        let resources = match fetch_all(&self.http, &self.cfg).await {
+        let resources = match fetch_all(&self.http, &self.creds, &self.cfg).await {
             Ok(r) => r,
             Err(e) => {
                 let error_type = if e.auth { "auth_error" } else { "fetch_error" };
                 metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
                 metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => error_type)
                     .increment(1);
-                tracing::warn!(error = %e.message, "poll failed");
+                self.health.refused.store(e.auth, Ordering::Relaxed);
+                if e.auth {
+                    // Warned about once per streak by `refused`; the next poll tries again.
+                    tracing::debug!(error = %e.message, "poll refused");
+                } else {
+                    tracing::warn!(error = %e.message, "poll failed");
+                }
                 return Ok(());
             }
         };
         self.health.polled();
+        self.health.refused.store(false, Ordering::Relaxed);
         let now = Utc::now();
         metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
             .set(now.timestamp_millis() as f64 / 1000.0);
@@ -367,6 +389,35 @@ impl Sentinel {
     }
 }
 
+/// The labels of the sentinel's metrics.
+fn metric_labels(cfg: &SentinelConfig) -> [(&'static str, String); 2] {
+    [("resource_type", cfg.resource_type.clone()), ("resource_selector", cfg.selector_label())]
+}
+
+/// A 401 or 403 from the API (a list page or the change feed): counted each time, warned about
+/// once until a request is accepted again; the token file is read again at the next request.
+fn refused(creds: &ApiCredentials, cfg: &SentinelConfig, request: &str, status: u16, detail: &str) {
+    metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(cfg)).increment(1);
+    if creds.refused() {
+        tracing::warn!(
+            request,
+            status,
+            reason = %detail,
+            token_file = ?creds.token_path(),
+            "the API refuses the sentinel's credentials; retrying (not logged again until a request succeeds)"
+        );
+    } else {
+        tracing::debug!(request, status, reason = %detail, "the API still refuses the sentinel's credentials");
+    }
+}
+
+/// A request the API accepted: ends a streak of refusals.
+fn accepted(creds: &ApiCredentials) {
+    if creds.accepted() {
+        tracing::info!("the API accepts the sentinel's credentials again");
+    }
+}
+
 /// A failed list request, after retries.
 #[derive(Debug)]
 struct FetchError {
@@ -379,7 +430,11 @@ struct FetchError {
 /// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
 /// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
 /// at once.
-async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<Resource>, FetchError> {
+async fn fetch_all(
+    http: &reqwest::Client,
+    creds: &ApiCredentials,
+    cfg: &SentinelConfig,
+) -> Result<Vec<Resource>, FetchError> {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/');
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let size = cfg.hyperfleet_api.page_size as usize;
@@ -391,7 +446,7 @@ async fn fetch_all(http: &reqwest::Client, cfg: &SentinelConfig) -> Result<Vec<R
         if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
             query.push(("search", s));
         }
-        let body = fetch_page(http, &url, &query).await?;
+        let body = fetch_page(http, creds, cfg, &url, &query).await?;
         let got = body.items.len();
         all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
         match all.last() {
@@ -412,22 +467,43 @@ fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
     }
 }
 
-async fn fetch_page(http: &reqwest::Client, url: &str, query: &[(&str, String)]) -> Result<Page, FetchError> {
+async fn fetch_page(
+    http: &reqwest::Client,
+    creds: &ApiCredentials,
+    cfg: &SentinelConfig,
+    url: &str,
+    query: &[(&str, String)],
+) -> Result<Page, FetchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(500);
     loop {
-        let message = match http.get(url).query(query).send().await {
-            Ok(resp) if resp.status().is_success() => match resp.json::<Page>().await {
-                Ok(page) => return Ok(page),
-                Err(e) => format!("GET {url}: unreadable body: {e}"),
-            },
+        // Read per request: a rotated token file is picked up by the next page.
+        let authorization =
+            creds.authorization().map_err(|e| FetchError { message: format!("GET {url}: {e}"), auth: false })?;
+        let mut request = http.get(url).query(query);
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let message = match request.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                accepted(creds);
+                match resp.json::<Page>().await {
+                    Ok(page) => return Ok(page),
+                    Err(e) => format!("GET {url}: unreadable body: {e}"),
+                }
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-                let detail = resp.text().await.unwrap_or_default();
-                let detail: String = detail.chars().take(300).collect();
+                let auth = status.as_u16() == 401 || status.as_u16() == 403;
+                let body = resp.text().await.unwrap_or_default();
+                if auth {
+                    let detail = hyperfleet_common::token::problem_detail(&body);
+                    refused(creds, cfg, "list", status.as_u16(), &detail);
+                    return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
+                }
+                let detail: String = body.chars().take(300).collect();
                 if !retry {
-                    let auth = status.as_u16() == 401 || status.as_u16() == 403;
                     return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
                 }
                 format!("GET {url}: HTTP {status}")

@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use hyperfleet_common::{
@@ -20,6 +20,9 @@ struct Cli {
     /// HyperFleet API base URL (hyperfleet_api.base_url).
     #[arg(long)]
     hyperfleet_api_base_url: Option<String>,
+    /// File holding the bearer token for the API (hyperfleet_api.token_file).
+    #[arg(long)]
+    hyperfleet_api_token_file: Option<PathBuf>,
     /// clusters or nodepools (resource_type).
     #[arg(long)]
     resource_type: Option<String>,
@@ -37,6 +40,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = cli.common.overrides([
         ("hyperfleet_api.base_url", cli.hyperfleet_api_base_url.map(Value::from)),
+        ("hyperfleet_api.token_file", cli.hyperfleet_api_token_file.map(|p| Value::from(p.display().to_string()))),
         ("resource_type", cli.resource_type.map(Value::from)),
         ("poll_interval", cli.poll_interval.map(Value::from)),
         ("broker.exchange", cli.broker_exchange.map(Value::from)),

@@ -33,6 +33,10 @@ pub fn describe_metrics() {
         "Polls that failed to list resources from the API, by error type."
     );
     describe_counter!(
+        "hyperfleet_sentinel_api_auth_failures_total",
+        "API requests (list pages and the change feed) refused with 401 or 403: the bearer token missing, invalid or without permission."
+    );
+    describe_counter!(
         "hyperfleet_sentinel_watch_reconnects_total",
         "Times the API's change feed was interrupted and followed again."
     );

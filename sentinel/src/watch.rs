@@ -1,9 +1,11 @@
 //! Follows the API's change feed (`?watch=true`) so a new or changed resource is decided about
 //! within milliseconds; the poll stays the safety net. Reconnects with `resource_version` after
-//! an API restart; a version the API no longer has (410) starts over from the present.
+//! an API restart; a version the API no longer has (410) starts over from the present. Sends the
+//! bearer token like the list requests; a refusal (401/403) is counted and warned about with theirs.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use hyperfleet_common::token::ApiCredentials;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +32,12 @@ struct Line {
 const IDLE: Duration = Duration::from_secs(60);
 
 /// Streams changes into `tx` until `shutdown`.
-pub fn spawn(cfg: &SentinelConfig, tx: mpsc::Sender<Change>, shutdown: CancellationToken) {
+pub fn spawn(cfg: &SentinelConfig, creds: Arc<ApiCredentials>, tx: mpsc::Sender<Change>, shutdown: CancellationToken) {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/').to_string();
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let search = cfg.search();
     let connect_timeout = cfg.hyperfleet_api.timeout;
+    let cfg = cfg.clone();
     tokio::spawn(async move {
         let http = match reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -56,7 +59,7 @@ pub fn spawn(cfg: &SentinelConfig, tx: mpsc::Sender<Change>, shutdown: Cancellat
             }
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = follow(&http, &url, &query, &tx, &mut resume) => r,
+                r = follow(&http, &creds, &cfg, &url, &query, &tx, &mut resume) => r,
             };
             match outcome {
                 Ok(()) => backoff = Duration::from_millis(200),
@@ -64,6 +67,9 @@ pub fn spawn(cfg: &SentinelConfig, tx: mpsc::Sender<Change>, shutdown: Cancellat
                 Err(Stop::Gone) => {
                     tracing::info!("change feed position expired; following from now (the poll covers the gap)");
                     resume = None;
+                }
+                Err(Stop::Refused) => {
+                    tracing::debug!(retry_in = ?backoff, "change feed refused");
                 }
                 Err(Stop::Failed(e)) => {
                     metrics::counter!("hyperfleet_sentinel_watch_reconnects_total").increment(1);
@@ -82,20 +88,35 @@ pub fn spawn(cfg: &SentinelConfig, tx: mpsc::Sender<Change>, shutdown: Cancellat
 enum Stop {
     Receiver,
     Gone,
+    /// 401 or 403: already counted and (once per streak) warned about.
+    Refused,
     Failed(String),
 }
 
 async fn follow(
     http: &reqwest::Client,
+    creds: &ApiCredentials,
+    cfg: &SentinelConfig,
     url: &str,
     query: &[(&str, String)],
     tx: &mpsc::Sender<Change>,
     resume: &mut Option<String>,
 ) -> Result<(), Stop> {
-    let mut resp = http.get(url).query(query).send().await.map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut request = http.get(url).query(query);
+    if let Some(value) = creds.authorization().map_err(|e| Stop::Failed(e.to_string()))? {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut resp = request.send().await.map_err(|e| Stop::Failed(e.to_string()))?;
     match resp.status().as_u16() {
-        200 => {}
+        200 => crate::accepted(creds),
         410 => return Err(Stop::Gone),
+        code @ (401 | 403) => {
+            // A problem+json body of a few hundred bytes; the timeout guards against a stuck one.
+            let body = tokio::time::timeout(cfg.hyperfleet_api.timeout, resp.text()).await;
+            let detail = hyperfleet_common::token::problem_detail(&body.ok().and_then(Result::ok).unwrap_or_default());
+            crate::refused(creds, cfg, "watch", code, &detail);
+            return Err(Stop::Refused);
+        }
         code => return Err(Stop::Failed(format!("HTTP {code}"))),
     }
     if resume.is_none() {

@@ -289,6 +289,8 @@ pub struct Stack {
     pub adapter: Service,
     adapter_vars: Vec<(&'static str, String)>,
     adapter_runs: u32,
+    /// The test's own HTTP client: sends [`StackOptions::api_token`] when one is given.
+    http: reqwest::Client,
     /// Clusters created through [`Stack::create_cluster`]; their Namespaces are removed at stop.
     created: std::sync::Mutex<Vec<String>>,
     db: TestDb,
@@ -303,6 +305,10 @@ pub struct StackOptions {
     pub bin_dir: Option<PathBuf>,
     /// Keep the sentinel's default poll interval instead of the tests' 500 ms.
     pub default_poll_interval: bool,
+    /// Extra settings for the API (e.g. `HYPERFLEET_JWT_*`); they win over the defaults.
+    pub api: Vec<(&'static str, String)>,
+    /// Bearer token the test's own requests ([`Stack::get`], [`Stack::create_cluster`], …) send.
+    pub api_token: Option<String>,
 }
 
 impl Stack {
@@ -329,6 +335,7 @@ impl Stack {
         let mut api_vars = api_db_vars(&env, &db)?;
         api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
         api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
+        api_vars.extend(opts.api);
         let mut sentinel_vars = broker.clone();
         if !opts.default_poll_interval {
             sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
@@ -343,6 +350,13 @@ impl Stack {
         let mut sentinel = Service::start(&env, &tag, "sentinel", &[], &sentinel_vars)?;
         let mut adapter = Service::start(&env, &tag, "adapter", &[], &adapter_vars)?;
         let adapter_runs = 1;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &opts.api_token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder().default_headers(headers).build()?;
         let ready = Duration::from_secs(60);
         api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
@@ -358,6 +372,7 @@ impl Stack {
             adapter,
             adapter_vars,
             adapter_runs,
+            http,
             created: Default::default(),
             db,
         })
@@ -384,9 +399,14 @@ impl Stack {
         Ok(())
     }
 
+    /// The test's HTTP client (with the [`StackOptions::api_token`], if any).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// POSTs a cluster; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
-        let id = post_cluster(&self.api_url, name, serde_json::json!({})).await?;
+        let id = post_cluster_with(&self.http, &self.api_url, name, serde_json::json!({})).await?;
         self.track_created(&id);
         Ok(id)
     }
@@ -433,7 +453,7 @@ impl Stack {
 
     /// GETs a resource path under the API prefix, e.g. `clusters/<id>`.
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
-        let resp = reqwest::get(format!("{}/api/hyperfleet/v1/{path}", self.api_url)).await?;
+        let resp = self.http.get(format!("{}/api/hyperfleet/v1/{path}", self.api_url)).send().await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
@@ -497,8 +517,18 @@ pub async fn seed_clusters(conn: &mut PgConnection, n: i64) -> Result<()> {
 
 /// POSTs a cluster named `name` with `labels` to the API at `api_url`; returns its id.
 pub async fn post_cluster(api_url: &str, name: &str, labels: serde_json::Value) -> Result<String> {
+    post_cluster_with(&reqwest::Client::new(), api_url, name, labels).await
+}
+
+/// [`post_cluster`] with the given client (e.g. one that sends a bearer token).
+pub async fn post_cluster_with(
+    http: &reqwest::Client,
+    api_url: &str,
+    name: &str,
+    labels: serde_json::Value,
+) -> Result<String> {
     let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
-    let resp = reqwest::Client::new()
+    let resp = http
         .post(format!("{api_url}/api/hyperfleet/v1/clusters"))
         .timeout(Duration::from_secs(10))
         .json(&body)

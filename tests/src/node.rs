@@ -145,6 +145,12 @@ impl Release {
         Ok(())
     }
 
+    /// A token of the chart's operator ServiceAccount (`hyperfleet-operator`, allowed everything on
+    /// the API), as a person gets one with `kubectl create token`.
+    pub async fn operator_token(&self) -> Result<String> {
+        service_account_token(&self.env, &self.namespace, "hyperfleet-operator", "hyperfleet").await
+    }
+
     pub fn pods_api(&self) -> Api<Pod> {
         Api::namespaced(self.kube.clone(), &self.namespace)
     }
@@ -281,7 +287,14 @@ impl Release {
             let mut stderr = BufReader::new(stderr).lines();
             tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
         }
-        Ok(PortForward { url: format!("http://127.0.0.1:{local}"), _child: child })
+        // Requests through it carry the operator's token when the release has one (JWT is on by default).
+        let mut http = reqwest::Client::builder();
+        if let Ok(token) = self.operator_token().await {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+            value.set_sensitive(true);
+            http = http.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());
+        }
+        Ok(PortForward { url: format!("http://127.0.0.1:{local}"), http: http.build()?, _child: child })
     }
 
     /// `helm uninstall`, then checks that nothing of the release is left: its Namespace (with every
@@ -356,6 +369,8 @@ pub async fn require_node(env: &LocalEnv) -> Result<()> {
 /// A running `kubectl port-forward`; stopped when dropped.
 pub struct PortForward {
     pub url: String,
+    /// An HTTP client sending the release's operator token (none when the release has no operator).
+    pub http: reqwest::Client,
     _child: Child,
 }
 
@@ -374,4 +389,27 @@ pub async fn container_pid(env: &LocalEnv, container_id: &str) -> Result<u32> {
             (f.next()? == id).then(|| f.next()?.parse().ok()).flatten()
         })
         .with_context(|| format!("container {id} has no running task:\n{text}"))
+}
+
+/// A token for ServiceAccount `name` in `namespace` from the kube-apiserver's TokenRequest API,
+/// for `audience` (the chart's API accepts `hyperfleet`), valid for an hour.
+pub async fn service_account_token(env: &LocalEnv, namespace: &str, name: &str, audience: &str) -> Result<String> {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.kube().await?, namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_string()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &Default::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
+    issued.status.map(|s| s.token).filter(|t| !t.is_empty()).with_context(|| format!("no token for {namespace}/{name}"))
 }

@@ -232,7 +232,13 @@ struct Runnable {
     vars: Vec<(String, String)>,
 }
 
-fn runnable(docs: &[Value], deployment: &str, init: bool, secrets: &[(&str, String)]) -> Result<Runnable> {
+fn runnable(
+    docs: &[Value],
+    deployment: &str,
+    init: bool,
+    secrets: &[(&str, String)],
+    projected: &[(&str, String)],
+) -> Result<Runnable> {
     let pod = &find(docs, "Deployment", deployment).with_context(|| format!("{deployment} rendered"))?["spec"]["template"]
         ["spec"];
     let container = if init { &pod["initContainers"][0] } else { &pod["containers"][0] };
@@ -241,6 +247,28 @@ fn runnable(docs: &[Value], deployment: &str, init: bool, secrets: &[(&str, Stri
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     for m in container["volumeMounts"].as_array().cloned().unwrap_or_default() {
         let volume = pod["volumes"].as_array().and_then(|vs| vs.iter().find(|v| v["name"] == m["name"])).cloned();
+        // Projected volumes (ServiceAccount tokens, the cluster CA): the files the test supplies.
+        if let Some(sources) = volume.as_ref().and_then(|v| v["projected"]["sources"].as_array()) {
+            let dir = scratch.join(m["name"].as_str().unwrap_or("x"));
+            std::fs::create_dir_all(&dir)?;
+            for source in sources {
+                let paths: Vec<String> = match source["serviceAccountToken"]["path"].as_str() {
+                    Some(p) => vec![p.to_string()],
+                    None => source["configMap"]["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i["path"].as_str().map(String::from))
+                        .collect(),
+                };
+                for path in paths {
+                    let content = projected.iter().find(|(p, _)| *p == path).map(|(_, c)| c.clone());
+                    files.push((dir.join(&path), content.with_context(|| format!("no local file for {path}"))?));
+                }
+            }
+            mounts.push((m["mountPath"].as_str().unwrap_or("").to_string(), dir));
+            continue;
+        }
         let Some(cm) = volume.as_ref().and_then(|v| v["configMap"]["name"].as_str()) else { continue };
         let dir = scratch.join(m["name"].as_str().unwrap_or("x"));
         std::fs::create_dir_all(&dir)?;
@@ -292,10 +320,41 @@ fn runnable(docs: &[Value], deployment: &str, init: bool, secrets: &[(&str, Stri
 /// ready — so the chart passes nothing the binaries do not understand, and misses nothing they need.
 #[tokio::test]
 async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
-    use hyperfleet_tests::{Service, TestDb, api_db_vars, free_port};
     let env = LocalEnv::load()?;
     let dev = chart_dir().join("ci/in-cluster-values.yaml").display().to_string();
-    let docs = render(&env, &["-f", &dev, "--set", "global.logFormat=text"])?;
+    // JWT is on by default: the rendered issuer (the kube-apiserver's JWKS, replaced by the local
+    // apiserver's address like every other endpoint) verifies the workers' ServiceAccount tokens,
+    // issued here by the local kube-apiserver for the chart's own ServiceAccounts.
+    let ns = format!("hf-contract-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let jwks = format!("hyperfleetApi.auth.kubernetes.jwksUrl={}/openid/v1/jwks", env.get("HF_KUBE_URL")?);
+    let docs = render(
+        &env,
+        &["-f", &dev, "--set", "global.logFormat=text", "--set", &format!("namespace={ns}"), "--set", &jwks],
+    )?;
+    let kube = env.kube().await?;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    namespaces
+        .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .await?;
+    let outcome = contract(&env, &docs, &ns).await;
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+    outcome
+}
+
+async fn contract(env: &LocalEnv, docs: &[Value], ns: &str) -> Result<()> {
+    use hyperfleet_tests::{Service, TestDb, api_db_vars, free_port, node::service_account_token};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.kube().await?, ns);
+    for sa in ["sentinel-sa", "hyperfleet-adapter-sa"] {
+        accounts
+            .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": sa}}))?)
+            .await?;
+    }
+    let kube_ca = std::fs::read_to_string(env.get("HF_KUBE_CA_FILE")?)?;
+    let kube_token = std::fs::read_to_string(env.get("HF_KUBE_TOKEN_FILE")?)?;
+    let api_files = [("token", kube_token), ("ca.crt", kube_ca)];
+    let env = env.clone();
+    let docs = docs.to_vec();
     let db = TestDb::create(&env).await?;
     let local_db: Vec<(&'static str, String)> = api_db_vars(&env, &db)?;
     let api_port = free_port();
@@ -308,7 +367,7 @@ async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
 
     // The API: the init container's migrate, then serve.
     let secrets = [("HYPERFLEET_DATABASE_PASSWORD", env.get("HF_DB_PASSWORD")?.to_string())];
-    let migrate = runnable(&docs, "hyperfleet-api", true, &secrets)?;
+    let migrate = runnable(&docs, "hyperfleet-api", true, &secrets, &api_files)?;
     let out = tokio::process::Command::new(env.bin("hyperfleet-api")?)
         .args(&migrate.args)
         .env_clear()
@@ -316,7 +375,7 @@ async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
         .output()
         .await?;
     assert!(out.status.success(), "migrate with the chart's settings: {}", String::from_utf8_lossy(&out.stderr));
-    let serve = runnable(&docs, "hyperfleet-api", false, &secrets)?;
+    let serve = runnable(&docs, "hyperfleet-api", false, &secrets, &api_files)?;
     let mut extra = local_db.clone();
     extra.extend([("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()), ("HYPERFLEET_SERVER_PORT", api_port.to_string())]);
     let args: Vec<&str> = serve.args.iter().map(String::as_str).collect();
@@ -335,7 +394,9 @@ async fn the_rendered_configuration_runs_the_real_binaries() -> Result<()> {
     ];
     let mut workers = Vec::new();
     for name in ["sentinel", "adapter"] {
-        let r = runnable(&docs, &format!("hyperfleet-{name}"), false, &secrets)?;
+        let account = if name == "sentinel" { "sentinel-sa" } else { "hyperfleet-adapter-sa" };
+        let token = service_account_token(&env, ns, account, "hyperfleet").await?;
+        let r = runnable(&docs, &format!("hyperfleet-{name}"), false, &secrets, &[("token", token)])?;
         let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
         let mut s = Service::start(&env, "contract", name, &args, &to_vars(&r, &local))?;
         s.wait_ready(Duration::from_secs(60))
@@ -484,6 +545,10 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             "--set",
             "hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks",
             "--set",
+            "hyperfleetApi.auth.issuer=https://idp.example.com/",
+            "--set",
+            "hyperfleetApi.auth.audience=hyperfleet",
+            "--set",
             "hyperfleetApi.virtualService.enabled=true",
             "--set",
             "hyperfleetApi.virtualService.gateways={istio-system/development-gateway}",
@@ -564,6 +629,10 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             "hyperfleetApi.auth.enableJwt=true",
             "--set",
             "hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks",
+            "--set",
+            "hyperfleetApi.auth.issuer=https://idp.example.com/",
+            "--set",
+            "hyperfleetApi.auth.audience=hyperfleet",
             "--set",
             "networkPolicy.extraEgress[0].ports[0].port=4317",
         ],
@@ -705,10 +774,13 @@ async fn broken_values_fail_at_template_time_with_one_sentence() -> Result<()> {
                 "hyperfleetApi.virtualService.enabled=true",
                 "hyperfleetApi.virtualService.gateways={istio-system/development-gateway}",
                 "hyperfleetApi.virtualService.hosts={h.example.com}",
+                "hyperfleetApi.auth.enableJwt=false",
             ],
             "while hyperfleetApi.auth.enableJwt is false",
         ),
         (&["mesh.enabled=true", "createNamespace=true"], "run Istio with istio-cni and set mesh.istio.cni=true"),
+        (&["hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks"], "needs issuer and audience too"),
+        (&["hyperfleetApi.auth.kubernetes.enabled=false"], "would be refused"),
         (&["networkPolicy.egress.database=null"], "networkPolicy.egress.database is empty"),
         (
             &["hyperfleetSentinel.broker.external.url=amqps://u:p@h:5671"],

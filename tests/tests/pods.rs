@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use hyperfleet_tests::{
     LocalEnv, TestDb, condition, eventually,
-    node::{Release, ReleaseSpec, chart_dir, container_pid},
-    post_cluster, workspace_root,
+    node::{PortForward, Release, ReleaseSpec, chart_dir, container_pid},
+    post_cluster_with, workspace_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use kube::{Api, api::PostParams};
@@ -27,8 +27,8 @@ fn set(kv: &str) -> [String; 2] {
     ["--set".into(), kv.into()]
 }
 
-async fn get_json(url: &str) -> Result<(u16, Value)> {
-    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(10)).send().await?;
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<(u16, Value)> {
+    let r = http.get(url).timeout(Duration::from_secs(10)).send().await?;
     let status = r.status().as_u16();
     Ok((status, r.json().await.unwrap_or(Value::Null)))
 }
@@ -39,30 +39,30 @@ fn report_condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
 }
 
 /// Waits until the cluster `id` is Reconciled=True and its Namespace and ServiceAccount exist.
-async fn wait_landed(release: &Release, api: &str, id: &str) -> Result<()> {
-    let url = format!("{api}/api/hyperfleet/v1/clusters/{id}");
+async fn wait_landed(release: &Release, pf: &PortForward, id: &str) -> Result<()> {
+    let url = format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url);
     let sas: Api<ServiceAccount> = Api::namespaced(release.kube.clone(), id);
     let landed = eventually(READY, || async {
-        let (_, c) = get_json(&url).await?;
+        let (_, c) = get_json(&pf.http, &url).await?;
         let reconciled = condition(&c, "Reconciled")["status"] == "True";
         Ok((reconciled && sas.get_opt("landing-zone").await?.is_some()).then_some(()))
     })
     .await;
     if landed.is_err() {
-        let (_, c) = get_json(&url).await.unwrap_or_default();
+        let (_, c) = get_json(&pf.http, &url).await.unwrap_or_default();
         bail!("cluster {id} did not land: {c}\n{}", release.diagnostics().await);
     }
     Ok(())
 }
 
 /// DELETE, then the cluster and its Namespace are gone.
-async fn delete_and_wait_gone(release: &Release, api: &str, id: &str) -> Result<()> {
-    let url = format!("{api}/api/hyperfleet/v1/clusters/{id}");
-    let r = reqwest::Client::new().delete(&url).timeout(Duration::from_secs(10)).send().await?;
+async fn delete_and_wait_gone(release: &Release, pf: &PortForward, id: &str) -> Result<()> {
+    let url = format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url);
+    let r = pf.http.delete(&url).timeout(Duration::from_secs(10)).send().await?;
     ensure!(r.status() == 202, "DELETE {id}: {}", r.status());
     let namespaces: Api<Namespace> = Api::all(release.kube.clone());
     let gone = eventually(READY, || async {
-        let (status, _) = get_json(&url).await?;
+        let (status, _) = get_json(&pf.http, &url).await?;
         Ok((status == 404 && namespaces.get_opt(id).await?.is_none()).then_some(()))
     })
     .await;
@@ -141,9 +141,13 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     assert_eq!(adapter.spec.as_ref().and_then(|s| s.service_account_name.as_deref()), Some("hyperfleet-adapter-sa"));
 
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
-    let id = post_cluster(&pf.url, &release.name, json!({"env": "pods"})).await?;
-    wait_landed(&release, &pf.url, &id).await?;
-    delete_and_wait_gone(&release, &pf.url, &id).await?;
+    // JWT is on by default: a caller without a token is refused; the workers' projected
+    // ServiceAccount tokens (verified with the kube-apiserver's keys) land the cluster below.
+    let anonymous = reqwest::Client::new().get(format!("{}/api/hyperfleet/v1/clusters", pf.url)).send().await?;
+    assert_eq!(anonymous.status(), 401, "no token, no API");
+    let id = post_cluster_with(&pf.http, &pf.url, &release.name, json!({"env": "pods"})).await?;
+    wait_landed(&release, &pf, &id).await?;
+    delete_and_wait_gone(&release, &pf, &id).await?;
 
     // The chart's scripts against this install.
     let scripts = chart_dir().join("scripts");
@@ -171,13 +175,14 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
         .env("KUBECONFIG", env.get("KUBECONFIG")?)
         .env("KUBECTL", env.get("HF_KUBECTL")?)
         .env("TIMEOUT", "120")
+        .env("HYPERFLEET_TOKEN", release.operator_token().await?)
         .output()
         .await?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "test-create-cluster.sh:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("is Reconciled"), "{text}");
     if let Some(id) = text.lines().find_map(|l| l.strip_prefix("created cluster scripted (")?.strip_suffix(')')) {
-        delete_and_wait_gone(&release, &pf.url, id).await?;
+        delete_and_wait_gone(&release, &pf, id).await?;
     }
 
     // helm upgrade with a new poll interval: the sentinel is replaced, the API pod is not, and the
@@ -186,8 +191,8 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     let api_before = release.pod("api").await?.metadata.uid;
     let probe_url = format!("{}/api/hyperfleet/v1/clusters", pf.url);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = pf.http.clone();
     let prober = tokio::spawn(async move {
-        let http = reqwest::Client::new();
         let mut failures = Vec::new();
         let mut probes = 0u32;
         loop {
@@ -251,10 +256,10 @@ async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_ke
     )
     .await?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
-    let id = post_cluster(&pf.url, "rbac-less", json!({})).await?;
+    let id = post_cluster_with(&pf.http, &pf.url, "rbac-less", json!({})).await?;
     let url = format!("{}/api/hyperfleet/v1/clusters/{id}/statuses", pf.url);
     let report = eventually(READY, || async {
-        let (_, v) = get_json(&url).await?;
+        let (_, v) = get_json(&pf.http, &url).await?;
         let items = v["items"].as_array().cloned().unwrap_or_default();
         Ok(items.into_iter().find(|s| report_condition(s, "Health")["status"] == "False"))
     })
@@ -268,7 +273,7 @@ async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_ke
     assert_eq!(health["reason"], "KubernetesError", "{report}");
     let message = health["message"].as_str().unwrap_or_default();
     assert!(message.contains("forbidden") && message.contains("serviceaccounts"), "{message}");
-    let (_, cluster) = get_json(&format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
+    let (_, cluster) = get_json(&pf.http, &format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
     assert_eq!(condition(&cluster, "Reconciled")["status"], "False", "{cluster}");
     // Still the same, ready adapter: a permission problem is a report, not a crash loop.
     let adapter = release.pod("adapter").await?;
@@ -299,13 +304,16 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
     let old = release.pod("api").await?;
     let old_name = old.metadata.name.clone().unwrap_or_default();
     let pf = release.port_forward(&format!("pod/{old_name}"), 8000).await?;
-    let url = pf.url.clone();
+    let (url, http) = (pf.url.clone(), pf.http.clone());
     let writer = tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut errors = 0;
         for i in 0..2000 {
-            match tokio::time::timeout(Duration::from_secs(10), post_cluster(&url, &format!("drain-{i}"), json!({})))
-                .await
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                post_cluster_with(&http, &url, &format!("drain-{i}"), json!({})),
+            )
+            .await
             {
                 Ok(Ok(id)) => acked.push(id),
                 _ => {
@@ -321,7 +329,7 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
     // Let some creates through, then delete the pod the stream goes to.
     let pods = release.pods_api();
     eventually(Duration::from_secs(60), || async {
-        let (_, v) = get_json(&format!("{}/api/hyperfleet/v1/clusters?size=1", pf.url)).await?;
+        let (_, v) = get_json(&pf.http, &format!("{}/api/hyperfleet/v1/clusters?size=1", pf.url)).await?;
         Ok((v["total"].as_i64().unwrap_or(0) >= 20).then_some(()))
     })
     .await?;
@@ -347,7 +355,7 @@ async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> R
         release.port_forward(&format!("pod/{}", replacement.metadata.name.clone().unwrap_or_default()), 8000).await?;
     let mut missing = Vec::new();
     for id in &acked {
-        let (status, _) = get_json(&format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
+        let (status, _) = get_json(&pf.http, &format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
         if status != 200 {
             missing.push(id.clone());
         }
@@ -436,9 +444,9 @@ async fn external_mode(env: &LocalEnv, db: &TestDb, name: String, ns: String, ex
     let made = secrets.get("hyperfleet-sentinel-mq-secret").await?;
     assert!(made.data.is_some_and(|d| d.contains_key("BROKER_RABBITMQ_URL")), "the chart made the sentinel's Secret");
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
-    let id = post_cluster(&pf.url, "external", json!({})).await?;
-    wait_landed(&release, &pf.url, &id).await?;
-    delete_and_wait_gone(&release, &pf.url, &id).await?;
+    let id = post_cluster_with(&pf.http, &pf.url, "external", json!({})).await?;
+    wait_landed(&release, &pf, &id).await?;
+    delete_and_wait_gone(&release, &pf, &id).await?;
     drop(pf);
     release.uninstall().await
 }

@@ -5,6 +5,7 @@ use anyhow::Result;
 use axum::{
     Router,
     body::{Body, to_bytes},
+    extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
 use hyperfleet_api::config::{RequiredAdapters, WatchConfig};
@@ -14,6 +15,10 @@ use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
 
 pub const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
+
+/// The peer address requests come from unless a test says otherwise.
+pub const PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
 pub struct App {
     router: Router,
@@ -30,13 +35,21 @@ pub async fn app_with(adapters: RequiredAdapters) -> Result<App> {
     app_configured(adapters, WatchConfig::default()).await
 }
 
-/// An app that requires JWTs as `jwt` says.
+/// An app that requires JWTs as `jwt` says (every authenticated caller may do everything).
 pub async fn app_with_auth(jwt: hyperfleet_api::auth::JwtConfig) -> Result<App> {
+    app_with_authz(jwt, Default::default()).await
+}
+
+/// An app that requires JWTs and applies `authz`'s rules.
+pub async fn app_with_authz(
+    jwt: hyperfleet_api::auth::JwtConfig,
+    authz: hyperfleet_api::authz::AuthzConfig,
+) -> Result<App> {
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
     let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
     hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let auth = hyperfleet_api::auth::Authenticator::new(jwt).await.map_err(anyhow::Error::msg)?;
+    let auth = hyperfleet_api::auth::Authenticator::new(jwt, authz).await.map_err(anyhow::Error::msg)?;
     let state = hyperfleet_api::AppState::new(pool.clone(), RequiredAdapters::default()).with_auth(Some(auth));
     Ok(App { router: hyperfleet_api::router(state), db, pool })
 }
@@ -65,7 +78,19 @@ impl App {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> Result<axum::response::Response> {
-        let mut req = Request::builder().method(method).uri(uri);
+        self.send_from(PEER, method, uri, headers, body).await
+    }
+
+    /// Like [`App::send`], as if from `peer` (the connection's address the server would see).
+    pub async fn send_from(
+        &self,
+        peer: std::net::SocketAddr,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<axum::response::Response> {
+        let mut req = Request::builder().method(method).uri(uri).extension(ConnectInfo(peer));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

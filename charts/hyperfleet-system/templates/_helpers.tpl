@@ -254,6 +254,14 @@ Mode checks that span several values, each failing with one sentence. Rendered o
 {{- fail (printf "%s.broker.external: url and existingSecret are used only with usePodIdentity=false (with Pod Identity the SecretProviderClass mounts secretName)" $name) }}
 {{- end }}
 {{- end }}
+{{- with $api.auth }}
+{{- if and .jwksUrl (or (not .issuer) (not .audience)) }}
+{{- fail "hyperfleetApi.auth.jwksUrl (an external IdP) needs issuer and audience too: without them any token its keys sign, for any service, would be accepted" }}
+{{- end }}
+{{- if and .enableJwt (not .kubernetes.enabled) }}
+{{- fail "hyperfleetApi.auth.kubernetes.enabled=false with JWT on: the sentinel and the adapter authenticate with ServiceAccount tokens of the cluster's issuer and would be refused" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.mesh.enabled (ne .Values.mesh.type "istio") }}
 {{- fail (printf "mesh.type %q is not supported (istio)" .Values.mesh.type) }}
 {{- end }}

@@ -129,6 +129,7 @@ pub async fn run(bin_dir: &Path, n: usize, interval: Duration, change_feed: bool
         default_poll_interval: true,
         sentinel: vec![("HYPERFLEET_WATCH", change_feed.to_string()), ("HYPERFLEET_LOG_LEVEL", "warn".into())],
         adapter: vec![("HYPERFLEET_LOG_LEVEL", "warn".into())],
+        ..Default::default()
     })
     .await?;
     let result = measure(&stack, n, interval, change_feed).await;

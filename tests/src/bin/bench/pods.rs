@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use hyperfleet_tests::{
     LocalEnv, Stack, StackOptions, condition,
     node::{Release, ReleaseSpec, chart_dir},
-    post_cluster,
+    post_cluster_with,
 };
 use serde_json::{Value, json};
 
@@ -17,16 +17,21 @@ use crate::percentile;
 
 /// Milliseconds from each 201 to a GET that shows Reconciled=True (polled every 20 ms), one cluster
 /// at a time.
-async fn sequential(api: &str, n: usize, prefix: &str, ids: &mut Vec<String>) -> Result<Vec<f64>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+async fn sequential(
+    http: &reqwest::Client,
+    api: &str,
+    n: usize,
+    prefix: &str,
+    ids: &mut Vec<String>,
+) -> Result<Vec<f64>> {
     let mut ms = Vec::with_capacity(n);
     for i in 0..n {
         let started = Instant::now();
-        let id = post_cluster(api, &format!("{prefix}-{i}"), json!({})).await?;
+        let id = post_cluster_with(http, api, &format!("{prefix}-{i}"), json!({})).await?;
         ids.push(id.clone());
         let url = format!("{api}/api/hyperfleet/v1/clusters/{id}");
         loop {
-            let c: Value = http.get(&url).send().await?.json().await?;
+            let c: Value = http.get(&url).timeout(Duration::from_secs(10)).send().await?.json().await?;
             if condition(&c, "Reconciled")["status"] == "True" {
                 break;
             }
@@ -49,7 +54,7 @@ pub async fn run(env: &LocalEnv, bin_dir: &std::path::Path, n: usize) -> Result<
     // Loopback: the same binaries as processes.
     let stack = Stack::start_with(StackOptions { bin_dir: Some(bin_dir.to_path_buf()), ..Default::default() }).await?;
     let mut ids = Vec::new();
-    let loopback = sequential(&stack.api_url, n, "bench-loop", &mut ids).await;
+    let loopback = sequential(&reqwest::Client::new(), &stack.api_url, n, "bench-loop", &mut ids).await;
     stack.stop().await;
     let loopback = loopback?;
 
@@ -61,7 +66,7 @@ pub async fn run(env: &LocalEnv, bin_dir: &std::path::Path, n: usize) -> Result<
     .await
     .context("helm install on the node")?;
     let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
-    let pods = sequential(&pf.url, n, "bench-pod", &mut ids).await;
+    let pods = sequential(&pf.http, &pf.url, n, "bench-pod", &mut ids).await;
     drop(pf);
     let install = release.install_to_ready.as_secs_f64();
     release.uninstall().await?;
