@@ -429,3 +429,56 @@ async fn unknown_kids_while_the_idp_is_down_do_not_queue_fetches() -> Result<()>
     }
     Ok(())
 }
+
+/// Several issuers side by side (the cluster's ServiceAccount issuer and an external IdP): each
+/// token is checked with the keys, audience and identity claim of the issuer its `iss` names; a
+/// token claiming one issuer but signed by the other's key is refused.
+#[tokio::test]
+async fn several_issuers_each_with_their_own_keys_audience_and_claim() -> Result<()> {
+    use hyperfleet_api::auth::IssuerConfig;
+    const CLUSTER: &str = "https://kubernetes.default.svc";
+    let (idp, kube) = (Signer::rsa()?, Signer::ec()?);
+    let idp_url = serve_jwks(Arc::new(RwLock::new(json!({"keys": [idp.jwk("idp-1")]})))).await?;
+    let cluster_url = serve_jwks(Arc::new(RwLock::new(json!({"keys": [kube.jwk("sa-1")]})))).await?;
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(idp_url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        issuers: vec![IssuerConfig {
+            issuer: CLUSTER.into(),
+            audience: "hyperfleet".into(),
+            jwks_url: Some(cluster_url),
+            identity_claim: Some("sub".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let app = app_with_auth(jwt).await?;
+    let now = chrono::Utc::now().timestamp();
+    let sa = |aud: &str| json!({"iss": CLUSTER, "aud": [aud], "sub": "system:serviceaccount:hf:hyperfleet-operator", "exp": now + 300});
+
+    let person = idp.token("idp-1", &claims("ada@example.test"))?;
+    let (status, created) = call(&app, Method::POST, Some(&person), &[], Some(&cluster("by-person"))).await?;
+    assert_eq!((status, created["created_by"].as_str()), (StatusCode::CREATED, Some("ada@example.test")));
+    let service = kube.token("sa-1", &sa("hyperfleet"))?;
+    let (status, created) = call(&app, Method::POST, Some(&service), &[], Some(&cluster("by-service"))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["created_by"], "system:serviceaccount:hf:hyperfleet-operator", "that issuer's claim");
+
+    for (what, token, why) in [
+        ("the IdP's audience on a cluster token", kube.token("sa-1", &sa(AUDIENCE))?, "wrong audience"),
+        ("a cluster token signed by the IdP's key", idp.token("idp-1", &sa("hyperfleet"))?, "no signing key"),
+        (
+            "an issuer nobody configured",
+            idp.token("idp-1", &json!({"iss": "https://other.test", "aud": AUDIENCE, "exp": now + 300}))?,
+            "wrong issuer",
+        ),
+    ] {
+        let (status, v) = call(&app, Method::GET, Some(&token), &[], None).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains(why), "{what}: {v}");
+    }
+    app.done().await;
+    Ok(())
+}

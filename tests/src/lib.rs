@@ -289,8 +289,10 @@ pub struct Stack {
     pub adapter: Service,
     adapter_vars: Vec<(&'static str, String)>,
     adapter_runs: u32,
-    /// The test's own HTTP client: sends [`StackOptions::api_token`] when one is given.
+    /// The test's own HTTP client: sends [`Stack::api_token`] when there is one.
     http: reqwest::Client,
+    api_token: Option<String>,
+    identities: Option<Identities>,
     /// Clusters created through [`Stack::create_cluster`]; their Namespaces are removed at stop.
     created: std::sync::Mutex<Vec<String>>,
     db: TestDb,
@@ -307,8 +309,79 @@ pub struct StackOptions {
     pub default_poll_interval: bool,
     /// Extra settings for the API (e.g. `HYPERFLEET_JWT_*`); they win over the defaults.
     pub api: Vec<(&'static str, String)>,
-    /// Bearer token the test's own requests ([`Stack::get`], [`Stack::create_cluster`], …) send.
+    /// Bearer token the test's own requests ([`Stack::get`], [`Stack::create_cluster`], …) send
+    /// (default: the stack's own test identity's, see [`StackOptions::jwt_off`]).
     pub api_token: Option<String>,
+    /// Run the API without authentication. By default a stack runs as a deployment does: JWT on,
+    /// the API verifying Kubernetes ServiceAccount tokens with the local kube-apiserver's keys, the
+    /// sentinel and the adapter sending their own ServiceAccounts' tokens (TokenRequest API, in
+    /// files), and the test's requests a third one's.
+    pub jwt_off: bool,
+}
+
+/// The audience the stacks' API accepts (as the chart's does).
+pub const API_AUDIENCE: &str = "hyperfleet";
+
+/// The API's settings for verifying Kubernetes ServiceAccount tokens (audience [`API_AUDIENCE`])
+/// with the local kube-apiserver's JWKS, which it serves to authenticated callers only.
+pub fn jwt_api_vars(env: &LocalEnv) -> Result<Vec<(&'static str, String)>> {
+    Ok(vec![
+        ("HYPERFLEET_JWT_ENABLED", "true".into()),
+        ("HYPERFLEET_JWT_JWKS_URL", format!("{}/openid/v1/jwks", env.get("HF_KUBE_URL")?)),
+        ("HYPERFLEET_JWT_JWKS_CA_FILE", env.get("HF_KUBE_CA_FILE")?.into()),
+        ("HYPERFLEET_JWT_JWKS_TOKEN_FILE", env.get("HF_KUBE_TOKEN_FILE")?.into()),
+        ("HYPERFLEET_JWT_ISSUER", "https://kubernetes.default.svc".into()),
+        ("HYPERFLEET_JWT_AUDIENCE", API_AUDIENCE.into()),
+        ("HYPERFLEET_JWT_IDENTITY_CLAIM", "sub".into()),
+    ])
+}
+
+/// A stack's ServiceAccounts (namespace `hf-stack-<tag>`) and their token files.
+struct Identities {
+    namespace: String,
+    dir: PathBuf,
+    sentinel: PathBuf,
+    adapter: PathBuf,
+    tester: String,
+}
+
+impl Identities {
+    async fn create(env: &LocalEnv, tag: &str) -> Result<Identities> {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        let kube = env.kube().await?;
+        let namespace = format!("hf-stack-{tag}");
+        let namespaces: kube::Api<Namespace> = kube::Api::all(kube.clone());
+        namespaces
+            .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))?)
+            .await?;
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(kube, &namespace);
+        let dir = std::env::temp_dir().join(format!("hf-tokens-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut files = Vec::new();
+        for name in ["sentinel", "adapter", "tester"] {
+            accounts
+                .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?)
+                .await?;
+            let token = node::service_account_token(env, &namespace, name, API_AUDIENCE).await?;
+            let path = dir.join(name);
+            {
+                use std::{io::Write, os::unix::fs::OpenOptionsExt};
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                f.write_all(token.as_bytes())?;
+            }
+            files.push(path);
+        }
+        let tester = std::fs::read_to_string(&files[2])?;
+        Ok(Identities { namespace, dir, sentinel: files[0].clone(), adapter: files[1].clone(), tester })
+    }
+
+    async fn remove(&self, env: &LocalEnv) {
+        use k8s_openapi::api::core::v1::Namespace;
+        if let Ok(kube) = env.kube().await {
+            let _ = kube::Api::<Namespace>::all(kube).delete(&self.namespace, &Default::default()).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Stack {
@@ -332,15 +405,24 @@ impl Stack {
             ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
             ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.clone()),
         ];
+        let identities = if opts.jwt_off { None } else { Some(Identities::create(&env, &tag).await?) };
         let mut api_vars = api_db_vars(&env, &db)?;
         api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
         api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
+        if identities.is_some() {
+            api_vars.extend(jwt_api_vars(&env)?);
+        }
         api_vars.extend(opts.api);
         let mut sentinel_vars = broker.clone();
         if !opts.default_poll_interval {
             sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
         }
         let mut adapter_vars = broker;
+        if let Some(ids) = &identities {
+            let file = |p: &PathBuf| ("HYPERFLEET_HYPERFLEET_API_TOKEN_FILE", p.display().to_string());
+            sentinel_vars.push(file(&ids.sentinel));
+            adapter_vars.push(file(&ids.adapter));
+        }
         adapter_vars.push(("HYPERFLEET_QUEUE", queue.clone()));
         adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()));
         sentinel_vars.extend(opts.sentinel);
@@ -351,7 +433,8 @@ impl Stack {
         let mut adapter = Service::start(&env, &tag, "adapter", &[], &adapter_vars)?;
         let adapter_runs = 1;
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &opts.api_token {
+        let api_token = opts.api_token.clone().or_else(|| identities.as_ref().map(|i| i.tester.clone()));
+        if let Some(token) = &api_token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
@@ -373,9 +456,16 @@ impl Stack {
             adapter_vars,
             adapter_runs,
             http,
+            api_token,
+            identities,
             created: Default::default(),
             db,
         })
+    }
+
+    /// The bearer token the test's own requests send (none with [`StackOptions::jwt_off`]).
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_deref()
     }
 
     /// A connection to the stack's own database.
@@ -475,6 +565,9 @@ impl Stack {
         self.adapter.stop().await;
         self.sentinel.stop().await;
         self.api.stop().await;
+        if let Some(ids) = &self.identities {
+            ids.remove(&self.env).await;
+        }
         let created = self.created.lock().map(|c| c.clone()).unwrap_or_default();
         if !created.is_empty()
             && let Err(e) = remove_namespaces(&self.env, &created).await

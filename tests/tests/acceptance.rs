@@ -12,10 +12,6 @@ use serde_json::{Value, json};
 
 const LAND: Duration = Duration::from_secs(90);
 
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
     let resp = req.send().await?;
     let status = resp.status().as_u16();
@@ -44,7 +40,8 @@ async fn scenario_2_three_rapid_patches_converge_at_generation_4() -> Result<()>
     stack.wait_reconciled(&id, 1, LAND).await?;
     for n in 1..=3 {
         let (status, c) =
-            send(http().patch(cluster_url(&stack, &id)).json(&json!({"labels": {"round": n.to_string()}}))).await?;
+            send(stack.client().patch(cluster_url(&stack, &id)).json(&json!({"labels": {"round": n.to_string()}})))
+                .await?;
         assert_eq!((status, c["generation"].as_i64()), (200, Some(1 + n)));
     }
     let c = stack.wait_reconciled(&id, 4, LAND).await?;
@@ -62,16 +59,16 @@ async fn scenario_3_delete_is_finalized_by_the_adapter() -> Result<()> {
     let id = stack.create_cluster("deleted").await?;
     stack.wait_reconciled(&id, 1, LAND).await?;
     let url = cluster_url(&stack, &id);
-    let (status, deleted) = send(http().delete(&url)).await?;
+    let (status, deleted) = send(stack.client().delete(&url)).await?;
     assert_eq!(status, 202);
     assert!(deleted["deleted_time"].is_string(), "{deleted}");
     assert_eq!(deleted["generation"], 2);
-    let (status, again) = send(http().delete(&url)).await?;
+    let (status, again) = send(stack.client().delete(&url)).await?;
     assert_eq!((status, &again["generation"]), (202, &json!(2)), "re-DELETE is idempotent");
-    let (status, v) = send(http().patch(&url).json(&json!({"labels": {"late": "yes"}}))).await?;
+    let (status, v) = send(stack.client().patch(&url).json(&json!({"labels": {"late": "yes"}}))).await?;
     assert_eq!((status, v["code"].as_str()), (409, Some("HYPERFLEET-CNF-003")));
     let pool = json!({"kind": "NodePool", "name": "too-late", "spec": {}});
-    let (status, v) = send(http().post(format!("{url}/nodepools")).json(&pool)).await?;
+    let (status, v) = send(stack.client().post(format!("{url}/nodepools")).json(&pool)).await?;
     assert_eq!((status, v["code"].as_str()), (409, Some("HYPERFLEET-CNF-003")));
     let (status, finalizing) = stack.get(&format!("clusters/{id}")).await?;
     assert!(status == 200 || status == 404, "readable while finalizing (or already gone): {status}");
@@ -89,7 +86,7 @@ async fn scenario_4_a_name_is_reusable_after_hard_delete() -> Result<()> {
     let stack = Stack::start().await?;
     let first = stack.create_cluster("reused").await?;
     stack.wait_reconciled(&first, 1, LAND).await?;
-    assert_eq!(send(http().delete(cluster_url(&stack, &first))).await?.0, 202);
+    assert_eq!(send(stack.client().delete(cluster_url(&stack, &first))).await?.0, 202);
     wait_gone(&stack, &first).await?;
     let second = stack.create_cluster("reused").await?;
     assert_ne!(first, second, "a new id");
@@ -106,11 +103,11 @@ async fn scenario_5_force_delete_while_the_adapter_is_down() -> Result<()> {
     stack.wait_reconciled(&id, 1, LAND).await?;
     let url = cluster_url(&stack, &id);
     let pool = json!({"kind": "NodePool", "name": "pool-1", "spec": {}});
-    let (status, np) = send(http().post(format!("{url}/nodepools")).json(&pool)).await?;
+    let (status, np) = send(stack.client().post(format!("{url}/nodepools")).json(&pool)).await?;
     assert_eq!(status, 201);
     let np_id = np["id"].as_str().context("nodepool id")?.to_string();
     stack.kill_adapter().await?;
-    assert_eq!(send(http().delete(&url)).await?.0, 202);
+    assert_eq!(send(stack.client().delete(&url)).await?.0, 202);
     // Nobody reports Finalized: the cluster stays, finalizing, across several sentinel passes.
     let passes = "hyperfleet_sentinel_poll_duration_seconds_count";
     let start = metric_sum(&stack.sentinel.metrics().await?, passes);
@@ -122,7 +119,8 @@ async fn scenario_5_force_delete_while_the_adapter_is_down() -> Result<()> {
     assert_eq!(status, 200);
     assert!(c["deleted_time"].is_string());
     let (status, v) =
-        send(http().post(format!("{url}/force-delete")).json(&json!({"reason": "adapter decommissioned"}))).await?;
+        send(stack.client().post(format!("{url}/force-delete")).json(&json!({"reason": "adapter decommissioned"})))
+            .await?;
     assert_eq!(status, 204, "{v}");
     assert_eq!(stack.get(&format!("clusters/{id}")).await?.0, 404);
     assert_eq!(stack.get(&format!("nodepools/{np_id}")).await?.0, 404);
@@ -138,7 +136,8 @@ async fn scenario_6_nodepools_list_flat_and_nested_and_cascade() -> Result<()> {
     let mut pools = Vec::new();
     for name in ["workers", "gpus"] {
         let (status, np) = send(
-            http()
+            stack
+                .client()
                 .post(format!("{url}/nodepools"))
                 .json(&json!({"kind": "NodePool", "name": name, "spec": {"replicas": 2}})),
         )
@@ -156,7 +155,7 @@ async fn scenario_6_nodepools_list_flat_and_nested_and_cascade() -> Result<()> {
         (200, Some(format!("/api/hyperfleet/v1/clusters/{id}/nodepools/{}", pools[0]).as_str()))
     );
     stack.wait_reconciled(&id, 1, LAND).await?;
-    assert_eq!(send(http().delete(&url)).await?.0, 202);
+    assert_eq!(send(stack.client().delete(&url)).await?.0, 202);
     for np in &pools {
         assert_eq!(stack.get(&format!("nodepools/{np}")).await?.0, 404, "cascade removed nodepool {np}");
     }

@@ -28,7 +28,7 @@ async fn a_patch_is_reapplied_and_reported_at_the_new_generation() -> Result<()>
     let id = stack.create_cluster("patched").await?;
     stack.wait_reconciled(&id, 1, LAND).await?;
     let uri = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
-    let resp = reqwest::Client::new().patch(&uri).json(&json!({"labels": {"tier": "gold"}})).send().await?;
+    let resp = stack.client().patch(&uri).json(&json!({"labels": {"tier": "gold"}})).send().await?;
     assert_eq!(resp.status(), 200);
     let c = stack.wait_reconciled(&id, 2, LAND).await?;
     assert_eq!(condition(&c, "LandingZoneSuccessful")["observed_generation"], 2);

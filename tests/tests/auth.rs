@@ -10,13 +10,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures_util::FutureExt;
 use hyperfleet_tests::{LocalEnv, Service, Stack, StackOptions, condition, eventually, metric_sum};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
@@ -25,7 +22,7 @@ use serde_json::{Value, json};
 
 const LAND: Duration = Duration::from_secs(60);
 /// The audience the API is configured to require.
-const AUDIENCE: &str = "hyperfleet";
+const AUDIENCE: &str = hyperfleet_tests::API_AUDIENCE;
 /// What the adapter warns once per streak of refusals (adapter/src/lib.rs).
 const ADAPTER_REFUSED: &str = "the API refuses the adapter's credentials";
 const SENTINEL_REFUSED: &str = "the API refuses the sentinel's credentials";
@@ -35,6 +32,7 @@ const SENTINEL_REFUSED: &str = "the API refuses the sentinel's credentials";
 struct Accounts {
     namespace: String,
     kube: kube::Client,
+    env: LocalEnv,
     dir: PathBuf,
 }
 
@@ -55,26 +53,12 @@ impl Accounts {
         }
         let dir = std::env::temp_dir().join(format!("{namespace}-tokens"));
         std::fs::create_dir_all(&dir)?;
-        Ok(Accounts { namespace, kube, dir })
+        Ok(Accounts { namespace, kube, env: env.clone(), dir })
     }
 
     /// A token for ServiceAccount `name` with `audience`, valid for an hour.
     async fn token(&self, name: &str, audience: &str) -> Result<String> {
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![audience.into()],
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.kube.clone(), &self.namespace);
-        let issued = accounts.create_token_request(name, &PostParams::default(), &request).await?;
-        let token = issued.status.map(|s| s.token).unwrap_or_default();
-        if token.is_empty() {
-            bail!("the TokenRequest for {name} returned no token");
-        }
-        Ok(token)
+        hyperfleet_tests::node::service_account_token(&self.env, &self.namespace, name, audience).await
     }
 
     /// The identity the API sees for ServiceAccount `name` (the `sub` claim).
@@ -102,20 +86,6 @@ impl Accounts {
         .await
         .with_context(|| format!("namespace {} left behind", self.namespace))
     }
-}
-
-/// The API with JWT on, verifying the local kube-apiserver's ServiceAccount tokens.
-fn jwt_vars(env: &LocalEnv) -> Result<Vec<(&'static str, String)>> {
-    Ok(vec![
-        ("HYPERFLEET_JWT_ENABLED", "true".into()),
-        ("HYPERFLEET_JWT_JWKS_URL", format!("{}/openid/v1/jwks", env.get("HF_KUBE_URL")?)),
-        ("HYPERFLEET_JWT_JWKS_CA_FILE", env.get("HF_KUBE_CA_FILE")?.into()),
-        // The kube-apiserver serves its keys to authenticated callers only.
-        ("HYPERFLEET_JWT_JWKS_TOKEN_FILE", env.get("HF_KUBE_TOKEN_FILE")?.into()),
-        ("HYPERFLEET_JWT_ISSUER", "https://kubernetes.default.svc".into()),
-        ("HYPERFLEET_JWT_AUDIENCE", AUDIENCE.into()),
-        ("HYPERFLEET_JWT_IDENTITY_CLAIM", "sub".into()),
-    ])
 }
 
 fn token_file_var(path: &Path) -> (&'static str, String) {
@@ -157,7 +127,7 @@ async fn workers_with_service_account_tokens_land_a_cluster_and_other_tokens_get
     let adapter_token = accounts.write("adapter", &accounts.token("adapter", AUDIENCE).await?)?;
     let user = accounts.token("user", AUDIENCE).await?;
     let stack = Stack::start_with(StackOptions {
-        api: jwt_vars(&env)?,
+        api: hyperfleet_tests::jwt_api_vars(&env)?,
         sentinel: vec![token_file_var(&sentinel_token)],
         adapter: vec![token_file_var(&adapter_token)],
         api_token: Some(user.clone()),
@@ -224,7 +194,7 @@ async fn a_refused_token_is_warned_about_once_counted_and_its_rotation_picked_up
     let adapter_token = accounts.write("adapter", &wrong)?;
     let user = accounts.token("user", AUDIENCE).await?;
     let stack = Stack::start_with(StackOptions {
-        api: jwt_vars(&env)?,
+        api: hyperfleet_tests::jwt_api_vars(&env)?,
         sentinel: vec![token_file_var(&sentinel_token)],
         // One event at a time: no request with the old token can still be in flight after the
         // first accepted one, so the one warning stays one.

@@ -484,6 +484,7 @@ async fn the_test_create_cluster_script_follows_a_cluster_to_reconciled() -> Res
         .arg(&script)
         .arg("scripted")
         .env("HYPERFLEET_API_URL", &stack.api_url)
+        .env("HYPERFLEET_TOKEN", stack.api_token().unwrap_or_default())
         .env("KUBECONFIG", stack.env.get("KUBECONFIG")?)
         .env("TIMEOUT", "90")
         .output()

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{Stack, condition, eventually};
+use hyperfleet_tests::{Stack, StackOptions, condition, eventually};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Api;
 use lapin::{
@@ -19,7 +19,8 @@ const LAND: Duration = Duration::from_secs(60);
 
 /// POSTs a cluster and returns its id.
 async fn create_cluster(stack: &Stack, name: &str) -> Result<String> {
-    let resp = reqwest::Client::new()
+    let resp = stack
+        .client()
         .post(format!("{}/api/hyperfleet/v1/clusters", stack.api_url))
         .json(&json!({"kind": "Cluster", "name": name, "spec": {"region": "local"}, "labels": {"team": "e2e"}}))
         .send()
@@ -58,7 +59,7 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     let id = create_cluster(&stack, &name).await?;
 
     // It is readable and listed.
-    let http = reqwest::Client::new();
+    let http = stack.client().clone();
     let got: Value =
         http.get(format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url)).send().await?.json().await?;
     assert_eq!(got["name"], name.as_str());
@@ -136,7 +137,8 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
 /// counted, and do not stop the adapter: a cluster created after them still lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Result<()> {
-    let stack = Stack::start().await?;
+    // The one full stack without authentication (every other one runs JWT on, as deployed).
+    let stack = Stack::start_with(StackOptions { jwt_off: true, ..Default::default() }).await?;
     let cfg = stack.broker()?;
     let conn = cfg.connect("hyperfleet-e2e-poison").await?;
     let ch = conn.create_channel().await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use hyperfleet_tests::{
     LocalEnv, TestDb, condition, eventually,
-    node::{PortForward, Release, ReleaseSpec, chart_dir, container_pid},
+    node::{PortForward, Release, ReleaseSpec, chart_dir, container_pid, service_account_token},
     post_cluster_with, workspace_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
@@ -145,6 +145,18 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     // ServiceAccount tokens (verified with the kube-apiserver's keys) land the cluster below.
     let anonymous = reqwest::Client::new().get(format!("{}/api/hyperfleet/v1/clusters", pf.url)).send().await?;
     assert_eq!(anonymous.status(), 401, "no token, no API");
+    // The adapter's own token is valid but may only read and report: creating is 403.
+    let adapter_token =
+        service_account_token(&env, &release.namespace, "hyperfleet-adapter-sa", hyperfleet_tests::API_AUDIENCE)
+            .await?;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/api/hyperfleet/v1/clusters", pf.url))
+        .bearer_auth(adapter_token)
+        .json(&json!({"kind": "Cluster", "name": "by-the-adapter", "spec": {}}))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.json::<Value>().await?["code"], "HYPERFLEET-AUT-003");
     let id = post_cluster_with(&pf.http, &pf.url, &release.name, json!({"env": "pods"})).await?;
     wait_landed(&release, &pf, &id).await?;
     delete_and_wait_gone(&release, &pf, &id).await?;

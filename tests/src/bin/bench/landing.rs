@@ -87,7 +87,7 @@ async fn watch_objects(stack: &Stack, seen: Seen) -> Result<tokio::task::JoinHan
 /// (c): the API's change feed, for the first `Reconciled=True` of each cluster.
 async fn watch_reconciled(stack: &Stack, seen: Seen) -> Result<tokio::task::JoinHandle<()>> {
     let url = format!("{}/api/hyperfleet/v1/clusters?watch=true", stack.api_url);
-    let mut resp = reqwest::get(&url).await?;
+    let mut resp = stack.client().get(&url).send().await?;
     if !resp.status().is_success() {
         bail!("GET {url}: {}", resp.status());
     }
@@ -146,7 +146,7 @@ async fn measure(stack: &Stack, n: usize, interval: Duration, change_feed: bool)
         watch_objects(stack, objects.clone()).await?,
         watch_reconciled(stack, reconciled.clone()).await?,
     ];
-    let http = reqwest::Client::new();
+    let http = stack.client().clone();
     let url = format!("{}/api/hyperfleet/v1/clusters", stack.api_url);
     let mut ticks = tokio::time::interval(interval);
     let mut created = Vec::with_capacity(n);
