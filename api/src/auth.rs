@@ -70,6 +70,10 @@ pub struct JwtConfig {
     /// Unknown `kid`s reload the keys at most this often (failed reloads included).
     #[serde(with = "hyperfleet_common::config::duration")]
     pub jwks_refresh_interval: Duration,
+    /// The keys are also reloaded this often, so a key the issuer removed (rotated out, revoked)
+    /// stops verifying tokens without a restart.
+    #[serde(with = "hyperfleet_common::config::duration")]
+    pub jwks_reload_interval: Duration,
 }
 
 /// One token issuer.
@@ -108,6 +112,7 @@ impl Default for JwtConfig {
             trusted_proxies: Vec::new(),
             leeway: Duration::from_secs(30),
             jwks_refresh_interval: Duration::from_secs(10),
+            jwks_reload_interval: Duration::from_secs(300),
         }
     }
 }
@@ -229,6 +234,9 @@ impl JwtConfig {
             if !iss.issuer.is_empty() && !seen.insert(iss.issuer.clone()) {
                 return Err(format!("jwt: issuer {name} is configured twice"));
             }
+        }
+        if self.jwks_reload_interval < Duration::from_secs(1) {
+            return Err("jwt.jwks_reload_interval must be at least 1s".into());
         }
         if self.identity_header.is_some() && self.trusted_proxies.is_empty() {
             return Err("jwt.identity_header needs jwt.trusted_proxies: the gateways whose header is believed (any caller could set it otherwise)".into());
@@ -392,20 +400,8 @@ impl Issuer {
                     .map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
                 req = req.bearer_auth(token.trim());
             }
-            let mut resp = req.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
-            if !resp.status().is_success() {
-                return Err(format!("JWKS {url}: HTTP {}", resp.status()));
-            }
-            if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
-                return Err(format!("JWKS {url}: larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("JWKS {url}: {e}"))? {
-                if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                    return Err(format!("JWKS {url}: larger than {MAX_JWKS_BYTES} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let resp = req.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            let body = capped_body(&format!("JWKS {url}"), resp).await?;
             let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("JWKS {url}: {e}"))?;
             keys.extend(set.keys);
         }
@@ -425,13 +421,8 @@ impl Issuer {
             req = req.bearer_auth(token.trim());
         }
         let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("{url}: HTTP {}", resp.status()));
-        }
-        if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
-            return Err(format!("{url}: larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        let doc: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        let body = capped_body(url.as_str(), resp).await?;
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
         doc.get("issuer")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
@@ -484,6 +475,28 @@ impl Issuer {
     }
 }
 
+/// A successful response's body, at most [`MAX_JWKS_BYTES`] (by its length, and while streaming).
+async fn capped_body(what: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    if !resp.status().is_success() {
+        return Err(format!("{what}: HTTP {}", resp.status()));
+    }
+    if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+        return Err(format!("{what}: larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{what}: {e}"))? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(format!("{what}: larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// How long the start waits for the issuer's discovery document (the apiserver, a network policy
+/// or an RBAC binding still settling) before it gives up.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(60);
+
 /// The unverified `iss` of a compact JWS, to pick the issuer whose keys must verify it.
 fn unverified_issuer(payload: &str) -> Option<String> {
     let claims: Map<String, Value> = serde_json::from_slice(&b64(payload).ok()?).ok()?;
@@ -498,8 +511,21 @@ impl Authenticator {
         for iss in cfg.all_issuers() {
             let mut issuer = Issuer::new(iss, &cfg.identity_claim)?;
             if issuer.cfg.discover && issuer.cfg.issuer.is_empty() {
-                let found =
-                    issuer.discover_issuer().await.map_err(|e| format!("jwt: cannot discover the issuer: {e}"))?;
+                let deadline = Instant::now() + DISCOVERY_WAIT;
+                let mut delay = Duration::from_millis(250);
+                let found = loop {
+                    match issuer.discover_issuer().await {
+                        Ok(found) => break found,
+                        Err(e) if Instant::now() + delay > deadline => {
+                            return Err(format!("jwt: cannot discover the issuer: {e}"));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "issuer discovery failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
                 tracing::info!(issuer = %found, "token issuer discovered");
                 issuer.cfg.issuer = found;
             }
@@ -525,6 +551,24 @@ impl Authenticator {
                 tracing::warn!(issuer = %iss.cfg.issuer, error = %e, "JWKS not loaded yet; will retry when a token arrives");
             }
         }
+        // A key the issuer removed must stop verifying: reload on a timer too (the task holds only
+        // a weak reference, so it ends with the authenticator).
+        let weak = Arc::downgrade(&auth);
+        let every = cfg.jwks_reload_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(auth) = weak.upgrade() else { return };
+                for iss in &auth.issuers {
+                    let Ok(_only_one) = iss.refresh.try_lock() else { continue };
+                    if let Err(e) = iss.reload().await {
+                        tracing::warn!(issuer = %iss.cfg.issuer, error = %e, "periodic JWKS reload failed; keeping the keys");
+                    }
+                }
+            }
+        });
         if auth.authz.rules.is_empty() {
             tracing::warn!(
                 "authz.rules is empty: every authenticated caller may read, write, force-delete and report as any adapter"

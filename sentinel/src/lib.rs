@@ -100,9 +100,11 @@ struct Health {
     broker_up: AtomicBool,
     /// Milliseconds since `started` of the last successful poll; -1 before the first.
     last_poll_ms: AtomicI64,
-    /// The API refuses our token: stale polls then do not fail liveness — a restart cannot fix a
-    /// refused token (the kubelet's rotation can, and the file is re-read), so it would only loop.
-    refused: AtomicBool,
+    /// Milliseconds since `started` of the last poll the API refused (401/403); -1 if none since
+    /// the last success. Stale polls do not fail liveness while refusals are recent — a restart
+    /// cannot fix a refused token (the kubelet's rotation can, and the file is re-read) — but a
+    /// loop that stops polling at all still does.
+    refused_ms: AtomicI64,
     started: Instant,
 }
 
@@ -113,9 +115,12 @@ impl Health {
     fn polled(&self) {
         self.last_poll_ms.store(self.now_ms(), Ordering::Relaxed);
     }
-    fn since_last_poll(&self) -> Option<Duration> {
-        let ms = self.last_poll_ms.load(Ordering::Relaxed);
+    fn since(&self, at: &AtomicI64) -> Option<Duration> {
+        let ms = at.load(Ordering::Relaxed);
         (ms >= 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(ms as u64)))
+    }
+    fn since_last_poll(&self) -> Option<Duration> {
+        self.since(&self.last_poll_ms)
     }
 }
 
@@ -128,7 +133,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     let health = Arc::new(Health {
         broker_up: AtomicBool::new(false),
         last_poll_ms: AtomicI64::new(-1),
-        refused: AtomicBool::new(false),
+        refused_ms: AtomicI64::new(-1),
         started: Instant::now(),
     });
     let h = health.clone();
@@ -145,7 +150,8 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     let h = health.clone();
     let stale_after = cfg.poll_interval * 3;
     let live: ops::ReadinessCheck = Arc::new(move || {
-        let (since, refused) = (h.since_last_poll(), h.refused.load(Ordering::Relaxed));
+        let since = h.since_last_poll();
+        let refused = h.since(&h.refused_ms).is_some_and(|d| d <= stale_after);
         Box::pin(async move {
             match since {
                 Some(d) if d > stale_after && !refused => {
@@ -243,7 +249,9 @@ impl Sentinel {
                 metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
                 metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => error_type)
                     .increment(1);
-                self.health.refused.store(e.auth, Ordering::Relaxed);
+                if e.auth {
+                    self.health.refused_ms.store(self.health.now_ms(), Ordering::Relaxed);
+                }
                 if e.auth {
                     // Warned about once per streak by `refused`; the next poll tries again.
                     tracing::debug!(error = %e.message, "poll refused");
@@ -254,7 +262,7 @@ impl Sentinel {
             }
         };
         self.health.polled();
-        self.health.refused.store(false, Ordering::Relaxed);
+        self.health.refused_ms.store(-1, Ordering::Relaxed);
         let now = Utc::now();
         metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
             .set(now.timestamp_millis() as f64 / 1000.0);

@@ -409,8 +409,17 @@ impl Stack {
         let mut api_vars = api_db_vars(&env, &db)?;
         api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
         api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
-        if identities.is_some() {
+        if let Some(ids) = &identities {
             api_vars.extend(jwt_api_vars(&env)?);
+            // The chart's rules: the sentinel reads, the adapter reads and reports as landing-zone
+            // only, the test (as the chart's operator) may do everything.
+            let who = |name: &str| format!("system:serviceaccount:{}:{name}", ids.namespace);
+            let rules = serde_json::json!([
+                {"subjects": [who("sentinel")], "allow": ["read"]},
+                {"subjects": [who("adapter")], "allow": ["read", "report:landing-zone"]},
+                {"subjects": [who("tester")], "allow": ["*"]},
+            ]);
+            api_vars.push(("HYPERFLEET_AUTHZ_RULES", rules.to_string()));
         }
         api_vars.extend(opts.api);
         let mut sentinel_vars = broker.clone();
@@ -466,6 +475,17 @@ impl Stack {
     /// The bearer token the test's own requests send (none with [`StackOptions::jwt_off`]).
     pub fn api_token(&self) -> Option<&str> {
         self.api_token.as_deref()
+    }
+
+    /// The current token of the stack's `sentinel` or `adapter` ServiceAccount (JWT on only).
+    pub fn worker_token(&self, worker: &str) -> Option<String> {
+        let ids = self.identities.as_ref()?;
+        let path = match worker {
+            "sentinel" => &ids.sentinel,
+            "adapter" => &ids.adapter,
+            _ => return None,
+        };
+        std::fs::read_to_string(path).ok()
     }
 
     /// A connection to the stack's own database.

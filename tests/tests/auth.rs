@@ -127,7 +127,8 @@ async fn workers_with_service_account_tokens_land_a_cluster_and_other_tokens_get
     let adapter_token = accounts.write("adapter", &accounts.token("adapter", AUDIENCE).await?)?;
     let user = accounts.token("user", AUDIENCE).await?;
     let stack = Stack::start_with(StackOptions {
-        api: hyperfleet_tests::jwt_api_vars(&env)?,
+        // Its own ServiceAccounts, so no rules: every authenticated caller may do everything.
+        api: [hyperfleet_tests::jwt_api_vars(&env)?, vec![("HYPERFLEET_AUTHZ_RULES", "[]".into())]].concat(),
         sentinel: vec![token_file_var(&sentinel_token)],
         adapter: vec![token_file_var(&adapter_token)],
         api_token: Some(user.clone()),
@@ -194,7 +195,8 @@ async fn a_refused_token_is_warned_about_once_counted_and_its_rotation_picked_up
     let adapter_token = accounts.write("adapter", &wrong)?;
     let user = accounts.token("user", AUDIENCE).await?;
     let stack = Stack::start_with(StackOptions {
-        api: hyperfleet_tests::jwt_api_vars(&env)?,
+        // Its own ServiceAccounts, so no rules: every authenticated caller may do everything.
+        api: [hyperfleet_tests::jwt_api_vars(&env)?, vec![("HYPERFLEET_AUTHZ_RULES", "[]".into())]].concat(),
         sentinel: vec![token_file_var(&sentinel_token)],
         // One event at a time: no request with the old token can still be in flight after the
         // first accepted one, so the one warning stays one.
@@ -297,5 +299,52 @@ async fn refused_sentinel(stack: &Stack, accounts: &Accounts, sentinel: &mut Ser
     .with_context(|| sentinel.log_tail())?;
     let healthz = format!("http://127.0.0.1:{}/healthz", sentinel.health_port);
     assert_eq!(reqwest::get(&healthz).await?.status(), 200, "alive while refused\n{}", sentinel.log_tail());
+    Ok(())
+}
+
+/// With the chart's rules on real tokens: the adapter's token creating a cluster is 403, and
+/// reporting under another adapter's name is 403 and changes nothing; under its own name it lands.
+#[tokio::test]
+async fn the_adapters_token_may_only_read_and_report_as_itself() -> Result<()> {
+    let stack = Stack::start().await?;
+    let outcome = adapter_rights(&stack).await;
+    stack.stop().await;
+    outcome
+}
+
+async fn adapter_rights(stack: &Stack) -> Result<()> {
+    let adapter = stack.worker_token("adapter").context("the adapter's token")?;
+    let api = format!("{}/api/hyperfleet/v1", stack.api_url);
+    let http = reqwest::Client::new();
+    let refused = http
+        .post(format!("{api}/clusters"))
+        .bearer_auth(&adapter)
+        .json(&json!({"kind": "Cluster", "name": "by-the-adapter", "spec": {}}))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 403);
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["code"], "HYPERFLEET-AUT-003", "{problem}");
+
+    let id = stack.create_cluster("reported").await?;
+    stack.wait_reconciled(&id, 1, LAND).await?;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let report = json!({
+        "adapter": "dns", "observed_generation": 1, "observed_time": at,
+        "conditions": [
+            {"type": "Available", "status": "False", "reason": "Forged"},
+            {"type": "Applied", "status": "False", "reason": "Forged"},
+            {"type": "Health", "status": "False", "reason": "Forged"},
+        ],
+    });
+    let statuses = format!("{api}/clusters/{id}/statuses");
+    let refused = http.put(&statuses).bearer_auth(&adapter).json(&report).send().await?;
+    assert_eq!(refused.status(), 403);
+    let problem: Value = refused.json().await?;
+    assert!(problem["detail"].as_str().unwrap_or("").contains("only as adapter landing-zone"), "{problem}");
+    let (_, list) = stack.get(&format!("clusters/{id}/statuses")).await?;
+    let adapters: Vec<&str> =
+        list["items"].as_array().into_iter().flatten().filter_map(|s| s["adapter"].as_str()).collect();
+    assert_eq!(adapters, ["landing-zone"], "nothing reported as dns: {list}");
     Ok(())
 }

@@ -54,7 +54,7 @@ pub async fn run(env: &LocalEnv, bin_dir: &std::path::Path, n: usize) -> Result<
     // Loopback: the same binaries as processes.
     let stack = Stack::start_with(StackOptions { bin_dir: Some(bin_dir.to_path_buf()), ..Default::default() }).await?;
     let mut ids = Vec::new();
-    let loopback = sequential(&reqwest::Client::new(), &stack.api_url, n, "bench-loop", &mut ids).await;
+    let loopback = sequential(stack.client(), &stack.api_url, n, "bench-loop", &mut ids).await;
     stack.stop().await;
     let loopback = loopback?;
 
