@@ -242,11 +242,31 @@ impl JwtConfig {
             return Err("jwt.identity_header needs jwt.trusted_proxies: the gateways whose header is believed (any caller could set it otherwise)".into());
         }
         for p in &self.trusted_proxies {
-            if Cidr::parse(p).is_none() {
+            let Some(cidr) = Cidr::parse(p) else {
                 return Err(format!("jwt.trusted_proxies: {p:?} is not an IP address or CIDR"));
+            };
+            let loopback: [IpAddr; 3] =
+                [[127, 0, 0, 1].into(), [127, 0, 0, 6].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+            if loopback.iter().any(|ip| cidr.contains(*ip)) {
+                return Err(format!(
+                    "jwt.trusted_proxies: {p:?} includes loopback; behind kubectl port-forward or an Istio sidecar \
+                     (127.0.0.6) every caller comes from loopback and could set the identity header"
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// The verified token's `exp` (Unix seconds), for what outlives a request: a watch stream ends then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenExpiry(pub i64);
+
+impl TokenExpiry {
+    /// The moment it expires, on the runtime's clock.
+    pub fn deadline(self) -> tokio::time::Instant {
+        let left = self.0.saturating_sub(Utc::now().timestamp()).max(0);
+        tokio::time::Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
     }
 }
 
@@ -714,6 +734,9 @@ pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Reque
     }
     req.extensions_mut().insert(Identity(identity));
     req.extensions_mut().insert(grants);
+    if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+        req.extensions_mut().insert(TokenExpiry(exp));
+    }
     next.run(req).await
 }
 
@@ -741,6 +764,14 @@ mod tests {
             (JwtConfig { jwks_url: Some("http://127.0.0.1.nip.io/jwks".into()), ..enabled() }, "must be https"),
             (JwtConfig { jwks_url: Some("ftp://idp/jwks".into()), ..enabled() }, "must be https"),
             (JwtConfig { identity_header: Some("x-user".into()), ..enabled() }, "trusted_proxies"),
+            (
+                JwtConfig {
+                    identity_header: Some("x-user".into()),
+                    trusted_proxies: vec!["127.0.0.0/8".into()],
+                    ..enabled()
+                },
+                "includes loopback",
+            ),
             (
                 JwtConfig {
                     identity_header: Some("x-user".into()),

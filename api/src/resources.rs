@@ -508,6 +508,7 @@ async fn force_delete<K: KindRoute>(
 async fn list<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
+    expiry: Option<axum::Extension<crate::auth::TokenExpiry>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = ListParams::parse(raw.as_deref())?;
@@ -517,7 +518,8 @@ async fn list<K: KindRoute>(
         let mut conn = state.db.acquire().await?;
         target.check_parent(&mut conn, false).await?;
         drop(conn);
-        let sel = crate::watch::Selection { kind: K::KIND, parent: target.parent, filter };
+        let until = expiry.map(|axum::Extension(e)| e.deadline());
+        let sel = crate::watch::Selection { kind: K::KIND, parent: target.parent, filter, until };
         return crate::watch::respond(state.clone(), sel, q.resource_version.as_deref()).await;
     }
     let search_params = filter.as_ref().map_or(&[][..], |f| &f.params[..]);

@@ -98,6 +98,9 @@ pub struct Selection {
     pub parent: Option<Uuid>,
     /// Compiled with placeholders from `$3`.
     pub filter: Option<Filter>,
+    /// When the caller's token expires: the stream ends then (the client reconnects with a fresh
+    /// token and its last `resource_version`), so a revoked or expired identity does not keep reading.
+    pub until: Option<tokio::time::Instant>,
 }
 
 /// Answers a `?watch=true` request.
@@ -218,8 +221,15 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
             idle_since = tokio::time::Instant::now();
         }
         let wait = FALLBACK_POLL.min(heartbeat.saturating_sub(idle_since.elapsed()));
+        let expired = async {
+            match sel.until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
+            _ = expired => return,
             _ = tx.closed() => return,
             r = notified.recv() => {
                 if let Err(broadcast::error::RecvError::Closed) = r {

@@ -148,7 +148,7 @@ async fn every_bad_token_is_refused_and_good_ones_name_the_caller() -> Result<()
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         identity_header: Some("x-hyperfleet-identity".into()),
-        trusted_proxies: vec!["127.0.0.0/8".into()],
+        trusted_proxies: vec!["10.0.0.0/24".into()],
         jwks_refresh_interval: Duration::ZERO,
         ..Default::default()
     })
@@ -517,6 +517,38 @@ async fn a_key_removed_from_the_jwks_stops_verifying() -> Result<()> {
     .await
     .context("the removed key still verifies")?;
     assert_eq!(call(&app, Method::GET, Some(&current), &[], None).await?.0, StatusCode::OK, "the kept key does");
+    app.done().await;
+    Ok(())
+}
+
+/// A change feed opened with a token ends when the token expires: an expired or revoked identity
+/// does not keep reading (the client reconnects with a fresh token and its last resource_version).
+#[tokio::test]
+async fn a_watch_ends_when_its_token_expires() -> Result<()> {
+    let signer = Signer::ec()?;
+    let url = serve_jwks(Arc::new(RwLock::new(json!({"keys": [signer.jwk("k")]})))).await?;
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        leeway: Duration::ZERO,
+        ..Default::default()
+    };
+    let app = app_with_auth(jwt).await?;
+    let mut short = claims("ada@example.test");
+    short["exp"] = json!(chrono::Utc::now().timestamp() + 3);
+    let token = signer.token("k", &short)?;
+    let bearer = format!("Bearer {token}");
+    let resp =
+        app.send(Method::GET, &format!("{CLUSTERS}?watch=true"), &[("authorization", bearer.as_str())], None).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The body ends (instead of streaming heartbeats forever) once the token has expired.
+    let body = tokio::time::timeout(Duration::from_secs(60), axum::body::to_bytes(resp.into_body(), 1 << 20))
+        .await
+        .context("the watch outlived its token")??;
+    assert!(chrono::Utc::now().timestamp() >= short["exp"].as_i64().unwrap_or(0), "ended before the expiry");
+    let _ = body;
     app.done().await;
     Ok(())
 }

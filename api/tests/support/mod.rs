@@ -16,9 +16,9 @@ use tower::ServiceExt;
 
 pub const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
 
-/// The peer address requests come from unless a test says otherwise.
+/// The peer address requests come from unless a test says otherwise (a gateway's, say).
 pub const PEER: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)), 40000);
 
 pub struct App {
     router: Router,
