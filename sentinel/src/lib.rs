@@ -93,6 +93,9 @@ impl Resource {
 #[derive(Debug, Deserialize)]
 struct Page {
     items: Vec<Resource>,
+    /// The change-feed position the list reflects (`x-hyperfleet-resource-version`).
+    #[serde(skip)]
+    version: Option<String>,
 }
 
 /// Liveness and readiness inputs shared with the health listener.
@@ -173,8 +176,16 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     let creds = Arc::new(cfg.hyperfleet_api.credentials().map_err(Error::Start)?);
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(&cfg)).increment(0);
     let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
-    let mut sentinel =
-        Sentinel { cfg, http, creds: creds.clone(), publisher: None, published: HashMap::new(), health, leadership };
+    let mut sentinel = Sentinel {
+        cfg,
+        http,
+        creds: creds.clone(),
+        feed_start: None,
+        publisher: None,
+        published: HashMap::new(),
+        health,
+        leadership,
+    };
     tracing::info!(
         resource_type = %sentinel.cfg.resource_type,
         selector = %sentinel.cfg.selector_label(),
@@ -187,7 +198,9 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     );
     let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
     if sentinel.cfg.watch {
-        watch::spawn(&sentinel.cfg, creds, changes_tx, shutdown.clone());
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel();
+        sentinel.feed_start = Some(start_tx);
+        watch::spawn(&sentinel.cfg, creds, start_rx, changes_tx, shutdown.clone());
     }
     let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,6 +233,8 @@ struct Sentinel {
     http: reqwest::Client,
     /// The bearer token (if configured) and whether the API refuses it; shared with the feed.
     creds: Arc<ApiCredentials>,
+    /// Hands the first successful list's change-feed position to the feed, which waits for it.
+    feed_start: Option<tokio::sync::oneshot::Sender<Option<String>>>,
     publisher: Option<Publisher>,
     /// The last confirmed event per resource id; pruned to the resources seen in the last pass.
     published: HashMap<String, Published>,
@@ -243,7 +258,13 @@ impl Sentinel {
         // Connect (or reconnect) up front, so readiness reflects the broker even on idle passes.
         self.connected_publisher().await?;
         let resources = match fetch_all(&self.http, &self.creds, &self.cfg).await {
-            Ok(r) => r,
+            Ok((r, version)) => {
+                // The first successful list starts the change feed from its position.
+                if let Some(start) = self.feed_start.take() {
+                    let _ = start.send(version);
+                }
+                r
+            }
             Err(e) => {
                 let error_type = if e.auth { "auth_error" } else { "fetch_error" };
                 metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
@@ -438,23 +459,27 @@ struct FetchError {
 /// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
 /// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
 /// at once.
+/// Also returns the change-feed position of the first page: the feed resumes from there, so a
+/// change committed after the list is never missed by both.
 async fn fetch_all(
     http: &reqwest::Client,
     creds: &ApiCredentials,
     cfg: &SentinelConfig,
-) -> Result<Vec<Resource>, FetchError> {
+) -> Result<(Vec<Resource>, Option<String>), FetchError> {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/');
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let size = cfg.hyperfleet_api.page_size as usize;
     let selector = cfg.search();
     let mut all = Vec::new();
     let mut after: Option<String> = None;
+    let mut version = None;
     loop {
         let mut query = vec![("size", size.to_string()), ("order", "id asc".to_string())];
         if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
             query.push(("search", s));
         }
         let body = fetch_page(http, creds, cfg, &url, &query).await?;
+        version = version.or(body.version);
         let got = body.items.len();
         all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
         match all.last() {
@@ -462,7 +487,7 @@ async fn fetch_all(
             _ => break,
         }
     }
-    Ok(all)
+    Ok((all, version))
 }
 
 /// The `search` of one page: the resource selector, and the keyset condition after the first page.
@@ -495,8 +520,9 @@ async fn fetch_page(
         let message = match request.send().await {
             Ok(resp) if resp.status().is_success() => {
                 accepted(creds);
+                let version = resp.headers().get(watch::VERSION_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
                 match resp.json::<Page>().await {
-                    Ok(page) => return Ok(page),
+                    Ok(page) => return Ok(Page { version, ..page }),
                     Err(e) => format!("GET {url}: unreadable body: {e}"),
                 }
             }

@@ -31,8 +31,17 @@ struct Line {
 /// No line (not even a heartbeat) for this long means a dead stream: reconnect.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// The API's header naming the change-feed position of a list or a watch.
+pub const VERSION_HEADER: &str = "x-hyperfleet-resource-version";
+
 /// Streams changes into `tx` until `shutdown`.
-pub fn spawn(cfg: &SentinelConfig, creds: Arc<ApiCredentials>, tx: mpsc::Sender<Change>, shutdown: CancellationToken) {
+pub fn spawn(
+    cfg: &SentinelConfig,
+    creds: Arc<ApiCredentials>,
+    start: tokio::sync::oneshot::Receiver<Option<String>>,
+    tx: mpsc::Sender<Change>,
+    shutdown: CancellationToken,
+) {
     let base = cfg.hyperfleet_api.base_url.trim_end_matches('/').to_string();
     let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let search = cfg.search();
@@ -47,7 +56,12 @@ pub fn spawn(cfg: &SentinelConfig, creds: Arc<ApiCredentials>, tx: mpsc::Sender<
             Ok(c) => c,
             Err(e) => return tracing::error!(error = %e, "change feed disabled: HTTP client"),
         };
-        let mut resume: Option<String> = None;
+        // From the position of the first successful poll's list: what changes between that list and
+        // this connection arrives through the feed (starting "from now" would lose it until the next poll).
+        let mut resume: Option<String> = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            v = start => v.ok().flatten(),
+        };
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             let mut query = vec![("watch", "true".to_string())];
@@ -120,7 +134,7 @@ async fn follow(
         code => return Err(Stop::Failed(format!("HTTP {code}"))),
     }
     if resume.is_none() {
-        *resume = resp.headers().get("x-hyperfleet-resource-version").and_then(|v| v.to_str().ok()).map(String::from);
+        *resume = resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
     }
     tracing::info!(url, resume = ?resume, "following the change feed");
     let mut buffer: Vec<u8> = Vec::new();
