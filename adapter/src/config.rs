@@ -109,15 +109,10 @@ impl Default for RetryConfig {
 }
 
 impl ApiClientConfig {
-    /// The configured token file, read once: it must exist and hold a token (a clear start error).
-    pub fn check_token_file(&self) -> Result<(), String> {
-        self.credentials().map(drop)
-    }
-
-    /// The credentials for the API client: the token file (read now) or none.
+    /// The credentials for the API client: the token file (read now: a missing or empty one is a
+    /// clear start error) or none.
     pub fn credentials(&self) -> Result<hyperfleet_common::token::ApiCredentials, String> {
-        hyperfleet_common::token::ApiCredentials::from_file(self.token_file.as_deref())
-            .map_err(|e| format!("hyperfleet_api.token_file: {e}"))
+        hyperfleet_common::token::ApiCredentials::from_config(self.token_file.as_deref())
     }
 }
 
@@ -146,7 +141,7 @@ impl ServiceConfig for AdapterConfig {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL"));
         }
-        self.hyperfleet_api.check_token_file()?;
+        self.hyperfleet_api.credentials()?;
         self.broker.validate().map_err(|e| e.to_string())
     }
 }

@@ -414,18 +414,25 @@ impl Issuer {
             keys.extend(set.keys);
         }
         if let Some(url) = &self.cfg.jwks_url {
-            let mut req = self.http.get(url);
-            if let Some(path) = &self.cfg.jwks_token_file {
-                let token = std::fs::read_to_string(path)
-                    .map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
-                req = req.bearer_auth(token.trim());
-            }
-            let resp = req.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            let resp = self.get(url)?.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
             let body = capped_body(&format!("JWKS {url}"), resp).await?;
             let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("JWKS {url}: {e}"))?;
             keys.extend(set.keys);
         }
         Ok(keys)
+    }
+
+    /// A GET to the issuer, with `jwks_token_file`'s token (read now: it rotates) when configured.
+    fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
+        let req = self.http.get(url);
+        match &self.cfg.jwks_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
+                Ok(req.bearer_auth(token.trim()))
+            }
+            None => Ok(req),
+        }
     }
 
     /// The `issuer` of the OpenID discovery document at the JWKS URL's origin.
@@ -434,13 +441,7 @@ impl Issuer {
         let mut url = reqwest::Url::parse(jwks).map_err(|e| format!("jwks_url {jwks:?}: {e}"))?;
         url.set_path("/.well-known/openid-configuration");
         url.set_query(None);
-        let mut req = self.http.get(url.clone());
-        if let Some(path) = &self.cfg.jwks_token_file {
-            let token =
-                std::fs::read_to_string(path).map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
-            req = req.bearer_auth(token.trim());
-        }
-        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = self.get(url.as_str())?.send().await.map_err(|e| format!("{url}: {e}"))?;
         let body = capped_body(url.as_str(), resp).await?;
         let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
         doc.get("issuer")

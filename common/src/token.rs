@@ -147,6 +147,15 @@ impl ApiCredentials {
     /// Credentials from `token_file`; none (no header sent) when it is unset or empty. The file is
     /// read at once, so a missing or empty one fails the start.
     pub fn from_file(token_file: Option<&Path>) -> Result<Self, TokenError> {
+        Self::open(token_file)
+    }
+
+    /// [`ApiCredentials::from_file`] for a worker's `hyperfleet_api.token_file`, its error naming the key.
+    pub fn from_config(token_file: Option<&Path>) -> Result<Self, String> {
+        Self::open(token_file).map_err(|e| format!("hyperfleet_api.token_file: {e}"))
+    }
+
+    fn open(token_file: Option<&Path>) -> Result<Self, TokenError> {
         let token = token_file.filter(|p| !p.as_os_str().is_empty()).map(TokenFile::open).transpose()?;
         Ok(ApiCredentials { token, refusing: AtomicBool::new(false) })
     }

@@ -105,15 +105,10 @@ impl Default for ApiClientConfig {
 }
 
 impl ApiClientConfig {
-    /// The configured token file, read once: it must exist and hold a token (a clear start error).
-    pub fn check_token_file(&self) -> Result<(), String> {
-        self.credentials().map(drop)
-    }
-
-    /// The credentials for the API client: the token file (read now) or none.
+    /// The credentials for the API client: the token file (read now: a missing or empty one is a
+    /// clear start error) or none.
     pub fn credentials(&self) -> Result<hyperfleet_common::token::ApiCredentials, String> {
-        hyperfleet_common::token::ApiCredentials::from_file(self.token_file.as_deref())
-            .map_err(|e| format!("hyperfleet_api.token_file: {e}"))
+        hyperfleet_common::token::ApiCredentials::from_config(self.token_file.as_deref())
     }
 }
 
@@ -150,7 +145,7 @@ impl ServiceConfig for SentinelConfig {
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL without a query"));
         }
-        self.hyperfleet_api.check_token_file()?;
+        self.hyperfleet_api.credentials()?;
         self.broker.validate().map_err(|e| e.to_string())
     }
 }

@@ -35,6 +35,19 @@ pub fn node_values() -> PathBuf {
     workspace_root().join("tests/env/chart-values.yaml")
 }
 
+/// The objects of a multi-document YAML text (`helm template` output), as JSON; empty documents dropped.
+pub fn yaml_objects(text: &str) -> Result<Vec<serde_json::Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
 /// Runs helm against the local apiserver; returns whether it succeeded and what it printed.
 pub async fn helm<S: AsRef<std::ffi::OsStr>>(env: &LocalEnv, args: &[S]) -> Result<(bool, String)> {
     let tmp = std::env::temp_dir();

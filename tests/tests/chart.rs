@@ -15,7 +15,6 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::Api;
-use serde::Deserialize;
 use serde_json::Value;
 
 /// The rendered objects, as JSON.
@@ -27,16 +26,12 @@ fn render(env: &LocalEnv, extra: &[&str]) -> Result<Vec<Value>> {
     if !out.status.success() {
         bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let text = String::from_utf8(out.stdout)?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    hyperfleet_tests::node::yaml_objects(&String::from_utf8(out.stdout)?)
 }
+
+/// JWT on with an external IdP besides the cluster's issuer (one `--set`).
+const EXTERNAL_IDP: &str = "hyperfleetApi.auth.enableJwt=true,hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks,\
+                            hyperfleetApi.auth.issuer=https://idp.example.com/,hyperfleetApi.auth.audience=hyperfleet";
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -542,13 +537,7 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             "--set",
             "createNamespace=true",
             "--set",
-            "hyperfleetApi.auth.enableJwt=true",
-            "--set",
-            "hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks",
-            "--set",
-            "hyperfleetApi.auth.issuer=https://idp.example.com/",
-            "--set",
-            "hyperfleetApi.auth.audience=hyperfleet",
+            EXTERNAL_IDP,
             "--set",
             "hyperfleetApi.virtualService.enabled=true",
             "--set",
@@ -627,13 +616,7 @@ async fn fits_the_istio_cilium_cert_manager_platform() -> Result<()> {
             "--set",
             "networkPolicy.egress.database={6432}",
             "--set",
-            "hyperfleetApi.auth.enableJwt=true",
-            "--set",
-            "hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks",
-            "--set",
-            "hyperfleetApi.auth.issuer=https://idp.example.com/",
-            "--set",
-            "hyperfleetApi.auth.audience=hyperfleet",
+            EXTERNAL_IDP,
             "--set",
             "networkPolicy.extraEgress[0].ports[0].port=4317",
         ],

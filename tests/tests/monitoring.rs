@@ -18,7 +18,6 @@ use hyperfleet_tests::{
     node::{chart_dir, helm},
     workspace_root,
 };
-use serde::Deserialize;
 use serde_json::Value;
 
 const LAND: Duration = Duration::from_secs(60);
@@ -157,14 +156,7 @@ async fn render(env: &LocalEnv, extra: &[&str]) -> Result<Vec<Value>> {
     if !ok {
         bail!("helm template {extra:?}:\n{text}");
     }
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    hyperfleet_tests::node::yaml_objects(&text)
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
