@@ -425,9 +425,9 @@ fn requeue(resource_id: &str, f: &Failure) -> Outcome {
 
 /// A request to the API with the bearer token, when one is configured (read again if the file
 /// changed or the last one was refused).
-fn api_request(worker: &Worker, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, Failure> {
+async fn api_request(worker: &Worker, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, Failure> {
     let request = worker.http.request(method.clone(), url);
-    match worker.creds.authorization() {
+    match worker.creds.authorization().await {
         Ok(Some(value)) => Ok(request.header(reqwest::header::AUTHORIZATION, value)),
         Ok(None) => Ok(request),
         Err(e) => Err(Failure::requeue(format!("{method} {url}: {e}"), false)),
@@ -447,7 +447,7 @@ async fn check_auth(worker: &Worker, what: String, resp: reqwest::Response) -> R
     metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
     let body = resp.text().await.unwrap_or_default();
     let detail = problem_detail(&body);
-    if worker.creds.refused() {
+    if worker.creds.refused().await {
         tracing::warn!(
             request = %what,
             status,
@@ -472,7 +472,7 @@ fn http_failure(what: String, status: reqwest::StatusCode) -> Failure {
 /// The resource, or `None` when the API no longer has it.
 async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
     let url = api_url(worker, id);
-    let request = api_request(worker, reqwest::Method::GET, &url)?;
+    let request = api_request(worker, reqwest::Method::GET, &url).await?;
     let resp = request.send().await.map_err(|e| Failure::transient(format!("GET {url}: {e}")))?;
     let resp = check_auth(worker, format!("GET {url}"), resp).await?;
     match resp.status() {
@@ -556,7 +556,7 @@ async fn put_status(
         "conditions": conditions,
         "data": data,
     });
-    let request = api_request(worker, reqwest::Method::PUT, &url)?;
+    let request = api_request(worker, reqwest::Method::PUT, &url).await?;
     let resp = request.json(&body).send().await.map_err(|e| Failure::transient(format!("PUT {url}: {e}")))?;
     let resp = check_auth(worker, format!("PUT {url}"), resp).await?;
     match resp.status().as_u16() {

@@ -102,10 +102,12 @@ fn list(names: &[&str]) -> String {
     format!("[{}]", names.join(", "))
 }
 
-/// Computes the conditions; an empty list when the kind has no required adapters.
+/// Computes the conditions. A kind with no required adapters still has `Reconciled` and
+/// `LastKnownReconciled` (the contract requires both): True, vacuously — nothing has to report —
+/// except that `Reconciled` waits for live children while the resource is being deleted.
 pub fn aggregate(input: &Input<'_>) -> Vec<Condition> {
     if input.required.is_empty() {
-        return Vec::new();
+        return vacuous(input);
     }
     let snapshots: Vec<Option<Snapshot<'_>>> = input
         .required
@@ -265,6 +267,37 @@ fn last_known(input: &Input<'_>, snaps: &[Option<Snapshot<'_>>], prev: Option<&C
     }
 }
 
+/// The conditions of a resource whose kind requires no adapters.
+fn vacuous(input: &Input<'_>) -> Vec<Condition> {
+    let waiting = input.deleting && input.live_children;
+    let condition = |kind: &str, status: bool, reason: &str, message: &str| {
+        let prev = input.previous.iter().find(|c| c.kind == kind);
+        let status = bool_status(status);
+        Condition {
+            kind: kind.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            observed_generation: input.generation,
+            created_time: prev.map_or(input.ref_time, |p| p.created_time),
+            last_updated_time: input.ref_time,
+            last_transition_time: match prev {
+                Some(p) if p.status == status => p.last_transition_time,
+                _ => input.ref_time,
+            },
+        }
+    };
+    let none = "No adapters are required for this kind (required_adapters)";
+    vec![
+        if waiting {
+            condition(RECONCILED, false, "ChildrenStillExist", "Waiting for the resource's children to be deleted")
+        } else {
+            condition(RECONCILED, true, "NoAdaptersRequired", none)
+        },
+        condition(LAST_KNOWN_RECONCILED, true, "NoAdaptersRequired", none),
+    ]
+}
+
 fn bool_status(b: bool) -> &'static str {
     if b { "True" } else { "False" }
 }
@@ -330,8 +363,18 @@ mod tests {
     }
 
     #[test]
-    fn no_required_adapters_means_no_conditions() {
-        assert!(Case::new(1).run(&[]).is_empty());
+    fn no_required_adapters_means_reconciled_vacuously() {
+        let conds = Case::new(1).run(&[]);
+        assert_eq!(conds.len(), 2, "{conds:?}");
+        for kind in [RECONCILED, LAST_KNOWN_RECONCILED] {
+            let c = get(&conds, kind);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_deref(), c.observed_generation),
+                ("True", Some("NoAdaptersRequired"), 1)
+            );
+        }
+        let waiting = Case { deleting: true, children: true, ..Case::new(2) }.run(&[]);
+        assert_eq!(get(&waiting, RECONCILED).status, "False", "a deletion still waits for live children");
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Claim naming the caller (`email`; `sub` for Kubernetes service-account tokens).
     pub identity_claim: String,
+    /// Claim listing the caller's groups (a string array), which `authz.rules[].groups` match.
+    pub groups_claim: String,
+    /// The top-level issuer is a Kubernetes ServiceAccount issuer: only such an issuer's callers may
+    /// have identities starting with `system:` (see [`IssuerConfig::kubernetes`]).
+    pub kubernetes: bool,
     /// More issuers, each with its own keys, audience and identity claim; a token is checked
     /// against the one its `iss` names.
     pub issuers: Vec<IssuerConfig>,
@@ -90,6 +95,13 @@ pub struct IssuerConfig {
     pub jwks_token_file: Option<PathBuf>,
     /// Claim naming the caller; default `jwt.identity_claim`.
     pub identity_claim: Option<String>,
+    /// Claim listing the caller's groups; default `jwt.groups_claim`.
+    pub groups_claim: Option<String>,
+    /// A Kubernetes ServiceAccount issuer (the kube-apiserver's). Identities starting with
+    /// `system:` (`system:serviceaccount:<ns>:<sa>`, the names the chart's rules grant) are
+    /// believed only from such an issuer, so an external identity provider that lets users pick
+    /// their own `sub` or `email` cannot pass for the sentinel or the adapter.
+    pub kubernetes: bool,
     /// Learn `issuer` (when empty) at start from `<origin of jwks_url>/.well-known/openid-configuration`
     /// (with the same CA and token): the cluster's ServiceAccount issuer differs between
     /// distributions (`https://kubernetes.default.svc`, `….cluster.local`, an EKS OIDC URL).
@@ -107,6 +119,8 @@ impl Default for JwtConfig {
             issuer: None,
             audience: None,
             identity_claim: "email".into(),
+            groups_claim: "groups".into(),
+            kubernetes: false,
             issuers: Vec::new(),
             identity_header: None,
             trusted_proxies: Vec::new(),
@@ -185,6 +199,8 @@ impl JwtConfig {
                 jwks_ca_file: self.jwks_ca_file.clone(),
                 jwks_token_file: self.jwks_token_file.clone(),
                 identity_claim: None,
+                groups_claim: None,
+                kubernetes: self.kubernetes,
                 discover: false,
             });
         }
@@ -195,6 +211,9 @@ impl JwtConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.identity_claim.is_empty() {
             return Err("jwt.identity_claim must not be empty".into());
+        }
+        if self.groups_claim.is_empty() {
+            return Err("jwt.groups_claim must not be empty".into());
         }
         let issuers = self.all_issuers();
         if self.enabled && issuers.is_empty() {
@@ -230,6 +249,9 @@ impl JwtConfig {
             }
             if iss.identity_claim.as_deref().is_some_and(str::is_empty) {
                 return Err(format!("jwt: {name}: identity_claim must not be empty"));
+            }
+            if iss.groups_claim.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("jwt: {name}: groups_claim must not be empty"));
             }
             if !iss.issuer.is_empty() && !seen.insert(iss.issuer.clone()) {
                 return Err(format!("jwt: issuer {name} is configured twice"));
@@ -350,6 +372,7 @@ struct Keys {
 struct Issuer {
     cfg: IssuerConfig,
     identity_claim: String,
+    groups_claim: String,
     keys: RwLock<Keys>,
     /// Held while a reload runs; a request that finds it held does not wait for it.
     refresh: tokio::sync::Mutex<()>,
@@ -386,9 +409,13 @@ impl From<AuthError> for ApiError {
 }
 
 impl Issuer {
-    fn new(cfg: IssuerConfig, default_claim: &str) -> Result<Issuer, String> {
-        let mut http =
-            reqwest::Client::builder().timeout(Duration::from_secs(5)).connect_timeout(Duration::from_secs(3));
+    fn new(cfg: IssuerConfig, defaults: &JwtConfig) -> Result<Issuer, String> {
+        // No redirects: the request may carry a bearer token, and the keys come from where the
+        // configuration says, not from wherever that server points.
+        let mut http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &cfg.jwks_ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("jwt jwks_ca_file {}: {e}", ca.display()))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("jwt jwks_ca_file: {e}"))? {
@@ -396,7 +423,8 @@ impl Issuer {
             }
         }
         Ok(Issuer {
-            identity_claim: cfg.identity_claim.clone().unwrap_or_else(|| default_claim.to_string()),
+            identity_claim: cfg.identity_claim.clone().unwrap_or_else(|| defaults.identity_claim.clone()),
+            groups_claim: cfg.groups_claim.clone().unwrap_or_else(|| defaults.groups_claim.clone()),
             keys: RwLock::new(Keys { by_kid: HashMap::new(), anonymous: Vec::new() }),
             refresh: tokio::sync::Mutex::new(()),
             last_attempt: RwLock::new(None),
@@ -408,13 +436,14 @@ impl Issuer {
     async fn fetch(&self) -> Result<Vec<Jwk>, String> {
         let mut keys = Vec::new();
         if let Some(path) = &self.cfg.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("jwt jwks_file {}: {e}", path.display()))?;
+            let text =
+                tokio::fs::read_to_string(path).await.map_err(|e| format!("jwt jwks_file {}: {e}", path.display()))?;
             let set: JwkSet =
                 serde_json::from_str(&text).map_err(|e| format!("jwt jwks_file {}: {e}", path.display()))?;
             keys.extend(set.keys);
         }
         if let Some(url) = &self.cfg.jwks_url {
-            let resp = self.get(url)?.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            let resp = self.get(url).await?.send().await.map_err(|e| format!("JWKS {url}: {e}"))?;
             let body = capped_body(&format!("JWKS {url}"), resp).await?;
             let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("JWKS {url}: {e}"))?;
             keys.extend(set.keys);
@@ -423,11 +452,12 @@ impl Issuer {
     }
 
     /// A GET to the issuer, with `jwks_token_file`'s token (read now: it rotates) when configured.
-    fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
+    async fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
         let req = self.http.get(url);
         match &self.cfg.jwks_token_file {
             Some(path) => {
-                let token = std::fs::read_to_string(path)
+                let token = tokio::fs::read_to_string(path)
+                    .await
                     .map_err(|e| format!("jwt jwks_token_file {}: {e}", path.display()))?;
                 Ok(req.bearer_auth(token.trim()))
             }
@@ -441,7 +471,7 @@ impl Issuer {
         let mut url = reqwest::Url::parse(jwks).map_err(|e| format!("jwks_url {jwks:?}: {e}"))?;
         url.set_path("/.well-known/openid-configuration");
         url.set_query(None);
-        let resp = self.get(url.as_str())?.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = self.get(url.as_str()).await?.send().await.map_err(|e| format!("{url}: {e}"))?;
         let body = capped_body(url.as_str(), resp).await?;
         let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
         doc.get("issuer")
@@ -466,9 +496,20 @@ impl Issuer {
                 (None, _) => tracing::debug!(kty = %jwk.kty, "JWKS key of an unsupported type ignored"),
             }
         }
-        tracing::info!(issuer = %self.cfg.issuer, keys = next.by_kid.len() + next.anonymous.len(), "JWKS loaded");
+        let count = next.by_kid.len() + next.anonymous.len();
         if let Ok(mut keys) = self.keys.write() {
+            // Said at info when the key set changes (a rotation), else only at debug: the keys
+            // are reloaded every `jwks_reload_interval`.
+            let same = keys.anonymous.len() == next.anonymous.len()
+                && keys.by_kid.len() == next.by_kid.len()
+                && next.by_kid.keys().all(|k| keys.by_kid.contains_key(k));
             *keys = next;
+            drop(keys);
+            if same {
+                tracing::debug!(issuer = %self.cfg.issuer, keys = count, "JWKS reloaded, unchanged");
+            } else {
+                tracing::info!(issuer = %self.cfg.issuer, keys = count, "JWKS loaded");
+            }
         }
         Ok(())
     }
@@ -530,7 +571,7 @@ impl Authenticator {
         authz.validate()?;
         let mut issuers = Vec::new();
         for iss in cfg.all_issuers() {
-            let mut issuer = Issuer::new(iss, &cfg.identity_claim)?;
+            let mut issuer = Issuer::new(iss, &cfg)?;
             if issuer.cfg.discover && issuer.cfg.issuer.is_empty() {
                 let deadline = Instant::now() + DISCOVERY_WAIT;
                 let mut delay = Duration::from_millis(250);
@@ -598,8 +639,8 @@ impl Authenticator {
         Ok(auth)
     }
 
-    /// Verifies a compact JWS and its claims; returns the claims and the identity claim's name.
-    pub async fn verify(&self, token: &str) -> Result<(Map<String, Value>, &str), AuthError> {
+    /// Verifies a compact JWS and its claims.
+    async fn verify(&self, token: &str) -> Result<Verified<'_>, AuthError> {
         let invalid = |why: &str| AuthError::Invalid(why.to_string());
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -645,7 +686,7 @@ impl Authenticator {
         let claims: Map<String, Value> =
             serde_json::from_slice(&b64(p).map_err(|e| invalid(&e))?).map_err(|_| invalid("payload is not JSON"))?;
         self.check_claims(&issuer.cfg, &claims)?;
-        Ok((claims, issuer.identity_claim.as_str()))
+        Ok(Verified { claims, issuer })
     }
 
     fn check_claims(&self, iss: &IssuerConfig, claims: &Map<String, Value>) -> Result<(), AuthError> {
@@ -675,25 +716,60 @@ impl Authenticator {
         Ok(())
     }
 
-    /// The caller's identity: the gateway's header when it comes from a trusted proxy, else the claim.
+    /// The caller's identity: the gateway's header when it comes from a trusted proxy, else the
+    /// issuer's identity claim (`None` when there is none usable). A claim is refused when it is
+    /// an `email` its issuer says is unverified, or a `system:` name from an issuer that is not a
+    /// Kubernetes ServiceAccount issuer.
     fn identity(
         &self,
         headers: &axum::http::HeaderMap,
         peer: Option<IpAddr>,
-        claims: &Map<String, Value>,
-        claim: &str,
-    ) -> Option<String> {
+        token: &Verified<'_>,
+    ) -> Result<Option<String>, AuthError> {
+        let usable = |raw: &str| {
+            let id = raw.trim();
+            (!id.is_empty() && id.chars().count() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_string())
+        };
         let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)));
-        let from_header = self
-            .identity_header
-            .as_deref()
-            .filter(|_| trusted)
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let raw = from_header.or_else(|| claims.get(claim).and_then(Value::as_str).map(String::from))?;
-        let id = raw.trim();
-        (!id.is_empty() && id.chars().count() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_string())
+        if let Some(h) = self.identity_header.as_deref().filter(|_| trusted)
+            && let Some(raw) = headers.get(h).and_then(|v| v.to_str().ok())
+        {
+            return Ok(usable(raw));
+        }
+        let claim = token.issuer.identity_claim.as_str();
+        let Some(id) = token.claims.get(claim).and_then(Value::as_str).and_then(usable) else { return Ok(None) };
+        if claim == "email" && token.claims.get("email_verified") == Some(&Value::Bool(false)) {
+            return Err(AuthError::Invalid("the email claim is not verified (email_verified is false)".into()));
+        }
+        if id.starts_with("system:") && !token.issuer.cfg.kubernetes {
+            return Err(AuthError::Invalid(format!(
+                "identity {id:?} is reserved for Kubernetes ServiceAccount tokens; issuer {} is not one (kubernetes: true)",
+                token.issuer.cfg.issuer
+            )));
+        }
+        Ok(Some(id))
+    }
+}
+
+/// A verified token: its claims and the issuer whose keys signed it.
+struct Verified<'a> {
+    claims: Map<String, Value>,
+    issuer: &'a Issuer,
+}
+
+/// At most this many groups of a token are looked at.
+const MAX_GROUPS: usize = 256;
+
+impl Verified<'_> {
+    /// The caller's groups: the issuer's groups claim, a string or an array of strings.
+    fn groups(&self) -> Vec<String> {
+        match self.claims.get(&self.issuer.groups_claim) {
+            Some(Value::String(g)) => vec![g.clone()],
+            Some(Value::Array(list)) => {
+                list.iter().filter_map(Value::as_str).take(MAX_GROUPS).map(String::from).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -711,31 +787,33 @@ pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Reque
     let Some(token) = token else {
         return ApiError::from(AuthError::Missing).into_response();
     };
-    let (claims, claim) = match auth.verify(&token).await {
-        Ok(c) => c,
-        Err(e) => {
-            metrics::counter!("hyperfleet_api_auth_failures_total").increment(1);
-            return ApiError::from(e).into_response();
-        }
+    let refuse = |e: AuthError| {
+        metrics::counter!("hyperfleet_api_auth_failures_total").increment(1);
+        ApiError::from(e).into_response()
+    };
+    let verified = match auth.verify(&token).await {
+        Ok(v) => v,
+        Err(e) => return refuse(e),
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let action = Action::of(req.method(), req.uri().path());
-    let identity = match auth.identity(req.headers(), peer, &claims, claim) {
-        Some(id) => id,
-        None if action != Action::Read => {
-            return ApiError::from(AuthError::Invalid(format!("no usable identity in claim {claim:?} for a write")))
-                .into_response();
+    let identity = match auth.identity(req.headers(), peer, &verified) {
+        Ok(Some(id)) => id,
+        Ok(None) if action != Action::Read => {
+            let claim = &verified.issuer.identity_claim;
+            return refuse(AuthError::Invalid(format!("no usable identity in claim {claim:?} for a write")));
         }
-        None => SYSTEM_IDENTITY.to_string(),
+        Ok(None) => SYSTEM_IDENTITY.to_string(),
+        Err(e) => return refuse(e),
     };
-    let grants = auth.authz.grants(&identity);
+    let grants = auth.authz.grants(&identity, &verified.groups());
     if !grants.allows(action) {
         metrics::counter!("hyperfleet_api_authorization_denials_total").increment(1);
         return ApiError::Forbidden(grants.refusal(action)).into_response();
     }
     req.extensions_mut().insert(Identity(identity));
     req.extensions_mut().insert(grants);
-    if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+    if let Some(exp) = verified.claims.get("exp").and_then(Value::as_i64) {
         req.extensions_mut().insert(TokenExpiry(exp));
     }
     next.run(req).await

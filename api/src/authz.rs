@@ -1,7 +1,9 @@
 //! Authorization: configured rules map a verified identity to what it may do.
 //!
 //! A rule names subjects (exact; a prefix ending in `*`, e.g. `system:serviceaccount:ops:*`; a
-//! suffix starting with `*`, e.g. `*@example.com`; `*` alone is every authenticated caller) and permissions: `read` (GET), `write` (create, patch, delete clusters and nodepools),
+//! suffix starting with `*`, e.g. `*@example.com`; `*` alone is every authenticated caller) and/or
+//! groups (exact members of the token's groups claim, e.g. an IdP's `hyperfleet-admins`), and
+//! permissions: `read` (GET), `write` (create, patch, delete clusters and nodepools),
 //! `force_delete`, `report` (PUT a status under any adapter name) or `report:<adapter>` (only under
 //! that name), or `*` (everything). A caller's permissions are the union of the rules matching it.
 //! With authentication on and no rules, every authenticated caller may do everything (a warning at
@@ -25,6 +27,9 @@ pub struct Rule {
     /// Identities (the configured identity claim, e.g. `system:serviceaccount:ns:sa`); a trailing
     /// `*` matches a prefix, a leading one a suffix, `*` alone any authenticated caller.
     pub subjects: Vec<String>,
+    /// Groups (exact names in the issuer's groups claim, `groups` by default); a caller in any of
+    /// them matches the rule as if it were named in `subjects`.
+    pub groups: Vec<String>,
     /// `read`, `write`, `force_delete`, `report`, `report:<adapter>` or `*`.
     pub allow: Vec<String>,
 }
@@ -40,8 +45,11 @@ pub enum Action {
 }
 
 impl Action {
+    /// Only the methods that change something need more than `read`; any other (GET, HEAD, and
+    /// methods no route serves, such as OPTIONS or TRACE) is a read, so the router answers 405
+    /// for those rather than authorization 403.
     pub fn of(method: &Method, path: &str) -> Action {
-        if method == Method::GET || method == Method::HEAD {
+        if !matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
             Action::Read
         } else if path.ends_with("/statuses") {
             Action::Report
@@ -112,8 +120,11 @@ impl Grants {
 impl AuthzConfig {
     pub fn validate(&self) -> Result<(), String> {
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.subjects.is_empty() || rule.subjects.iter().any(|s| s.is_empty()) {
-                return Err(format!("authz.rules[{i}].subjects must list at least one non-empty identity"));
+            if rule.subjects.is_empty() && rule.groups.is_empty() {
+                return Err(format!("authz.rules[{i}] must list at least one subject or group"));
+            }
+            if rule.subjects.iter().chain(&rule.groups).any(|s| s.is_empty()) {
+                return Err(format!("authz.rules[{i}]: subjects and groups must not be empty strings"));
             }
             let inner_star = |s: &str| s.len() > 1 && s.trim_start_matches('*').trim_end_matches('*').contains('*');
             let both_ends = |s: &str| s.len() > 1 && s.starts_with('*') && s.ends_with('*');
@@ -125,9 +136,7 @@ impl AuthzConfig {
             }
             for p in &rule.allow {
                 let ok = matches!(p.as_str(), "*" | "read" | "write" | "force_delete" | "report")
-                    || p.strip_prefix("report:").is_some_and(|a| {
-                        !a.is_empty() && a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    });
+                    || p.strip_prefix("report:").is_some_and(crate::config::adapter_name_ok);
                 if !ok {
                     return Err(format!(
                         "authz.rules[{i}].allow: unknown permission {p:?} (read, write, force_delete, report, report:<adapter>, *)"
@@ -138,8 +147,8 @@ impl AuthzConfig {
         Ok(())
     }
 
-    /// The union of the permissions of every rule naming `identity`.
-    pub fn grants(&self, identity: &str) -> Grants {
+    /// The union of the permissions of every rule naming `identity` or one of its `groups`.
+    pub fn grants(&self, identity: &str, groups: &[String]) -> Grants {
         if self.rules.is_empty() {
             return Grants::everything(identity.to_string());
         }
@@ -153,7 +162,8 @@ impl AuthzConfig {
                 identity == pattern
             }
         };
-        for rule in self.rules.iter().filter(|r| r.subjects.iter().any(|s| matches(s))) {
+        let applies = |r: &&Rule| r.subjects.iter().any(|s| matches(s)) || r.groups.iter().any(|g| groups.contains(g));
+        for rule in self.rules.iter().filter(applies) {
             for p in &rule.allow {
                 match p.as_str() {
                     "*" => g.all = true,
@@ -177,16 +187,19 @@ impl AuthzConfig {
 mod tests {
     use super::*;
 
+    fn rule(subjects: &[&str], groups: &[&str], allow: &[&str]) -> Rule {
+        let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        Rule { subjects: own(subjects), groups: own(groups), allow: own(allow) }
+    }
+
     fn cfg() -> AuthzConfig {
         AuthzConfig {
             rules: vec![
-                Rule { subjects: vec!["system:serviceaccount:hf:sentinel-sa".into()], allow: vec!["read".into()] },
-                Rule {
-                    subjects: vec!["system:serviceaccount:hf:hyperfleet-adapter-sa".into()],
-                    allow: vec!["read".into(), "report:landing-zone".into()],
-                },
-                Rule { subjects: vec!["system:serviceaccount:ops:*".into()], allow: vec!["*".into()] },
-                Rule { subjects: vec!["*@example.com".into()], allow: vec!["read".into(), "write".into()] },
+                rule(&["system:serviceaccount:hf:sentinel-sa"], &[], &["read"]),
+                rule(&["system:serviceaccount:hf:hyperfleet-adapter-sa"], &[], &["read", "report:landing-zone"]),
+                rule(&["system:serviceaccount:ops:*"], &[], &["*"]),
+                rule(&["*@example.com"], &[], &["read", "write"]),
+                rule(&[], &["hyperfleet-admins"], &["force_delete"]),
             ],
         }
     }
@@ -198,38 +211,50 @@ mod tests {
         assert_eq!(Action::of(&Method::POST, "/api/hyperfleet/v1/clusters/x/force-delete"), Action::ForceDelete);
         assert_eq!(Action::of(&Method::DELETE, "/api/hyperfleet/v1/clusters/x"), Action::Write);
         assert_eq!(Action::of(&Method::POST, "/api/hyperfleet/v1/clusters"), Action::Write);
+        assert_eq!(Action::of(&Method::PATCH, "/api/hyperfleet/v1/clusters/x"), Action::Write);
+        // No route serves these: a read, so the router's 405 is what the caller sees.
+        assert_eq!(Action::of(&Method::OPTIONS, "/api/hyperfleet/v1/clusters"), Action::Read);
+        assert_eq!(Action::of(&Method::TRACE, "/api/hyperfleet/v1/clusters/x/statuses"), Action::Read);
     }
 
     #[test]
     fn rules_grant_exactly_what_they_say() {
         let c = cfg();
-        let sentinel = c.grants("system:serviceaccount:hf:sentinel-sa");
+        let sentinel = c.grants("system:serviceaccount:hf:sentinel-sa", &[]);
         assert!(sentinel.allows(Action::Read));
         assert!(!sentinel.allows(Action::Write) && !sentinel.allows(Action::Report));
-        let adapter = c.grants("system:serviceaccount:hf:hyperfleet-adapter-sa");
+        let adapter = c.grants("system:serviceaccount:hf:hyperfleet-adapter-sa", &[]);
         assert!(
             adapter.allows(Action::Report) && !adapter.allows(Action::Write) && !adapter.allows(Action::ForceDelete)
         );
         assert!(adapter.may_report_as("landing-zone") && !adapter.may_report_as("dns"));
         assert!(adapter.report_refusal("dns").contains("only as adapter landing-zone"));
-        let ops = c.grants("system:serviceaccount:ops:alice");
+        let ops = c.grants("system:serviceaccount:ops:alice", &[]);
         assert!(ops.allows(Action::ForceDelete) && ops.may_report_as("anything"));
-        let human = c.grants("ada@example.com");
+        let human = c.grants("ada@example.com", &[]);
         assert!(human.allows(Action::Write) && !human.allows(Action::ForceDelete));
-        assert!(!c.grants("ada@example.com.evil").allows(Action::Read));
-        let stranger = c.grants("system:serviceaccount:other:x");
+        assert!(!c.grants("ada@example.com.evil", &[]).allows(Action::Read));
+        let stranger = c.grants("system:serviceaccount:other:x", &[]);
         assert!(!stranger.allows(Action::Read));
-        assert!(AuthzConfig::default().grants("anyone").allows(Action::ForceDelete), "no rules: everything");
+        assert!(AuthzConfig::default().grants("anyone", &[]).allows(Action::ForceDelete), "no rules: everything");
+        // Groups add to what the subject rules give, and only exact names count.
+        let admin = c.grants("ada@example.com", &["hyperfleet-admins".into()]);
+        assert!(admin.allows(Action::ForceDelete) && admin.allows(Action::Write));
+        let only_group = c.grants("bob@elsewhere.test", &["hyperfleet-admins".into()]);
+        assert!(only_group.allows(Action::ForceDelete) && !only_group.allows(Action::Read));
+        assert!(!c.grants("bob@elsewhere.test", &["hyperfleet-admins-x".into()]).allows(Action::ForceDelete));
     }
 
     #[test]
     fn bad_rules_are_refused() {
         for (rule, why) in [
-            (Rule { subjects: vec![], allow: vec!["read".into()] }, "subjects"),
-            (Rule { subjects: vec!["a*b".into()], allow: vec!["read".into()] }, "only at the start or the end"),
-            (Rule { subjects: vec!["*a*".into()], allow: vec!["read".into()] }, "only at the start or the end"),
-            (Rule { subjects: vec!["a".into()], allow: vec!["delete".into()] }, "unknown permission"),
-            (Rule { subjects: vec!["a".into()], allow: vec!["report:Bad Name".into()] }, "unknown permission"),
+            (rule(&[], &[], &["read"]), "at least one subject or group"),
+            (rule(&[], &[""], &["read"]), "must not be empty"),
+            (rule(&["a*b"], &[], &["read"]), "only at the start or the end"),
+            (rule(&["*a*"], &[], &["read"]), "only at the start or the end"),
+            (rule(&["a"], &[], &["delete"]), "unknown permission"),
+            (rule(&["a"], &[], &["report:Bad Name"]), "unknown permission"),
+            (rule(&[], &["g"], &[]), "at least one permission"),
         ] {
             let err = AuthzConfig { rules: vec![rule] }.validate().expect_err("refused");
             assert!(err.contains(why), "{err}");

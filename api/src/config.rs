@@ -35,7 +35,13 @@ pub struct ApiConfig {
     pub authz: crate::authz::AuthzConfig,
     /// The change feed (`?watch=true`).
     pub watch: WatchConfig,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// Bounds on what a request may carry.
+    pub limits: LimitsConfig,
+    /// After SIGTERM, `/readyz` answers 503 at once while requests are still served this long, so
+    /// load balancers and Service endpoints stop sending new ones before the listener closes.
+    #[serde(with = "duration")]
+    pub shutdown_drain: Duration,
+    /// How long in-flight requests may take to finish after the drain.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
 }
@@ -53,6 +59,8 @@ impl Default for ApiConfig {
             watch: WatchConfig::default(),
             jwt: crate::auth::JwtConfig::default(),
             authz: crate::authz::AuthzConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown_drain: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
         }
     }
@@ -66,14 +74,19 @@ impl ServiceConfig for ApiConfig {
     fn validate(&self) -> Result<(), String> {
         self.jwt.validate()?;
         self.authz.validate()?;
+        self.limits.validate()?;
+        self.database.validate()?;
+        if self.watch.max_streams == 0 || self.watch.max_streams_per_client == 0 {
+            return Err("watch.max_streams and watch.max_streams_per_client must be at least 1".into());
+        }
         for (kind, names) in
             [("clusters", &self.required_adapters.clusters), ("nodepools", &self.required_adapters.nodepools)]
         {
             let mut seen = std::collections::HashSet::new();
             for name in names {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                if !adapter_name_ok(name) {
                     return Err(format!(
-                        "required_adapters.{kind}: {name:?} is not a valid adapter name (lowercase letters, digits, '-')"
+                        "required_adapters.{kind}: {name:?} is not a valid adapter name (a DNS label: up to 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
                     ));
                 }
                 if !seen.insert(name) {
@@ -98,6 +111,10 @@ pub struct WatchConfig {
     /// A watch client that reads nothing for this long (its buffer full) is disconnected.
     #[serde(with = "duration")]
     pub stall_timeout: Duration,
+    /// Open change feeds per process; one more is 429 with `Retry-After`.
+    pub max_streams: usize,
+    /// Open change feeds per caller (its identity with authentication on, else its address).
+    pub max_streams_per_client: usize,
 }
 
 impl Default for WatchConfig {
@@ -106,6 +123,8 @@ impl Default for WatchConfig {
             heartbeat: Duration::from_secs(15),
             retention: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(30),
+            max_streams: 1000,
+            max_streams_per_client: 100,
         }
     }
 }
@@ -139,6 +158,14 @@ pub struct DatabaseConfig {
     /// How long a request waits for a pooled connection before failing with 503.
     #[serde(with = "duration")]
     pub acquire_timeout: Duration,
+    /// PostgreSQL cancels any statement of the API running longer (`statement_timeout`), so a
+    /// request that timed out (30 s) leaves nothing running; below the request timeout.
+    #[serde(with = "duration")]
+    pub statement_timeout: Duration,
+    /// A write waiting this long for a lock (the write lock held by a slow writer) fails with 503
+    /// `HYPERFLEET-SVC-002` and `Retry-After` (PostgreSQL's `lock_timeout`).
+    #[serde(with = "duration")]
+    pub lock_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -152,6 +179,8 @@ impl Default for DatabaseConfig {
             ssl: SslConfig::default(),
             max_connections: 20,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(25),
+            lock_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -188,7 +217,89 @@ impl FromStr for SslMode {
     }
 }
 
+/// An adapter name: a DNS label (1–63 lowercase letters, digits and `-`, starting and ending with
+/// a letter or digit), as required adapters, authorization rules and status reports use it.
+pub fn adapter_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len()) && edge(b[0]) && edge(b[b.len() - 1]) && b.iter().all(|&c| edge(c) || c == b'-')
+}
+
+/// The time a request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on request content; each refusal is a 400 naming the field and the limit (413 for the body).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body in bytes; a larger one is 413 `HYPERFLEET-VAL-007`, unread.
+    pub max_body_bytes: usize,
+    /// Largest `spec` of a cluster or nodepool (its JSON) in bytes.
+    pub max_spec_bytes: usize,
+    /// Largest `data`, and largest `metadata`, of a status report (their JSON) in bytes.
+    pub max_status_bytes: usize,
+    /// Most labels on one resource.
+    pub max_labels: usize,
+    /// Most conditions in one status report.
+    pub max_conditions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1024 * 1024,
+            max_spec_bytes: 64 * 1024,
+            max_status_bytes: 64 * 1024,
+            max_labels: 64,
+            max_conditions: 32,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if [self.max_body_bytes, self.max_spec_bytes, self.max_status_bytes, self.max_labels, self.max_conditions]
+            .contains(&0)
+        {
+            return Err("limits.*: every limit must be at least 1".into());
+        }
+        if self.max_spec_bytes >= self.max_body_bytes || self.max_status_bytes >= self.max_body_bytes {
+            return Err(format!(
+                "limits.max_spec_bytes and limits.max_status_bytes must be below limits.max_body_bytes ({})",
+                self.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl DatabaseConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.statement_timeout < Duration::from_millis(100) || self.statement_timeout >= REQUEST_TIMEOUT {
+            return Err(format!(
+                "database.statement_timeout must be at least 100ms and below the request timeout ({REQUEST_TIMEOUT:?})"
+            ));
+        }
+        if self.lock_timeout < Duration::from_millis(100) || self.lock_timeout > self.statement_timeout {
+            return Err("database.lock_timeout must be at least 100ms and at most database.statement_timeout".into());
+        }
+        Ok(())
+    }
+
+    /// The session settings every pooled connection starts with.
+    fn session_options(&self) -> [(&'static str, String); 2] {
+        [
+            ("statement_timeout", format!("{}ms", self.statement_timeout.as_millis())),
+            ("lock_timeout", format!("{}ms", self.lock_timeout.as_millis())),
+        ]
+    }
+
+    /// [`DatabaseConfig::connect_options`] with the statement and lock timeouts (for serving;
+    /// migrations run without them).
+    pub fn serving_options(&self) -> Result<PgConnectOptions, String> {
+        Ok(self.connect_options()?.options(self.session_options()))
+    }
+
     /// Connection options built from parts, so the password never passes through a URL string.
     pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
         if matches!(self.ssl.mode, SslMode::VerifyCa | SslMode::VerifyFull) && self.ssl.root_cert_file.is_none() {

@@ -91,6 +91,16 @@ pub enum ApiError {
     /// 503 `HYPERFLEET-SVC-001`: no database connection could be had in time.
     #[error("Database connection unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// 503 `HYPERFLEET-SVC-002` with `Retry-After`: a lock wait or a statement ran past its
+    /// timeout (`database.lock_timeout`, `database.statement_timeout`); PostgreSQL cancelled it.
+    #[error("{0}")]
+    Busy(String),
+    /// 413 `HYPERFLEET-VAL-007`: the body is larger than `limits.max_body_bytes`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 429 `HYPERFLEET-SVC-003` with `Retry-After`: too many open change feeds.
+    #[error("{0}")]
+    TooManyStreams(String),
     /// 500 `HYPERFLEET-INT-002`.
     #[error("Database error")]
     Database(#[source] sqlx::Error),
@@ -141,6 +151,15 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-001", "Service Unavailable", "service-unavailable")
             }
+            ApiError::Busy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-002", "Service Busy", "service-busy")
+            }
+            ApiError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "HYPERFLEET-VAL-007", "Payload Too Large", "payload-too-large")
+            }
+            ApiError::TooManyStreams(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "HYPERFLEET-SVC-003", "Too Many Requests", "too-many-requests")
+            }
             ApiError::Database(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "HYPERFLEET-INT-002", "Database Error", "internal-error")
             }
@@ -160,6 +179,14 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 ApiError::Unavailable(e)
             }
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout)
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                ApiError::Busy("The write lock is held by other writers; retry shortly".into())
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => ApiError::Busy(
+                "The query took longer than the database statement timeout and was cancelled; narrow it or retry"
+                    .into(),
+            ),
             other => ApiError::Database(other),
         }
     }
@@ -190,6 +217,9 @@ impl IntoResponse for ApiError {
         let mut resp = problem_response(problem);
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::Busy(_) | ApiError::TooManyStreams(_)) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -70,11 +70,25 @@ const PING_IF_IDLE: Duration = Duration::from_secs(1);
 /// wake-up) for a GET that needs one. Here only connections idle for [`PING_IF_IDLE`] are pinged —
 /// those are the ones a database restart leaves dead; a busy connection that breaks fails its
 /// query (503) and is discarded when released.
+///
+/// Its connections carry `database.statement_timeout` and `database.lock_timeout`.
 pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(cfg.database.max_connections)
-        .acquire_timeout(cfg.database.acquire_timeout)
+    let opts = cfg.database.serving_options().map_err(StartError::DatabaseConfig)?;
+    Ok(lazy_pool(opts, cfg.database.max_connections, cfg.database.acquire_timeout))
+}
+
+/// The readiness probe's own connection: a pool saturated by requests (writers queued behind the
+/// write lock) does not turn every replica NotReady at once — the probe asks whether the database
+/// answers, not whether this replica is busy.
+fn probe_pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
+    let opts = cfg.database.serving_options().map_err(StartError::DatabaseConfig)?;
+    Ok(lazy_pool(opts, 1, Duration::from_secs(2)))
+}
+
+fn lazy_pool(opts: sqlx::postgres::PgConnectOptions, max: u32, acquire: Duration) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
@@ -84,7 +98,7 @@ pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
                 Ok(true)
             })
         })
-        .connect_lazy_with(opts))
+        .connect_lazy_with(opts)
 }
 
 /// Connection errors that retrying cannot fix.
@@ -116,7 +130,9 @@ const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 /// PostgreSQL advisory lock. A database that is not reachable yet is waited for up to
 /// [`MIGRATE_WAIT`]; one that refuses us (certificate, credentials, unknown database) fails at once.
 pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
-    let pool = pool(cfg)?;
+    // Without the serving timeouts: a migration may rightly take longer than any request.
+    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+    let pool = lazy_pool(opts, 2, cfg.database.acquire_timeout);
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
     let mut delay = Duration::from_millis(250);
     loop {
@@ -142,6 +158,7 @@ pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
 /// The API router (without listeners), for the server and for tests.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let body_limit = state.limits.max_body_bytes;
     let mut resources = resources::router();
     if let Some(auth) = state.auth.clone() {
         resources = resources.layer(middleware::from_fn_with_state(auth, auth::authenticate));
@@ -153,7 +170,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|req: Request| async move { error::ApiError::NoRoute(req.uri().path().to_string()) })
         .layer(middleware::from_fn(error::problem_context))
         .layer(middleware::from_fn(observe::track))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, config::REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -185,7 +203,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     }
     let prometheus = ops::install_metrics_recorder().map_err(StartError::Metrics)?;
     observe::describe_metrics();
-    let ping_pool = db.clone();
+    let ping_pool = probe_pool(&cfg)?;
     let check: ops::ReadinessCheck = Arc::new(move || {
         let pool = ping_pool.clone();
         Box::pin(async move {
@@ -209,8 +227,21 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         std::io::Error::new(e.kind(), format!("cannot listen for the API on {}: {e}", cfg.server.addr()))
     })?;
     tracing::info!(addr = %listener.local_addr()?, database = %db_endpoint(&cfg), "API listening");
+    // SIGTERM (`shutdown`) makes /readyz 503 at once, but requests are served for
+    // `shutdown_drain` more — the time endpoints and load balancers take to stop sending new
+    // ones — before `stop` closes the listener and ends the change feeds; in-flight requests then
+    // get `shutdown_timeout` to finish.
+    let stop = CancellationToken::new();
+    {
+        let (shutdown, stop, drain) = (shutdown.clone(), stop.clone(), cfg.shutdown_drain);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!(?drain, "shutting down: not ready, still serving for the drain period");
+            tokio::time::sleep(drain).await;
+            stop.cancel();
+        });
+    }
     let drain = cfg.shutdown_timeout;
-    let stop = shutdown.clone();
     let auth = if cfg.jwt.enabled {
         Some(auth::Authenticator::new(cfg.jwt.clone(), cfg.authz.clone()).await.map_err(StartError::Auth)?)
     } else {
@@ -218,15 +249,16 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         None
     };
     let state = AppState::new(db.clone(), cfg.required_adapters.clone())
-        .with_watch(cfg.watch.clone(), shutdown.clone())
+        .with_watch(cfg.watch.clone(), stop.clone())
+        .with_limits(cfg.limits.clone())
         .with_auth(auth);
-    watch::spawn_pruner(db.clone(), cfg.watch.retention, shutdown.clone());
+    watch::spawn_pruner(db.clone(), cfg.watch.retention, stop.clone());
     // The peer address: an identity header is believed only from jwt.trusted_proxies.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     tokio::select! {
         res = server => res?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+        _ = async { stop.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(?drain, "in-flight requests did not finish in time");
         }
     }

@@ -54,6 +54,10 @@ pub fn describe_metrics() {
         "Change-feed watchers disconnected by the API, by reason."
     );
     describe_gauge!(
+        "hyperfleet_api_watch_streams",
+        "Change feeds (?watch=true) open now; bounded by watch.max_streams (429 beyond)."
+    );
+    describe_gauge!(
         "hyperfleet_api_resource_pending_reconciliation",
         Unit::Count,
         "Resources whose Reconciled condition is not True, by resource type."

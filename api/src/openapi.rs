@@ -225,7 +225,10 @@ fn responses(ok: Vec<(&str, ResponseBuilder)>, errors: &[(&str, &str)]) -> utoip
     b.response(
         "default",
         ResponseBuilder::new()
-            .description("Server-side failure (`HYPERFLEET-INT-*`, `HYPERFLEET-SVC-001`)")
+            .description(
+                "Server-side failure (`HYPERFLEET-INT-*`), no database connection (503 `HYPERFLEET-SVC-001`), or a \
+                 lock wait or statement past its timeout (503 `HYPERFLEET-SVC-002`, Retry-After)",
+            )
             .content(PROBLEM_JSON, problem()),
     )
     .build()
@@ -332,6 +335,7 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
                 ("400", "Bad paging, order, fields, search or resource_version"),
                 ("404", "The cluster does not exist"),
                 ("410", "resource_version is older than the retained history (`HYPERFLEET-CNF-004`): list again"),
+                ("429", "watch=true beyond watch.max_streams or watch.max_streams_per_client (`HYPERFLEET-SVC-003`, Retry-After)"),
             ],
         )),
     );
@@ -354,8 +358,9 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
                         .header("Location", HeaderBuilder::new().schema(Some(string())).description(Some("The new resource's path")).build()),
                 )],
                 &[
-                    ("400", "Invalid body (`HYPERFLEET-VAL-000`) or not JSON (`HYPERFLEET-VAL-006`)"),
+                    ("400", "Invalid body (`HYPERFLEET-VAL-000`, also a spec or labels over limits.*) or not JSON (`HYPERFLEET-VAL-006`)"),
                     ("404", "The cluster does not exist"),
+                    ("413", "The body is larger than limits.max_body_bytes (`HYPERFLEET-VAL-007`)"),
                     ("409", "The name is taken (`HYPERFLEET-CNF-001`) or the cluster is being deleted (`HYPERFLEET-CNF-003`)"),
                 ],
             ))
@@ -396,9 +401,10 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
         .responses(responses(
             vec![("200", ok_resource("The resource; generation +1 when spec or labels changed"))],
             &[
-                ("400", "Invalid body"),
+                ("400", "Invalid body (also a spec or labels over limits.*)"),
                 ("404", "Not found"),
                 ("409", "Being deleted (`HYPERFLEET-CNF-003`)"),
+                ("413", "The body is larger than limits.max_body_bytes (`HYPERFLEET-VAL-007`)"),
                 ("412", "If-Match names an older version (`HYPERFLEET-CNF-002`); nothing changed"),
             ],
         )),
@@ -469,7 +475,11 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
                     ResponseBuilder::new().description("Discarded: stale, from the future or for another generation"),
                 ),
             ],
-            &[("400", "Invalid report"), ("404", "Not found")],
+            &[
+                ("400", "Invalid report (also data or metadata over limits.max_status_bytes)"),
+                ("404", "Not found"),
+                ("413", "The body is larger than limits.max_body_bytes (`HYPERFLEET-VAL-007`)"),
+            ],
         )),
     );
 }

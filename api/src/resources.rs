@@ -42,6 +42,10 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// JWT verification; `None` when authentication is off.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Bounds on request content.
+    pub limits: Arc<crate::config::LimitsConfig>,
+    /// The open change feeds, bounded by `watch.max_streams` and `watch.max_streams_per_client`.
+    pub streams: crate::watch::Streams,
 }
 
 impl AppState {
@@ -54,7 +58,14 @@ impl AppState {
             watch: crate::config::WatchConfig::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             auth: None,
+            limits: Arc::default(),
+            streams: crate::watch::Streams::new(&crate::config::WatchConfig::default()),
         }
+    }
+
+    pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     pub fn with_auth(mut self, auth: Option<Arc<crate::auth::Authenticator>>) -> Self {
@@ -67,6 +78,7 @@ impl AppState {
         watch: crate::config::WatchConfig,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
+        self.streams = crate::watch::Streams::new(&watch);
         self.watch = watch;
         self.shutdown = shutdown;
         self
@@ -148,6 +160,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
             Err(JsonRejection::JsonSyntaxError(e)) => {
                 Err(ApiError::Malformed(format!("Invalid JSON: {}", e.body_text())))
             }
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(
+                "The request body is larger than the API accepts (limits.max_body_bytes)".into(),
+            )),
             Err(e) => Err(ApiError::Malformed(e.body_text())),
         }
     }
@@ -316,7 +331,7 @@ async fn create<K: KindRoute>(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let target = Target::from_path(K::KIND, &params);
-    let new = validation::create(K::KIND, &body)?;
+    let new = validation::create(K::KIND, &body, &state.limits)?;
     let mut tx = state.write().await?;
     if let Some(parent) = target.check_parent(&mut tx, true).await?
         && parent.deleted_time.is_some()
@@ -382,7 +397,7 @@ async fn patch<K: KindRoute>(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let changes = validation::patch(&body)?;
+    let changes = validation::patch(&body, &state.limits)?;
     let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
     check_if_match(&headers, &row)?;
@@ -509,6 +524,8 @@ async fn list<K: KindRoute>(
     State(state): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
     expiry: Option<axum::Extension<crate::auth::TokenExpiry>>,
+    identity: Option<axum::Extension<crate::auth::Identity>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = ListParams::parse(raw.as_deref())?;
@@ -520,7 +537,13 @@ async fn list<K: KindRoute>(
         drop(conn);
         let until = expiry.map(|axum::Extension(e)| e.deadline());
         let sel = crate::watch::Selection { kind: K::KIND, parent: target.parent, filter, until };
-        return crate::watch::respond(state.clone(), sel, q.resource_version.as_deref()).await;
+        // Streams are counted per caller: its identity, or its address without authentication.
+        let client = match (identity, peer) {
+            (Some(axum::Extension(id)), _) => id.0,
+            (None, Some(axum::Extension(axum::extract::ConnectInfo(addr)))) => addr.ip().to_string(),
+            (None, None) => "unknown".to_string(),
+        };
+        return crate::watch::respond(state.clone(), sel, q.resource_version.as_deref(), &client).await;
     }
     let search_params = filter.as_ref().map_or(&[][..], |f| &f.params[..]);
     let and_search = filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();

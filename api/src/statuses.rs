@@ -147,12 +147,21 @@ fn opt_string(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option
 }
 
 /// Validates a report body (400 `HYPERFLEET-VAL-000` on any violation). `at` is the server's clock.
-pub fn validate(body: &Value, at: DateTime<Utc>) -> Result<Incoming, ApiError> {
+pub fn validate(body: &Value, at: DateTime<Utc>, limits: &crate::config::LimitsConfig) -> Result<Incoming, ApiError> {
     let obj = body.as_object().ok_or_else(|| ApiError::Malformed("request body must be a JSON object".into()))?;
     let adapter = match obj.get("adapter") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         other => return Err(field_error("adapter", other, "required", "adapter is required".into())),
     };
+    if !crate::config::adapter_name_ok(&adapter) {
+        return Err(field_error(
+            "adapter",
+            obj.get("adapter"),
+            "format",
+            "adapter must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                .into(),
+        ));
+    }
     let observed_generation = match obj.get("observed_generation") {
         Some(Value::Number(n)) => match n.as_i64() {
             Some(g) if (1..=i64::from(i32::MAX)).contains(&g) => g as i32,
@@ -226,6 +235,18 @@ pub fn validate(body: &Value, at: DateTime<Utc>) -> Result<Incoming, ApiError> {
             return Err(field_error("conditions", Some(other), "format", "field 'conditions' must be an array".into()));
         }
     };
+    if list.len() > limits.max_conditions {
+        return Err(field_error(
+            "conditions",
+            None,
+            "max",
+            format!(
+                "{} conditions; at most {} are accepted (limits.max_conditions)",
+                list.len(),
+                limits.max_conditions
+            ),
+        ));
+    }
     let mut seen = HashSet::new();
     let mut conditions = Vec::with_capacity(list.len());
     for (i, c) in list.iter().enumerate() {
@@ -279,6 +300,10 @@ pub fn validate(body: &Value, at: DateTime<Utc>) -> Result<Incoming, ApiError> {
             return Err(field_error("metadata", Some(other), "format", "field 'metadata' must be an object".into()));
         }
     };
+    crate::validation::within("data", &data, limits.max_status_bytes, "limits.max_status_bytes")?;
+    if let Some(m) = &metadata {
+        crate::validation::within("metadata", m, limits.max_status_bytes, "limits.max_status_bytes")?;
+    }
     Ok(Incoming { adapter, observed_generation, observed_time, conditions, data, metadata })
 }
 
@@ -288,7 +313,7 @@ pub async fn put<K: KindRoute>(
     grants: Option<axum::Extension<crate::authz::Grants>>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let incoming = validate(&body, now())?;
+    let incoming = validate(&body, now(), &state.limits)?;
     // An adapter's identity reports under its own name only (authentication on).
     if let Some(axum::Extension(g)) = &grants
         && !g.may_report_as(&incoming.adapter)
@@ -468,7 +493,8 @@ mod tests {
 
     #[test]
     fn report_validation_rules() {
-        assert!(validate(&body(json!({})), now()).is_ok());
+        let limits = crate::config::LimitsConfig { max_status_bytes: 100, max_conditions: 4, ..Default::default() };
+        assert!(validate(&body(json!({})), now(), &limits).is_ok());
         let old = rfc3339(now() - Duration::minutes(31));
         let future = rfc3339(now() + Duration::minutes(6));
         let cases = [
@@ -486,9 +512,18 @@ mod tests {
             ),
             (json!({"conditions": {}}), "must be an array"),
             (json!({"data": []}), "must be an object"),
+            (json!({"adapter": "Landing_Zone"}), "DNS label"),
+            (json!({"adapter": "x".repeat(64)}), "DNS label"),
+            (json!({"adapter": "-dns"}), "DNS label"),
+            (json!({"data": {"k": "v".repeat(100)}}), "data is 108 bytes of JSON; at most 100"),
+            (json!({"metadata": {"k": "v".repeat(100)}}), "limits.max_status_bytes"),
+            (
+                json!({"conditions": (0..5).map(|i| json!({"type": format!("C{i}"), "status": "True"})).collect::<Vec<_>>()}),
+                "5 conditions; at most 4",
+            ),
         ];
         for (extra, msg) in cases {
-            let e = validate(&body(extra.clone()), now()).expect_err("invalid");
+            let e = validate(&body(extra.clone()), now(), &limits).expect_err("invalid");
             assert_eq!(e.code(), "HYPERFLEET-VAL-000", "{extra}");
             assert!(e.to_string().contains(msg), "{extra}: {e}");
         }

@@ -6,9 +6,42 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::{
+    config::LimitsConfig,
     error::{ApiError, FieldError},
     model::Kind,
 };
+
+/// The size of `v` as compact JSON, counted without building the text.
+pub fn json_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
+}
+
+/// 400 naming `field` when `v` is larger than `max` bytes of JSON (`knob` is the setting).
+pub fn within(field: &str, v: &Value, max: usize, knob: &str) -> Result<(), ApiError> {
+    let size = json_size(v);
+    if size > max {
+        return Err(ApiError::validation(
+            field,
+            None,
+            "max",
+            format!("{field} is {size} bytes of JSON; at most {max} are accepted ({knob})"),
+        ));
+    }
+    Ok(())
+}
 
 /// A validated create request.
 #[derive(Debug, PartialEq)]
@@ -30,7 +63,7 @@ fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
 }
 
 /// Validates a create body. Unknown fields are ignored; `kind`, `name` and `spec` are required.
-pub fn create(kind: Kind, body: &Value) -> Result<NewResource, ApiError> {
+pub fn create(kind: Kind, body: &Value, limits: &LimitsConfig) -> Result<NewResource, ApiError> {
     let obj = object(body)?;
     match obj.get("kind") {
         Some(Value::String(k)) if k == kind.name() => {}
@@ -74,23 +107,25 @@ pub fn create(kind: Kind, body: &Value) -> Result<NewResource, ApiError> {
             };
             return Err(ApiError::validation("spec", None, "required", message));
         }
-        Some(v) => spec(v)?,
+        Some(v) => spec(v, limits)?,
     };
     let labels = match obj.get("labels") {
         None | Some(Value::Null) => BTreeMap::new(),
-        Some(v) => labels(v)?,
+        Some(v) => labels(v, limits)?,
     };
     Ok(NewResource { name, spec, labels })
 }
 
 /// Validates a patch body: only `spec` and `labels`, at least one of them.
-pub fn patch(body: &Value) -> Result<Patch, ApiError> {
+pub fn patch(body: &Value, limits: &LimitsConfig) -> Result<Patch, ApiError> {
     let obj = object(body)?;
     if let Some(unknown) = obj.keys().find(|k| !matches!(k.as_str(), "spec" | "labels")) {
         return Err(ApiError::Malformed(format!("unknown field '{unknown}': a patch may contain spec and labels")));
     }
-    let patch =
-        Patch { spec: obj.get("spec").map(spec).transpose()?, labels: obj.get("labels").map(labels).transpose()? };
+    let patch = Patch {
+        spec: obj.get("spec").map(|v| spec(v, limits)).transpose()?,
+        labels: obj.get("labels").map(|v| labels(v, limits)).transpose()?,
+    };
     if patch == Patch::default() {
         return Err(ApiError::BadRequest("at least one field must be provided for update".into()));
     }
@@ -101,12 +136,22 @@ fn type_error(field: &str, value: &Value, expected: &str) -> ApiError {
     ApiError::validation(field, Some(value.clone()), "format", format!("field '{field}' must be {expected}"))
 }
 
-fn spec(v: &Value) -> Result<Map<String, Value>, ApiError> {
-    v.as_object().cloned().ok_or_else(|| type_error("spec", v, "an object"))
+fn spec(v: &Value, limits: &LimitsConfig) -> Result<Map<String, Value>, ApiError> {
+    let map = v.as_object().ok_or_else(|| type_error("spec", v, "an object"))?;
+    within("spec", v, limits.max_spec_bytes, "limits.max_spec_bytes")?;
+    Ok(map.clone())
 }
 
-fn labels(v: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+fn labels(v: &Value, limits: &LimitsConfig) -> Result<BTreeMap<String, String>, ApiError> {
     let map = v.as_object().ok_or_else(|| type_error("labels", v, "an object"))?;
+    if map.len() > limits.max_labels {
+        return Err(ApiError::validation(
+            "labels",
+            None,
+            "max",
+            format!("{} labels; at most {} are accepted (limits.max_labels)", map.len(), limits.max_labels),
+        ));
+    }
     let mut labels = BTreeMap::new();
     let mut errors = Vec::new();
     for (key, value) in map {
@@ -226,11 +271,14 @@ mod tests {
 
     #[test]
     fn valid_create_bodies() {
-        let c = create(Kind::Cluster, &json!({"kind": "Cluster", "name": "prod-1", "spec": {"a": 1}, "labels": {"env": "p", "example.com/team": "a_b.c"}, "extra": true}))
+        let c = create(Kind::Cluster, &json!({"kind": "Cluster", "name": "prod-1", "spec": {"a": 1}, "labels": {"env": "p", "example.com/team": "a_b.c"}, "extra": true}), &LimitsConfig::default())
             .expect("valid");
         assert_eq!(c.name, "prod-1");
         assert_eq!(c.labels.get("example.com/team").map(String::as_str), Some("a_b.c"));
-        assert!(create(Kind::NodePool, &json!({"kind": "NodePool", "name": "np-1", "spec": {}})).is_ok());
+        assert!(
+            create(Kind::NodePool, &json!({"kind": "NodePool", "name": "np-1", "spec": {}}), &LimitsConfig::default())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -277,12 +325,18 @@ mod tests {
             ),
         ];
         for (kind, body, msg) in cases {
-            let (code, m) = message(create(kind, &body).expect_err("invalid"));
+            let (code, m) = message(create(kind, &body, &LimitsConfig::default()).expect_err("invalid"));
             assert_eq!(code, "HYPERFLEET-VAL-000", "{body}");
             assert!(m.contains(msg), "{body}: {m}");
         }
-        assert_eq!(create(Kind::Cluster, &json!([1])).map(|_| ()).expect_err("array").code(), "HYPERFLEET-VAL-006");
-        assert!(create(Kind::Cluster, &json!({"kind": "Cluster", "name": "ééé", "spec": {}})).is_err());
+        assert_eq!(
+            create(Kind::Cluster, &json!([1]), &LimitsConfig::default()).map(|_| ()).expect_err("array").code(),
+            "HYPERFLEET-VAL-006"
+        );
+        assert!(
+            create(Kind::Cluster, &json!({"kind": "Cluster", "name": "ééé", "spec": {}}), &LimitsConfig::default())
+                .is_err()
+        );
     }
 
     #[test]
@@ -308,7 +362,7 @@ mod tests {
         for bad in ["-v", "v ", &"v".repeat(64), "ü"] {
             assert!(label_value(bad).is_err(), "{bad}");
         }
-        let e = labels(&json!({"Bad Key": "-bad", "ok": "fine"})).expect_err("two errors");
+        let e = labels(&json!({"Bad Key": "-bad", "ok": "fine"}), &LimitsConfig::default()).expect_err("two errors");
         match e {
             ApiError::Validation { errors, .. } => assert_eq!(errors.len(), 2, "all violations are reported"),
             other => panic!("{other:?}"),
@@ -317,9 +371,18 @@ mod tests {
 
     #[test]
     fn patch_bodies() {
-        assert_eq!(patch(&json!({"labels": {"a": "b"}})).expect("labels").labels.map(|l| l.len()), Some(1));
-        assert_eq!(patch(&json!({})).expect_err("empty").code(), "HYPERFLEET-VAL-005");
-        assert_eq!(patch(&json!({"name": "x"})).expect_err("unknown").code(), "HYPERFLEET-VAL-006");
-        assert_eq!(patch(&json!({"spec": null})).expect_err("null spec").code(), "HYPERFLEET-VAL-000");
+        assert_eq!(
+            patch(&json!({"labels": {"a": "b"}}), &LimitsConfig::default()).expect("labels").labels.map(|l| l.len()),
+            Some(1)
+        );
+        assert_eq!(patch(&json!({}), &LimitsConfig::default()).expect_err("empty").code(), "HYPERFLEET-VAL-005");
+        assert_eq!(
+            patch(&json!({"name": "x"}), &LimitsConfig::default()).expect_err("unknown").code(),
+            "HYPERFLEET-VAL-006"
+        );
+        assert_eq!(
+            patch(&json!({"spec": null}), &LimitsConfig::default()).expect_err("null spec").code(),
+            "HYPERFLEET-VAL-000"
+        );
     }
 }

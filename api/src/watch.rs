@@ -12,7 +12,12 @@
 //! version older than the retained history is answered 410 (`HYPERFLEET-CNF-004`): list again
 //! and watch from the list's `X-HyperFleet-Resource-Version` header.
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -74,6 +79,65 @@ impl Feed {
     }
 }
 
+/// The open change feeds of the process, bounded in all and per caller: every stream costs a
+/// task and database queries, so one client (or a crowd) cannot open them without limit.
+#[derive(Clone)]
+pub struct Streams {
+    max: usize,
+    per_client: usize,
+    open: Arc<Mutex<(usize, HashMap<String, usize>)>>,
+}
+
+/// One open stream's place; given back when the stream ends.
+pub struct StreamSlot {
+    streams: Streams,
+    client: String,
+}
+
+impl Streams {
+    pub fn new(cfg: &crate::config::WatchConfig) -> Self {
+        Streams { max: cfg.max_streams, per_client: cfg.max_streams_per_client, open: Arc::default() }
+    }
+
+    /// A place for one more stream of `client`, or 429 saying which bound it hit.
+    pub fn open(&self, client: &str) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, clients) = &mut *open;
+        if *total >= self.max {
+            return Err(ApiError::TooManyStreams(format!(
+                "{} change feeds are open on this server, its limit (watch.max_streams); retry later",
+                self.max
+            )));
+        }
+        let mine = clients.entry(client.to_string()).or_default();
+        if *mine >= self.per_client {
+            return Err(ApiError::TooManyStreams(format!(
+                "'{client}' has {} change feeds open, the limit per caller (watch.max_streams_per_client)",
+                self.per_client
+            )));
+        }
+        *mine += 1;
+        *total += 1;
+        metrics::gauge!("hyperfleet_api_watch_streams").set(*total as f64);
+        Ok(StreamSlot { streams: self.clone(), client: client.to_string() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, clients) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = clients.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                clients.remove(&self.client);
+            }
+        }
+        metrics::gauge!("hyperfleet_api_watch_streams").set(*total as f64);
+    }
+}
+
 /// The newest committed change number (what a watch without `resource_version` starts after).
 pub async fn current_version(conn: &mut PgConnection) -> Result<i64, ApiError> {
     Ok(sqlx::query_scalar(
@@ -103,8 +167,14 @@ pub struct Selection {
     pub until: Option<tokio::time::Instant>,
 }
 
-/// Answers a `?watch=true` request.
-pub async fn respond(state: AppState, sel: Selection, resume: Option<&str>) -> Result<Response, ApiError> {
+/// Answers a `?watch=true` request of `client` (its identity, or its address without authentication).
+pub async fn respond(
+    state: AppState,
+    sel: Selection,
+    resume: Option<&str>,
+    client: &str,
+) -> Result<Response, ApiError> {
+    let slot = state.streams.open(client)?;
     let mut conn = state.db.acquire().await?;
     let pruned: i64 =
         sqlx::query_scalar("select pruned_through from resource_changes_horizon").fetch_one(&mut *conn).await?;
@@ -130,7 +200,10 @@ pub async fn respond(state: AppState, sel: Selection, resume: Option<&str>) -> R
     };
     drop(conn);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(stream(state, sel, start, tx));
+    tokio::spawn(async move {
+        stream(state, sel, start, tx).await;
+        drop(slot);
+    });
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     }));

@@ -294,6 +294,7 @@ async fn authorization_rules_decide_what_each_identity_may_do() -> Result<()> {
     let rule = |subjects: &[&str], allow: &[&str]| Rule {
         subjects: subjects.iter().map(|s| s.to_string()).collect(),
         allow: allow.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
     let authz = AuthzConfig {
         rules: vec![
@@ -308,6 +309,8 @@ async fn authorization_rules_decide_what_each_identity_may_do() -> Result<()> {
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         identity_claim: "sub".into(),
+        // It stands for the cluster's own issuer: `system:serviceaccount:` subjects are believed.
+        kubernetes: true,
         ..Default::default()
     };
     let app = app_with_authz(jwt, authz).await?;
@@ -359,6 +362,81 @@ async fn authorization_rules_decide_what_each_identity_may_do() -> Result<()> {
     assert_eq!(all["total"], 1, "{all}");
     let (_, cluster) = request(&app, Method::GET, &one, &ops, None).await?;
     assert!(cluster["deleted_time"].is_null(), "{cluster}");
+    app.done().await;
+    Ok(())
+}
+
+/// An identity is only as good as its issuer: an external IdP's token naming a `system:` identity
+/// (a ServiceAccount the rules trust) or an unverified email is refused, groups from the token's
+/// groups claim grant what rules give them, and a method no route serves is 405, not 403.
+#[tokio::test]
+async fn identities_are_scoped_to_their_issuer_and_groups_grant_permissions() -> Result<()> {
+    use hyperfleet_api::authz::{AuthzConfig, Rule};
+    let signer = Signer::ec()?;
+    let url = serve_jwks(Arc::new(RwLock::new(json!({"keys": [signer.jwk("k")]})))).await?;
+    let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let authz = AuthzConfig {
+        rules: vec![
+            Rule {
+                subjects: own(&["system:serviceaccount:hf:hyperfleet-adapter-sa"]),
+                allow: own(&["*"]),
+                ..Default::default()
+            },
+            Rule { subjects: own(&["*@example.test"]), allow: own(&["read"]), ..Default::default() },
+            Rule { groups: own(&["hyperfleet-admins"]), allow: own(&["write"]), ..Default::default() },
+        ],
+    };
+    // An external IdP (not a Kubernetes issuer), naming callers by email.
+    let jwt = JwtConfig {
+        enabled: true,
+        jwks_url: Some(url),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        ..Default::default()
+    };
+    let app = app_with_authz(jwt, authz).await?;
+    let token = |patch: Value| {
+        let mut c = claims("ada@example.test");
+        for (k, v) in patch.as_object().cloned().unwrap_or_default() {
+            c[k] = v;
+        }
+        signer.token("k", &c)
+    };
+    let impostor = token(json!({"email": "system:serviceaccount:hf:hyperfleet-adapter-sa"}))?;
+    let unverified = token(json!({"email": "eve@example.test", "email_verified": false}))?;
+    let reader = token(json!({"email_verified": true}))?;
+    let admin = token(json!({"groups": ["users", "hyperfleet-admins"]}))?;
+    let almost = token(json!({"groups": ["hyperfleet-admins-readonly"]}))?;
+
+    for (what, t, why) in [
+        ("a system: identity from an external IdP", &impostor, "reserved for Kubernetes ServiceAccount tokens"),
+        ("an unverified email", &unverified, "not verified"),
+    ] {
+        for method in [Method::GET, Method::POST] {
+            let body = (method == Method::POST).then(|| cluster("x"));
+            let (status, v) = call(&app, method.clone(), Some(t), &[], body.as_deref()).await?;
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("HYPERFLEET-AUT-002")),
+                "{what} {method}: {v}"
+            );
+            assert!(v["detail"].as_str().unwrap_or("").contains(why), "{what}: {v}");
+        }
+    }
+    assert_eq!(call(&app, Method::GET, Some(&reader), &[], None).await?.0, StatusCode::OK);
+    let (status, v) = call(&app, Method::POST, Some(&reader), &[], Some(&cluster("by-reader"))).await?;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("HYPERFLEET-AUT-003")), "{v}");
+    let (status, v) = call(&app, Method::POST, Some(&almost), &[], Some(&cluster("by-almost"))).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "group names match exactly: {v}");
+    let (status, created) = call(&app, Method::POST, Some(&admin), &[], Some(&cluster("by-admin"))).await?;
+    assert_eq!(status, StatusCode::CREATED, "a group grants write: {created}");
+    assert_eq!(created["created_by"], "ada@example.test");
+    // A read-only caller sending a method no route serves gets the router's answer.
+    let resp = app.send(Method::OPTIONS, CLUSTERS, &[("authorization", &format!("Bearer {reader}"))], None).await?;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let (_, all) = call(&app, Method::GET, Some(&reader), &[], None).await?;
+    assert_eq!(all["total"], 1, "only the admin's create happened: {all}");
     app.done().await;
     Ok(())
 }
@@ -458,6 +536,7 @@ async fn several_issuers_each_with_their_own_keys_audience_and_claim() -> Result
             audience: "hyperfleet".into(),
             jwks_url: Some(cluster_url),
             identity_claim: Some("sub".into()),
+            kubernetes: true,
             ..Default::default()
         }],
         ..Default::default()

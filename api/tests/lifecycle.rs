@@ -65,7 +65,13 @@ async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
     let id = np["id"].as_str().context("id")?;
     assert_eq!(np["href"], format!("{CLUSTERS}/{a}/nodepools/{id}"));
     assert_eq!(np["owner_references"], json!({"id": a, "kind": "Cluster", "href": format!("{CLUSTERS}/{a}")}));
-    assert_eq!(np["status"]["conditions"], json!([]), "nodepools have no required adapters by default");
+    // Nodepools have no required adapters by default: Reconciled and LastKnownReconciled, vacuously.
+    for kind in ["Reconciled", "LastKnownReconciled"] {
+        let c = condition(&np, kind);
+        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("NoAdaptersRequired")), "{np}");
+        assert_eq!(c["observed_generation"], 1, "{np}");
+    }
+    assert_eq!(np["status"]["conditions"].as_array().map(Vec::len), Some(2), "{np}");
 
     let (status, _, body) =
         app.call(Method::POST, "/api/hyperfleet/v1/nodepools", Some(&nodepool("x").to_string())).await?;

@@ -5,6 +5,7 @@
 //! at the metadata of the file the path resolves to (device, inode, size, modification time) on
 //! every use and reads it again when any of that changed; after the API refused the token
 //! ([`ApiCredentials::refused`]) it reads it again at the next use whatever the metadata says.
+//! Those reads go through `tokio::fs`, so a slow volume never stalls the runtime's threads.
 //! Surrounding whitespace is trimmed; a missing, unreadable or empty file is an error naming the
 //! path. The token itself is never shown: `Debug` prints `<redacted>`, errors name only the path,
 //! and the header value is marked sensitive.
@@ -16,12 +17,11 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::SystemTime,
 };
+
+use tokio::sync::Mutex;
 
 use axum::http::HeaderValue;
 
@@ -50,8 +50,16 @@ struct Stamp {
 
 impl Stamp {
     fn of(path: &Path) -> Result<Self, TokenError> {
-        // `metadata` follows symlinks: this is the file the kubelet's `..data` link points at now.
-        let meta = std::fs::metadata(path).map_err(|e| TokenError::new(path, format!("cannot read it: {e}")))?;
+        Stamp::from_metadata(path, std::fs::metadata(path))
+    }
+
+    async fn read(path: &Path) -> Result<Self, TokenError> {
+        Stamp::from_metadata(path, tokio::fs::metadata(path).await)
+    }
+
+    // `metadata` follows symlinks: this is the file the kubelet's `..data` link points at now.
+    fn from_metadata(path: &Path, meta: std::io::Result<std::fs::Metadata>) -> Result<Self, TokenError> {
+        let meta = meta.map_err(|e| TokenError::new(path, format!("cannot read it: {e}")))?;
         if !meta.is_file() {
             return Err(TokenError::new(path, "not a regular file"));
         }
@@ -85,9 +93,9 @@ impl fmt::Debug for TokenFile {
     }
 }
 
-/// Reads `path` into an `Authorization` header value (`Bearer <token>`, marked sensitive).
-fn read(path: &Path) -> Result<HeaderValue, TokenError> {
-    let raw = std::fs::read(path).map_err(|e| TokenError::new(path, format!("cannot read it: {e}")))?;
+/// `path`'s content as an `Authorization` header value (`Bearer <token>`, marked sensitive).
+fn header_from(path: &Path, raw: std::io::Result<Vec<u8>>) -> Result<HeaderValue, TokenError> {
+    let raw = raw.map_err(|e| TokenError::new(path, format!("cannot read it: {e}")))?;
     let text = String::from_utf8(raw).map_err(|_| TokenError::new(path, "not UTF-8 text"))?;
     let token = text.trim();
     if token.is_empty() {
@@ -107,7 +115,7 @@ impl TokenFile {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, TokenError> {
         let path = path.into();
         let stamp = Stamp::of(&path)?;
-        let header = read(&path)?;
+        let header = header_from(&path, std::fs::read(&path))?;
         Ok(TokenFile { path, cached: Mutex::new(Cached { stamp, header, stale: false }) })
     }
 
@@ -117,21 +125,21 @@ impl TokenFile {
 
     /// The `Authorization` header value (`Bearer <token>`), read again first when the file changed
     /// or the API refused the last one. An error when the file is gone, unreadable or empty now.
-    pub fn header(&self) -> Result<HeaderValue, TokenError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn header(&self) -> Result<HeaderValue, TokenError> {
+        let mut cached = self.cached.lock().await;
         // Metadata before content: a change in between makes the next stamp differ, so the newer
         // file is read then; the other order could keep an old token under a new stamp.
-        let stamp = Stamp::of(&self.path)?;
+        let stamp = Stamp::read(&self.path).await?;
         if cached.stale || cached.stamp != stamp {
-            let header = read(&self.path)?;
+            let header = header_from(&self.path, tokio::fs::read(&self.path).await)?;
             *cached = Cached { stamp, header, stale: false };
         }
         Ok(cached.header.clone())
     }
 
     /// Makes the next [`TokenFile::header`] read the file again (after the API refused the token).
-    pub fn reload(&self) {
-        self.cached.lock().unwrap_or_else(|e| e.into_inner()).stale = true;
+    pub async fn reload(&self) {
+        self.cached.lock().await.stale = true;
     }
 }
 
@@ -171,15 +179,18 @@ impl ApiCredentials {
     }
 
     /// The `Authorization` header value to send, `None` without a token file.
-    pub fn authorization(&self) -> Result<Option<HeaderValue>, TokenError> {
-        self.token.as_ref().map(TokenFile::header).transpose()
+    pub async fn authorization(&self) -> Result<Option<HeaderValue>, TokenError> {
+        match &self.token {
+            Some(t) => t.header().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Records a 401 or 403 from the API: the token file is read again at the next use. `true`
     /// when this is the first refusal since the last accepted request — the one worth a warning.
-    pub fn refused(&self) -> bool {
+    pub async fn refused(&self) -> bool {
         if let Some(t) = &self.token {
-            t.reload();
+            t.reload().await;
         }
         !self.refusing.swap(true, Ordering::Relaxed)
     }
@@ -216,20 +227,20 @@ mod tests {
         h.to_str().expect("ascii")
     }
 
-    #[test]
-    fn the_token_is_trimmed_and_sent_as_a_sensitive_bearer_header() {
+    #[tokio::test]
+    async fn the_token_is_trimmed_and_sent_as_a_sensitive_bearer_header() {
         let dir = scratch();
         let path = dir.join("token");
         std::fs::write(&path, "  abc.def-ghi_jkl \n").expect("write");
         let file = TokenFile::open(&path).expect("open");
-        let header = file.header().expect("header");
+        let header = file.header().await.expect("header");
         assert_eq!(bearer(&header), "Bearer abc.def-ghi_jkl");
         assert!(header.is_sensitive());
         std::fs::remove_dir_all(dir).ok();
     }
 
-    #[test]
-    fn missing_empty_and_unsendable_files_are_errors_naming_the_path_only() {
+    #[tokio::test]
+    async fn missing_empty_and_unsendable_files_are_errors_naming_the_path_only() {
         let dir = scratch();
         let missing = dir.join("missing");
         let e = TokenFile::open(&missing).expect_err("missing");
@@ -246,18 +257,18 @@ mod tests {
         assert!(e.to_string().contains("not a regular file"), "{e}");
         // An empty path means "not configured".
         let none = ApiCredentials::from_file(Some(Path::new(""))).expect("empty path");
-        assert!(!none.has_token() && none.authorization().expect("no header").is_none());
+        assert!(!none.has_token() && none.authorization().await.expect("no header").is_none());
         assert!(ApiCredentials::from_file(Some(&empty)).is_err());
         std::fs::remove_dir_all(dir).ok();
     }
 
-    #[test]
-    fn debug_never_shows_the_token() {
+    #[tokio::test]
+    async fn debug_never_shows_the_token() {
         let dir = scratch();
         let path = dir.join("token");
         std::fs::write(&path, "hunter2-token").expect("write");
         let creds = ApiCredentials::from_file(Some(&path)).expect("open");
-        let header = creds.authorization().expect("ok").expect("some");
+        let header = creds.authorization().await.expect("ok").expect("some");
         let shown = format!("{creds:?} {header:?} {:?}", TokenFile::open(&path).expect("open"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
@@ -267,8 +278,8 @@ mod tests {
     /// The kubelet's layout: `token -> ..data/token`, `..data -> ..<timestamp>`; a rotation writes a
     /// new timestamped directory and renames a new `..data` link over the old one.
     #[cfg(unix)]
-    #[test]
-    fn a_rotation_by_symlink_swap_is_picked_up() {
+    #[tokio::test]
+    async fn a_rotation_by_symlink_swap_is_picked_up() {
         use std::os::unix::fs::symlink;
         let dir = scratch();
         std::fs::create_dir(dir.join("..v1")).expect("v1");
@@ -276,20 +287,24 @@ mod tests {
         symlink("..v1", dir.join("..data")).expect("link");
         symlink("..data/token", dir.join("token")).expect("link");
         let file = TokenFile::open(dir.join("token")).expect("open");
-        assert_eq!(bearer(&file.header().expect("h")), "Bearer first");
-        assert_eq!(bearer(&file.header().expect("h")), "Bearer first");
+        assert_eq!(bearer(&file.header().await.expect("h")), "Bearer first");
+        assert_eq!(bearer(&file.header().await.expect("h")), "Bearer first");
 
         std::fs::create_dir(dir.join("..v2")).expect("v2");
         std::fs::write(dir.join("..v2/token"), "secnd\n").expect("write"); // same length
         symlink("..v2", dir.join("..data_tmp")).expect("link");
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
         std::fs::remove_dir_all(dir.join("..v1")).expect("old version gone");
-        assert_eq!(bearer(&file.header().expect("h")), "Bearer secnd");
+        assert_eq!(bearer(&file.header().await.expect("h")), "Bearer secnd");
         std::fs::remove_dir_all(dir).ok();
     }
 
-    #[test]
-    fn a_refusal_rereads_the_file_even_when_its_metadata_did_not_change() {
+    async fn sent(c: &ApiCredentials) -> Option<String> {
+        c.authorization().await.expect("ok").map(|h| bearer(&h).to_string())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_rereads_the_file_even_when_its_metadata_did_not_change() {
         let dir = scratch();
         let path = dir.join("token");
         std::fs::write(&path, "aaaa").expect("write");
@@ -298,28 +313,27 @@ mod tests {
         // The same length, in place, with the old modification time put back: metadata unchanged.
         std::fs::write(&path, "bbbb").expect("rewrite");
         std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(before)).expect("mtime");
-        let header = |c: &ApiCredentials| c.authorization().expect("ok").map(|h| bearer(&h).to_string());
-        assert_eq!(header(&creds).as_deref(), Some("Bearer aaaa"), "cached while the file looks the same");
-        assert!(creds.refused(), "the first refusal is reported");
-        assert_eq!(header(&creds).as_deref(), Some("Bearer bbbb"), "read again after a refusal");
-        assert!(!creds.refused(), "a second refusal in a row is not");
-        assert!(!creds.refused());
+        assert_eq!(sent(&creds).await.as_deref(), Some("Bearer aaaa"), "cached while the file looks the same");
+        assert!(creds.refused().await, "the first refusal is reported");
+        assert_eq!(sent(&creds).await.as_deref(), Some("Bearer bbbb"), "read again after a refusal");
+        assert!(!creds.refused().await, "a second refusal in a row is not");
+        assert!(!creds.refused().await);
         assert!(creds.accepted(), "an accepted request ends the streak");
         assert!(!creds.accepted());
-        assert!(creds.refused(), "a refusal after a success is reported again");
+        assert!(creds.refused().await, "a refusal after a success is reported again");
         // A file that becomes empty is an error at the next use, naming the path only.
         std::fs::write(&path, "\n").expect("empty");
-        let e = creds.authorization().expect_err("empty now");
+        let e = creds.authorization().await.expect_err("empty now");
         assert!(e.to_string().contains("is empty") && e.to_string().contains(&path.display().to_string()), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 
-    #[test]
-    fn without_a_file_no_header_is_sent_but_refusals_are_still_tracked() {
+    #[tokio::test]
+    async fn without_a_file_no_header_is_sent_but_refusals_are_still_tracked() {
         let creds = ApiCredentials::from_file(None).expect("none");
-        assert!(creds.authorization().expect("ok").is_none());
-        assert!(creds.refused());
-        assert!(!creds.refused());
+        assert!(creds.authorization().await.expect("ok").is_none());
+        assert!(creds.refused().await);
+        assert!(!creds.refused().await);
     }
 
     #[test]

@@ -425,9 +425,9 @@ fn metric_labels(cfg: &SentinelConfig) -> [(&'static str, String); 2] {
 
 /// A 401 or 403 from the API (a list page or the change feed): counted each time, warned about
 /// once until a request is accepted again; the token file is read again at the next request.
-fn refused(creds: &ApiCredentials, cfg: &SentinelConfig, request: &str, status: u16, detail: &str) {
+async fn refused(creds: &ApiCredentials, cfg: &SentinelConfig, request: &str, status: u16, detail: &str) {
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(cfg)).increment(1);
-    if creds.refused() {
+    if creds.refused().await {
         tracing::warn!(
             request,
             status,
@@ -461,6 +461,9 @@ struct FetchError {
 /// at once.
 /// Also returns the change-feed position of the first page: the feed resumes from there, so a
 /// change committed after the list is never missed by both.
+/// The fields of [`Resource`], which is all a list page needs to carry.
+const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
+
 async fn fetch_all(
     http: &reqwest::Client,
     creds: &ApiCredentials,
@@ -474,7 +477,9 @@ async fn fetch_all(
     let mut after: Option<String> = None;
     let mut version = None;
     loop {
-        let mut query = vec![("size", size.to_string()), ("order", "id asc".to_string())];
+        // Only what the decision and the event use: a resource's spec can be 64 KiB, a page 100 of them.
+        let mut query =
+            vec![("size", size.to_string()), ("order", "id asc".to_string()), ("fields", LIST_FIELDS.to_string())];
         if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
             query.push(("search", s));
         }
@@ -512,7 +517,7 @@ async fn fetch_page(
     loop {
         // Read per request: a rotated token file is picked up by the next page.
         let authorization =
-            creds.authorization().map_err(|e| FetchError { message: format!("GET {url}: {e}"), auth: false })?;
+            creds.authorization().await.map_err(|e| FetchError { message: format!("GET {url}: {e}"), auth: false })?;
         let mut request = http.get(url).query(query);
         if let Some(value) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, value);
@@ -533,7 +538,7 @@ async fn fetch_page(
                 let body = resp.text().await.unwrap_or_default();
                 if auth {
                     let detail = hyperfleet_common::token::problem_detail(&body);
-                    refused(creds, cfg, "list", status.as_u16(), &detail);
+                    refused(creds, cfg, "list", status.as_u16(), &detail).await;
                     return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
                 }
                 let detail: String = body.chars().take(300).collect();

@@ -117,7 +117,7 @@ async fn follow(
     resume: &mut Option<String>,
 ) -> Result<(), Stop> {
     let mut request = http.get(url).query(query);
-    if let Some(value) = creds.authorization().map_err(|e| Stop::Failed(e.to_string()))? {
+    if let Some(value) = creds.authorization().await.map_err(|e| Stop::Failed(e.to_string()))? {
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
     let mut resp = request.send().await.map_err(|e| Stop::Failed(e.to_string()))?;
@@ -128,7 +128,7 @@ async fn follow(
             // A problem+json body of a few hundred bytes; the timeout guards against a stuck one.
             let body = tokio::time::timeout(cfg.hyperfleet_api.timeout, resp.text()).await;
             let detail = hyperfleet_common::token::problem_detail(&body.ok().and_then(Result::ok).unwrap_or_default());
-            crate::refused(creds, cfg, "watch", code, &detail);
+            crate::refused(creds, cfg, "watch", code, &detail).await;
             return Err(Stop::Refused);
         }
         code => return Err(Stop::Failed(format!("HTTP {code}"))),

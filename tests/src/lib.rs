@@ -229,6 +229,28 @@ impl Service {
         self.child.wait().await?;
         Ok(())
     }
+
+    /// Sends SIGTERM, as the kubelet does (with `kill(1)`: the tests use no `unsafe`).
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.pid().context("the process has exited")?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
+    /// Waits until the process exits (polling), at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("hyperfleet-{} still running after {within:?}\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Runs `hyperfleet-api migrate` against `db` and waits for it to finish.
@@ -333,7 +355,21 @@ pub fn jwt_api_vars(env: &LocalEnv) -> Result<Vec<(&'static str, String)>> {
         ("HYPERFLEET_JWT_ISSUER", "https://kubernetes.default.svc".into()),
         ("HYPERFLEET_JWT_AUDIENCE", API_AUDIENCE.into()),
         ("HYPERFLEET_JWT_IDENTITY_CLAIM", "sub".into()),
+        ("HYPERFLEET_JWT_KUBERNETES", "true".into()),
     ])
+}
+
+/// What [`Stack::launch`] started.
+struct Launched {
+    api_url: String,
+    exchange: String,
+    queue: String,
+    api: Service,
+    sentinel: Service,
+    adapter: Service,
+    adapter_vars: Vec<(&'static str, String)>,
+    http: reqwest::Client,
+    api_token: Option<String>,
 }
 
 /// A stack's ServiceAccounts (namespace `hf-stack-<tag>`) and their token files.
@@ -347,32 +383,56 @@ struct Identities {
 
 impl Identities {
     async fn create(env: &LocalEnv, tag: &str) -> Result<Identities> {
-        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        use k8s_openapi::api::core::v1::Namespace;
         let kube = env.kube().await?;
         let namespace = format!("hf-stack-{tag}");
         let namespaces: kube::Api<Namespace> = kube::Api::all(kube.clone());
         namespaces
             .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))?)
             .await?;
-        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(kube, &namespace);
         let dir = std::env::temp_dir().join(format!("hf-tokens-{tag}"));
-        std::fs::create_dir_all(&dir)?;
-        let mut files = Vec::new();
-        for name in ["sentinel", "adapter", "tester"] {
-            accounts
-                .create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?)
-                .await?;
-            let token = node::service_account_token(env, &namespace, name, API_AUDIENCE).await?;
-            let path = dir.join(name);
-            {
-                use std::{io::Write, os::unix::fs::OpenOptionsExt};
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-                f.write_all(token.as_bytes())?;
+        let ids =
+            Identities { namespace, dir, sentinel: PathBuf::new(), adapter: PathBuf::new(), tester: String::new() };
+        match ids.fill(env, kube).await {
+            Ok(ids) => Ok(ids),
+            Err((ids, e)) => {
+                ids.remove(env).await;
+                Err(e)
             }
-            files.push(path);
         }
-        let tester = std::fs::read_to_string(&files[2])?;
-        Ok(Identities { namespace, dir, sentinel: files[0].clone(), adapter: files[1].clone(), tester })
+    }
+
+    /// The ServiceAccounts in the (new) namespace and their tokens; on failure, `self` back for removal.
+    async fn fill(mut self, env: &LocalEnv, kube: kube::Client) -> std::result::Result<Self, (Self, anyhow::Error)> {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(kube, &self.namespace);
+        let made: Result<Vec<PathBuf>> = async {
+            std::fs::create_dir_all(&self.dir)?;
+            let mut files = Vec::new();
+            for name in ["sentinel", "adapter", "tester"] {
+                let account = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+                accounts.create(&Default::default(), &account).await?;
+                let token = node::service_account_token(env, &self.namespace, name, API_AUDIENCE).await?;
+                let path = self.dir.join(name);
+                {
+                    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+                    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                    f.write_all(token.as_bytes())?;
+                }
+                files.push(path);
+            }
+            Ok(files)
+        }
+        .await;
+        match made.and_then(|files| Ok((std::fs::read_to_string(&files[2])?, files))) {
+            Ok((tester, files)) => {
+                self.tester = tester;
+                self.sentinel = files[0].clone();
+                self.adapter = files[1].clone();
+                Ok(self)
+            }
+            Err(e) => Err((self, e)),
+        }
     }
 
     async fn remove(&self, env: &LocalEnv) {
@@ -391,10 +451,52 @@ impl Stack {
 
     pub async fn start_with(opts: StackOptions) -> Result<Self> {
         let mut env = LocalEnv::load()?;
-        env.bin_dir = opts.bin_dir;
+        env.bin_dir = opts.bin_dir.clone();
         let db = TestDb::create(&env).await?;
-        migrate(&env, &db).await?;
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut identities = None;
+        let launched = Stack::launch(&env, &db, &tag, &mut identities, opts).await;
+        let Launched { api_url, exchange, queue, api, sentinel, adapter, adapter_vars, http, api_token } =
+            match launched {
+                Ok(l) => l,
+                Err(e) => {
+                    // What a failed start created goes again: the identities' namespace, the database.
+                    if let Some(ids) = &identities {
+                        ids.remove(&env).await;
+                    }
+                    db.drop_db().await;
+                    return Err(e);
+                }
+            };
+        Ok(Stack {
+            env,
+            tag,
+            api_url,
+            exchange,
+            queue,
+            api,
+            sentinel,
+            adapter,
+            adapter_vars,
+            adapter_runs: 1,
+            http,
+            api_token,
+            identities,
+            created: Default::default(),
+            db,
+        })
+    }
+
+    /// Migrates `db`, creates the identities (into `identities`, so a failure after it can remove
+    /// them) and starts the three services.
+    async fn launch(
+        env: &LocalEnv,
+        db: &TestDb,
+        tag: &str,
+        identities: &mut Option<Identities>,
+        opts: StackOptions,
+    ) -> Result<Launched> {
+        migrate(env, db).await?;
         let exchange = format!("hf-test-{tag}");
         let queue = format!("hf-test-{tag}-landing-zone");
         let api_port = free_port();
@@ -405,12 +507,14 @@ impl Stack {
             ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
             ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.clone()),
         ];
-        let identities = if opts.jwt_off { None } else { Some(Identities::create(&env, &tag).await?) };
-        let mut api_vars = api_db_vars(&env, &db)?;
+        if !opts.jwt_off {
+            *identities = Some(Identities::create(env, tag).await?);
+        }
+        let mut api_vars = api_db_vars(env, db)?;
         api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
         api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
-        if let Some(ids) = &identities {
-            api_vars.extend(jwt_api_vars(&env)?);
+        if let Some(ids) = &*identities {
+            api_vars.extend(jwt_api_vars(env)?);
             // The chart's rules: the sentinel reads, the adapter reads and reports as landing-zone
             // only, the test (as the chart's operator) may do everything.
             let who = |name: &str| format!("system:serviceaccount:{}:{name}", ids.namespace);
@@ -427,7 +531,7 @@ impl Stack {
             sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
         }
         let mut adapter_vars = broker;
-        if let Some(ids) = &identities {
+        if let Some(ids) = &*identities {
             let file = |p: &PathBuf| ("HYPERFLEET_HYPERFLEET_API_TOKEN_FILE", p.display().to_string());
             sentinel_vars.push(file(&ids.sentinel));
             adapter_vars.push(file(&ids.adapter));
@@ -437,10 +541,9 @@ impl Stack {
         sentinel_vars.extend(opts.sentinel);
         adapter_vars.extend(opts.adapter);
 
-        let mut api = Service::start(&env, &tag, "api", &["serve"], &api_vars)?;
-        let mut sentinel = Service::start(&env, &tag, "sentinel", &[], &sentinel_vars)?;
-        let mut adapter = Service::start(&env, &tag, "adapter", &[], &adapter_vars)?;
-        let adapter_runs = 1;
+        let mut api = Service::start(env, tag, "api", &["serve"], &api_vars)?;
+        let mut sentinel = Service::start(env, tag, "sentinel", &[], &sentinel_vars)?;
+        let mut adapter = Service::start(env, tag, "adapter", &[], &adapter_vars)?;
         let mut headers = reqwest::header::HeaderMap::new();
         let api_token = opts.api_token.clone().or_else(|| identities.as_ref().map(|i| i.tester.clone()));
         if let Some(token) = &api_token {
@@ -453,23 +556,7 @@ impl Stack {
         api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
         adapter.wait_ready(ready).await?;
-        Ok(Stack {
-            env,
-            tag,
-            api_url,
-            exchange,
-            queue,
-            api,
-            sentinel,
-            adapter,
-            adapter_vars,
-            adapter_runs,
-            http,
-            api_token,
-            identities,
-            created: Default::default(),
-            db,
-        })
+        Ok(Launched { api_url, exchange, queue, api, sentinel, adapter, adapter_vars, http, api_token })
     }
 
     /// The bearer token the test's own requests send (none with [`StackOptions::jwt_off`]).

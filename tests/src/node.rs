@@ -300,9 +300,13 @@ impl Release {
             let mut stderr = BufReader::new(stderr).lines();
             tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
         }
-        // Requests through it carry the operator's token when the release has one (JWT is on by default).
+        // Requests through it carry the operator's token when the release has the operator's
+        // ServiceAccount (JWT is on by default); a TokenRequest that fails then is an error.
         let mut http = reqwest::Client::builder();
-        if let Ok(token) = self.operator_token().await {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.kube.clone(), &self.namespace);
+        if accounts.get_opt("hyperfleet-operator").await?.is_some() {
+            let token = self.operator_token().await?;
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
             value.set_sensitive(true);
             http = http.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());

@@ -348,3 +348,243 @@ async fn adapter_rights(stack: &Stack) -> Result<()> {
     assert_eq!(adapters, ["landing-zone"], "nothing reported as dns: {list}");
     Ok(())
 }
+
+/// A kube-apiserver of the test's own — the environment's binary, etcd (under a key prefix of its
+/// own), serving certificate and static admin token — so its ServiceAccount signing key can be
+/// rotated by restarting it, as an operator rotates a cluster's, without touching the shared one.
+struct OwnApiserver {
+    env: LocalEnv,
+    port: u16,
+    prefix: String,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+const ROTATION_ISSUER: &str = "https://rotation.hyperfleet.test";
+
+impl OwnApiserver {
+    fn new(env: &LocalEnv) -> Result<Self> {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let dir = std::env::temp_dir().join(format!("hf-rotation-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let logs = hyperfleet_tests::workspace_root().join("target/e2e");
+        std::fs::create_dir_all(&logs)?;
+        Ok(OwnApiserver {
+            env: env.clone(),
+            port: hyperfleet_tests::free_port(),
+            prefix: format!("/hf-rotation-{tag}"),
+            dir,
+            log: logs.join(format!("rotation-{tag}-kube-apiserver.log")),
+            child: None,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh RSA key pair `name.key` / `name.pub` (what `--service-account-*-key-file` take).
+    fn key(&self, name: &str) -> Result<PathBuf> {
+        let key = self.dir.join(format!("{name}.key"));
+        for args in [
+            vec!["genrsa".into(), "-out".into(), key.display().to_string(), "2048".into()],
+            vec![
+                "rsa".into(),
+                "-in".into(),
+                key.display().to_string(),
+                "-pubout".into(),
+                "-out".into(),
+                self.dir.join(format!("{name}.pub")).display().to_string(),
+            ],
+        ] {
+            let out = std::process::Command::new("openssl").args(&args).output()?;
+            anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(self.dir.join(format!("{name}.pub")))
+    }
+
+    /// (Re)starts it signing with `signing` and accepting `verifying`; waits for `/readyz`.
+    async fn start(&mut self, signing: &str, verifying: &[&str]) -> Result<()> {
+        self.stop().await;
+        let kube_dir = Path::new(self.env.get("HF_KUBE_DIR")?).to_path_buf();
+        let file = |name: &str| kube_dir.join(name).display().to_string();
+        let mut args = vec![
+            format!("--etcd-servers={}", self.env.get("HF_ETCD_URL")?),
+            format!("--etcd-prefix={}", self.prefix),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.port),
+            "--insecure-port=0".into(),
+            format!("--tls-cert-file={}", file("apiserver.crt")),
+            format!("--tls-private-key-file={}", file("apiserver.key")),
+            format!("--client-ca-file={}", file("ca.crt")),
+            format!("--token-auth-file={}", file("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer={ROTATION_ISSUER}"),
+            format!("--service-account-signing-key-file={}", self.dir.join(format!("{signing}.key")).display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            format!("--cert-dir={}", self.dir.join("certs").display()),
+        ];
+        for v in verifying {
+            args.push(format!("--service-account-key-file={}", self.dir.join(format!("{v}.pub")).display()));
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = tokio::process::Command::new(self.env.get("HF_KUBE_APISERVER_BIN")?)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start a kube-apiserver")?;
+        self.child = Some(child);
+        let http = self.admin_http()?;
+        let ready = format!("{}/readyz", self.url());
+        eventually(Duration::from_secs(120), || async {
+            Ok(http.get(&ready).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()))
+        })
+        .await
+        .with_context(|| format!("kube-apiserver not ready (log: {})", self.log.display()))
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// An HTTP client trusting the environment's CA and sending its admin token.
+    fn admin_http(&self) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.env.get("HF_KUBE_CA_FILE")?)?)?;
+        let token = std::fs::read_to_string(self.env.get("HF_KUBE_TOKEN_FILE")?)?;
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))?;
+        auth.set_sensitive(true);
+        Ok(reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect())
+            .timeout(Duration::from_secs(10))
+            .build()?)
+    }
+
+    /// A token for ServiceAccount `default/rotor` (created when missing) from the TokenRequest API,
+    /// signed with the key the apiserver signs with now.
+    async fn token(&self) -> Result<String> {
+        let http = self.admin_http()?;
+        let accounts = format!("{}/api/v1/namespaces/default/serviceaccounts", self.url());
+        // The `default` namespace appears shortly after the first start.
+        eventually(Duration::from_secs(60), || async {
+            let resp = http.post(&accounts).json(&json!({"metadata": {"name": "rotor"}})).send().await?;
+            Ok(matches!(resp.status().as_u16(), 201 | 409).then_some(()))
+        })
+        .await?;
+        let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [AUDIENCE], "expirationSeconds": 3600}});
+        let resp = http.post(format!("{accounts}/rotor/token")).json(&request).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "TokenRequest: {}", resp.text().await?);
+        let issued: Value = resp.json().await?;
+        issued["status"]["token"].as_str().map(String::from).context("no token in the TokenRequest")
+    }
+
+    /// Stops it and removes what it stored in etcd and on disk.
+    async fn remove(mut self) {
+        self.stop().await;
+        if let Ok(url) = self.env.get("HF_ETCD_URL") {
+            // etcd's JSON gateway: delete the key range [prefix, prefix + 1).
+            let end = format!("{}0", self.prefix.trim_end_matches('/'));
+            let range = json!({"key": b64(&format!("{}/", self.prefix)), "range_end": b64(&end)});
+            let _ = reqwest::Client::new().post(format!("{url}/v3/kv/deleterange")).json(&range).send().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The `kid` of a compact JWS (the kube-apiserver derives it from the signing key).
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap_or_default();
+    serde_json::from_slice::<Value>(&bytes).ok().and_then(|h| h["kid"].as_str().map(String::from)).unwrap_or_default()
+}
+
+/// The kube-apiserver's own signing key is rotated the way it is done on a real cluster — first a
+/// restart that signs with the new key and still accepts the old one, later one that drops the old
+/// key — and the running API follows each step without a restart: a token signed with the new key
+/// is accepted at its first request, and once the old key is gone from the JWKS its tokens are 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kube_apiservers_signing_key_rotation_is_followed_without_a_restart() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut apiserver = OwnApiserver::new(&env)?;
+    let outcome = AssertUnwindSafe(signing_key_rotation(&env, &mut apiserver)).catch_unwind().await;
+    apiserver.remove().await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+async fn signing_key_rotation(env: &LocalEnv, apiserver: &mut OwnApiserver) -> Result<()> {
+    apiserver.key("old")?;
+    apiserver.key("new")?;
+    apiserver.start("old", &["old"]).await?;
+    let old = apiserver.token().await?;
+
+    let db = hyperfleet_tests::TestDb::create(env).await?;
+    hyperfleet_tests::migrate(env, &db).await?;
+    let port = hyperfleet_tests::free_port();
+    let mut vars = hyperfleet_tests::api_db_vars(env, &db)?;
+    vars.extend([
+        ("HYPERFLEET_SERVER_HOST", "127.0.0.1".to_string()),
+        ("HYPERFLEET_SERVER_PORT", port.to_string()),
+        ("HYPERFLEET_JWT_ENABLED", "true".into()),
+        ("HYPERFLEET_JWT_JWKS_URL", format!("{}/openid/v1/jwks", apiserver.url())),
+        ("HYPERFLEET_JWT_JWKS_CA_FILE", env.get("HF_KUBE_CA_FILE")?.into()),
+        ("HYPERFLEET_JWT_JWKS_TOKEN_FILE", env.get("HF_KUBE_TOKEN_FILE")?.into()),
+        ("HYPERFLEET_JWT_ISSUER", ROTATION_ISSUER.into()),
+        ("HYPERFLEET_JWT_AUDIENCE", AUDIENCE.into()),
+        ("HYPERFLEET_JWT_IDENTITY_CLAIM", "sub".into()),
+        ("HYPERFLEET_JWT_KUBERNETES", "true".into()),
+        // An unknown kid reloads at once; the keys are also reloaded every 2 s (removed keys).
+        ("HYPERFLEET_JWT_JWKS_REFRESH_INTERVAL", "0s".into()),
+        ("HYPERFLEET_JWT_JWKS_RELOAD_INTERVAL", "2s".into()),
+    ]);
+    let mut api = Service::start(env, "rotation", "api", &["serve"], &vars)?;
+    let checked = async {
+        api.wait_ready(Duration::from_secs(60)).await?;
+        let url = format!("http://127.0.0.1:{port}");
+        let pid = api.pid();
+        let (status, body, _) = list_with(&url, Some(&old)).await?;
+        assert_eq!(status, 200, "the old key's token before the rotation: {body}");
+
+        // Step 1: sign with the new key, keep accepting the old one.
+        apiserver.start("new", &["old", "new"]).await?;
+        let new = apiserver.token().await?;
+        assert_ne!(kid(&new), kid(&old), "the apiserver signs with another key now");
+        let (status, body, _) = list_with(&url, Some(&new)).await?;
+        assert_eq!(status, 200, "the new key's token, at its first request: {body}\n{}", api.log_tail());
+        let (status, body, _) = list_with(&url, Some(&old)).await?;
+        assert_eq!(status, 200, "the old key is still published: {body}");
+
+        // Step 2: the old key is retired; its tokens stop verifying once the keys are reloaded.
+        apiserver.start("new", &["new"]).await?;
+        let gone = eventually(Duration::from_secs(30), || async {
+            let (status, body, _) = list_with(&url, Some(&old)).await?;
+            Ok((status == 401).then_some(body))
+        })
+        .await
+        .with_context(|| format!("the retired key's token is still accepted\n{}", api.log_tail()))?;
+        assert_eq!(gone["code"], "HYPERFLEET-AUT-002", "{gone}");
+        assert!(gone["detail"].as_str().is_some_and(|d| d.contains("no signing key")), "{gone}");
+        let (status, body, _) = list_with(&url, Some(&new)).await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(api.pid(), pid, "the API was not restarted");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    api.stop().await;
+    db.drop_db().await;
+    checked
+}

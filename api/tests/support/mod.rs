@@ -54,6 +54,18 @@ pub async fn app_with_authz(
     Ok(App { router: hyperfleet_api::router(state), db, pool })
 }
 
+/// An app with the given request limits and change-feed settings.
+pub async fn app_bounded(limits: hyperfleet_api::config::LimitsConfig, watch: WatchConfig) -> Result<App> {
+    let env = LocalEnv::load()?;
+    let db = TestDb::create(&env).await?;
+    let pool = PgPoolOptions::new().max_connections(8).connect_with(env.pg_options(&db.name)?).await?;
+    hyperfleet_api::MIGRATOR.run(&pool).await?;
+    let state = hyperfleet_api::AppState::new(pool.clone(), RequiredAdapters::default())
+        .with_watch(watch, Default::default())
+        .with_limits(limits);
+    Ok(App { router: hyperfleet_api::router(state), db, pool })
+}
+
 /// An app with the given adapters and change-feed settings.
 pub async fn app_configured(adapters: RequiredAdapters, watch: WatchConfig) -> Result<App> {
     let env = LocalEnv::load()?;
