@@ -522,17 +522,32 @@ impl Issuer {
         }
     }
 
-    /// Reloads the keys for an unknown `kid`: at most once per `interval` (a failed attempt counts),
-    /// and never waiting behind another request's reload, so a burst of such tokens while the
-    /// identity provider is down costs one fetch, not one queued fetch each.
-    async fn refresh_for_unknown_kid(&self, interval: Duration) {
-        let recent = self.last_attempt.read().ok().and_then(|t| *t).is_some_and(|t| t.elapsed() < interval);
-        if recent {
-            return;
-        }
-        let Ok(_only_one) = self.refresh.try_lock() else { return };
-        if let Err(e) = self.reload().await {
-            tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS reload failed");
+    /// Reloads the keys for an unknown `kid`: at most once per `interval` (a failed attempt
+    /// counts), and never queueing a fetch behind another: a request that finds a reload running
+    /// (another request's, or the periodic one) waits for that one to finish — it may bring the key
+    /// — and starts its own only if the key is still unknown and no attempt was recent. So a burst
+    /// of such tokens while the identity provider is down costs one fetch, not one each.
+    async fn refresh_for_unknown_kid(&self, kid: Option<&str>, interval: Duration) {
+        for _ in 0..2 {
+            let recent = self.last_attempt.read().ok().and_then(|t| *t).is_some_and(|t| t.elapsed() < interval);
+            if recent {
+                return;
+            }
+            match self.refresh.try_lock() {
+                Ok(_only_one) => {
+                    if let Err(e) = self.reload().await {
+                        tracing::warn!(issuer = %self.cfg.issuer, error = %e, "JWKS reload failed");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // Bounded by the fetch's own timeouts; then look again.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), self.refresh.lock()).await;
+                    if !self.lookup(kid).is_empty() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -666,7 +681,7 @@ impl Authenticator {
         let message = format!("{h}.{p}");
         let mut candidates = issuer.lookup(kid);
         if candidates.is_empty() {
-            issuer.refresh_for_unknown_kid(self.refresh_interval).await;
+            issuer.refresh_for_unknown_kid(kid, self.refresh_interval).await;
             candidates = issuer.lookup(kid);
         }
         if candidates.is_empty() {
@@ -731,17 +746,27 @@ impl Authenticator {
             (!id.is_empty() && id.chars().count() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_string())
         };
         let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)));
-        if let Some(h) = self.identity_header.as_deref().filter(|_| trusted)
-            && let Some(raw) = headers.get(h).and_then(|v| v.to_str().ok())
-        {
-            return Ok(usable(raw));
-        }
+        let from_header = self
+            .identity_header
+            .as_deref()
+            .filter(|_| trusted)
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok());
         let claim = token.issuer.identity_claim.as_str();
-        let Some(id) = token.claims.get(claim).and_then(Value::as_str).and_then(usable) else { return Ok(None) };
-        if claim == "email" && token.claims.get("email_verified") == Some(&Value::Bool(false)) {
-            return Err(AuthError::Invalid("the email claim is not verified (email_verified is false)".into()));
-        }
-        if id.starts_with("system:") && !token.issuer.cfg.kubernetes {
+        let id = match from_header {
+            // A gateway names people from its own login, never the cluster's ServiceAccounts.
+            Some(raw) => usable(raw),
+            None => {
+                let unverified = matches!(token.claims.get("email_verified"), Some(Value::Bool(false)))
+                    || token.claims.get("email_verified").and_then(Value::as_str) == Some("false");
+                if claim == "email" && unverified {
+                    return Err(AuthError::Invalid("the email claim is not verified (email_verified is false)".into()));
+                }
+                token.claims.get(claim).and_then(Value::as_str).and_then(usable)
+            }
+        };
+        let Some(id) = id else { return Ok(None) };
+        if id.starts_with("system:") && (from_header.is_some() || !token.issuer.cfg.kubernetes) {
             return Err(AuthError::Invalid(format!(
                 "identity {id:?} is reserved for Kubernetes ServiceAccount tokens; issuer {} is not one (kubernetes: true)",
                 token.issuer.cfg.issuer
@@ -761,15 +786,19 @@ struct Verified<'a> {
 const MAX_GROUPS: usize = 256;
 
 impl Verified<'_> {
-    /// The caller's groups: the issuer's groups claim, a string or an array of strings.
+    /// The caller's groups: the issuer's groups claim, a string or an array of strings. `system:`
+    /// groups count only from a Kubernetes issuer, as `system:` identities do.
     fn groups(&self) -> Vec<String> {
-        match self.claims.get(&self.issuer.groups_claim) {
-            Some(Value::String(g)) => vec![g.clone()],
-            Some(Value::Array(list)) => {
-                list.iter().filter_map(Value::as_str).take(MAX_GROUPS).map(String::from).collect()
-            }
+        let names: Vec<&str> = match self.claims.get(&self.issuer.groups_claim) {
+            Some(Value::String(g)) => vec![g.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).take(MAX_GROUPS).collect(),
             _ => Vec::new(),
-        }
+        };
+        names
+            .into_iter()
+            .filter(|g| self.issuer.cfg.kubernetes || !g.starts_with("system:"))
+            .map(String::from)
+            .collect()
     }
 }
 

@@ -24,6 +24,10 @@ pub struct ApiConfig {
     pub database: DatabaseConfig,
     /// Adapters that must report before a resource counts as reconciled (and finalized).
     pub required_adapters: RequiredAdapters,
+    /// Adapters that may report status without being required (stored and listed, never
+    /// aggregated); `*` lets any name report. Any other name is refused (400), so reports cannot
+    /// grow the status table under names nobody configured.
+    pub optional_adapters: Vec<String>,
     pub log: LogConfig,
     /// A resource not `Reconciled` for longer than this counts as stuck in the
     /// `hyperfleet_api_resource_pending_reconciliation_stuck` metric.
@@ -54,6 +58,7 @@ impl Default for ApiConfig {
             metrics: Listen::new("0.0.0.0", 9090),
             database: DatabaseConfig::default(),
             required_adapters: RequiredAdapters::default(),
+            optional_adapters: Vec::new(),
             log: LogConfig::default(),
             reconciliation_stuck_threshold: Duration::from_secs(600),
             watch: WatchConfig::default(),
@@ -93,6 +98,9 @@ impl ServiceConfig for ApiConfig {
                     return Err(format!("required_adapters.{kind}: {name:?} is listed twice"));
                 }
             }
+        }
+        if let Some(bad) = self.optional_adapters.iter().find(|n| n.as_str() != "*" && !adapter_name_ok(n)) {
+            return Err(format!("optional_adapters: {bad:?} is not a valid adapter name (a DNS label, or *)"));
         }
         Ok(())
     }
@@ -286,18 +294,15 @@ impl DatabaseConfig {
         Ok(())
     }
 
-    /// The session settings every pooled connection starts with.
-    fn session_options(&self) -> [(&'static str, String); 2] {
-        [
-            ("statement_timeout", format!("{}ms", self.statement_timeout.as_millis())),
-            ("lock_timeout", format!("{}ms", self.lock_timeout.as_millis())),
-        ]
-    }
-
-    /// [`DatabaseConfig::connect_options`] with the statement and lock timeouts (for serving;
-    /// migrations run without them).
-    pub fn serving_options(&self) -> Result<PgConnectOptions, String> {
-        Ok(self.connect_options()?.options(self.session_options()))
+    /// What every serving connection runs once connected: the statement and lock timeouts (as
+    /// `SET`, not startup options, so PgBouncer and RDS Proxy pass them too). Migrations run
+    /// without them.
+    pub fn session_setup(&self) -> String {
+        format!(
+            "set statement_timeout = {}; set lock_timeout = {}",
+            self.statement_timeout.as_millis(),
+            self.lock_timeout.as_millis()
+        )
     }
 
     /// Connection options built from parts, so the password never passes through a URL string.

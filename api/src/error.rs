@@ -23,7 +23,7 @@ const TYPE_BASE: &str = "https://api.hyperfleet.io/errors/";
 pub struct FieldError {
     pub field: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>, nullable = false)]
+    #[schema(value_type = Option<Value>)]
     pub value: Option<serde_json::Value>,
     pub constraint: &'static str,
     pub message: String,
@@ -91,10 +91,14 @@ pub enum ApiError {
     /// 503 `HYPERFLEET-SVC-001`: no database connection could be had in time.
     #[error("Database connection unavailable")]
     Unavailable(#[source] sqlx::Error),
-    /// 503 `HYPERFLEET-SVC-002` with `Retry-After`: a lock wait or a statement ran past its
-    /// timeout (`database.lock_timeout`, `database.statement_timeout`); PostgreSQL cancelled it.
+    /// 503 `HYPERFLEET-SVC-002` with `Retry-After`: a write waited past `database.lock_timeout`
+    /// for the write lock; PostgreSQL gave up the wait.
     #[error("{0}")]
     Busy(String),
+    /// 503 `HYPERFLEET-SVC-004`, no `Retry-After`: a statement ran past
+    /// `database.statement_timeout` and PostgreSQL cancelled it (the same query would again).
+    #[error("{0}")]
+    QueryTimeout(String),
     /// 413 `HYPERFLEET-VAL-007`: the body is larger than `limits.max_body_bytes`.
     #[error("{0}")]
     TooLarge(String),
@@ -154,6 +158,9 @@ impl ApiError {
             ApiError::Busy(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-002", "Service Busy", "service-busy")
             }
+            ApiError::QueryTimeout(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "HYPERFLEET-SVC-004", "Query Timeout", "query-timeout")
+            }
             ApiError::TooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "HYPERFLEET-VAL-007", "Payload Too Large", "payload-too-large")
             }
@@ -179,12 +186,18 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 ApiError::Unavailable(e)
             }
+            // The server is going away or restarting (admin_shutdown, crash_shutdown,
+            // cannot_connect_now) or the connection broke (class 08): the same as no connection.
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
+                ApiError::Unavailable(e)
+            }
             // lock_not_available (lock_timeout), query_canceled (statement_timeout)
             sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
                 ApiError::Busy("The write lock is held by other writers; retry shortly".into())
             }
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => ApiError::Busy(
-                "The query took longer than the database statement timeout and was cancelled; narrow it or retry"
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => ApiError::QueryTimeout(
+                "The query ran longer than the database statement timeout and was cancelled; narrow the search or \
+                 the page"
                     .into(),
             ),
             other => ApiError::Database(other),

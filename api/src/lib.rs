@@ -73,22 +73,33 @@ const PING_IF_IDLE: Duration = Duration::from_secs(1);
 ///
 /// Its connections carry `database.statement_timeout` and `database.lock_timeout`.
 pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.serving_options().map_err(StartError::DatabaseConfig)?;
-    Ok(lazy_pool(opts, cfg.database.max_connections, cfg.database.acquire_timeout))
+    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+    Ok(lazy_pool(opts, cfg.database.max_connections, cfg.database.acquire_timeout, Some(cfg.database.session_setup())))
 }
 
 /// The readiness probe's own connection: a pool saturated by requests (writers queued behind the
 /// write lock) does not turn every replica NotReady at once — the probe asks whether the database
 /// answers, not whether this replica is busy.
 fn probe_pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.serving_options().map_err(StartError::DatabaseConfig)?;
-    Ok(lazy_pool(opts, 1, Duration::from_secs(2)))
+    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+    Ok(lazy_pool(opts, 1, Duration::from_secs(2), Some(cfg.database.session_setup())))
 }
 
-fn lazy_pool(opts: sqlx::postgres::PgConnectOptions, max: u32, acquire: Duration) -> PgPool {
+/// `setup` (SQL) runs once on every new connection.
+fn lazy_pool(opts: sqlx::postgres::PgConnectOptions, max: u32, acquire: Duration, setup: Option<String>) -> PgPool {
+    let setup = Arc::new(setup);
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
+        .after_connect(move |conn, _| {
+            let setup = setup.clone();
+            Box::pin(async move {
+                if let Some(sql) = setup.as_deref() {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(conn).await?;
+                }
+                Ok(())
+            })
+        })
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
@@ -132,7 +143,7 @@ const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
     // Without the serving timeouts: a migration may rightly take longer than any request.
     let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
-    let pool = lazy_pool(opts, 2, cfg.database.acquire_timeout);
+    let pool = lazy_pool(opts, 2, cfg.database.acquire_timeout, None);
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
     let mut delay = Duration::from_millis(250);
     loop {
@@ -251,6 +262,7 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     let state = AppState::new(db.clone(), cfg.required_adapters.clone())
         .with_watch(cfg.watch.clone(), stop.clone())
         .with_limits(cfg.limits.clone())
+        .with_optional_adapters(cfg.optional_adapters.clone())
         .with_auth(auth);
     watch::spawn_pruner(db.clone(), cfg.watch.retention, stop.clone());
     // The peer address: an identity header is believed only from jwt.trusted_proxies.

@@ -53,6 +53,10 @@ pub fn describe_metrics() {
         "hyperfleet_api_watch_disconnects_total",
         "Change-feed watchers disconnected by the API, by reason."
     );
+    describe_counter!(
+        "hyperfleet_api_watch_queries_total",
+        "Change-feed queries: by the shared reader (by=reader) and by watchers catching up or with a search filter (by=watcher)."
+    );
     describe_gauge!(
         "hyperfleet_api_watch_streams",
         "Change feeds (?watch=true) open now; bounded by watch.max_streams (429 beyond)."

@@ -227,7 +227,8 @@ fn responses(ok: Vec<(&str, ResponseBuilder)>, errors: &[(&str, &str)]) -> utoip
         ResponseBuilder::new()
             .description(
                 "Server-side failure (`HYPERFLEET-INT-*`), no database connection (503 `HYPERFLEET-SVC-001`), or a \
-                 lock wait or statement past its timeout (503 `HYPERFLEET-SVC-002`, Retry-After)",
+                 lock wait past its timeout (503 `HYPERFLEET-SVC-002`, Retry-After), or a statement past its timeout \
+                 (503 `HYPERFLEET-SVC-004`)",
             )
             .content(PROBLEM_JSON, problem()),
     )

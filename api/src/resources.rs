@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Bounds on request content.
     pub limits: Arc<crate::config::LimitsConfig>,
+    /// Adapters that may report without being required (`*`: any).
+    pub optional_adapters: Arc<Vec<String>>,
     /// The open change feeds, bounded by `watch.max_streams` and `watch.max_streams_per_client`.
     pub streams: crate::watch::Streams,
 }
@@ -59,6 +61,7 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             auth: None,
             limits: Arc::default(),
+            optional_adapters: Arc::default(),
             streams: crate::watch::Streams::new(&crate::config::WatchConfig::default()),
         }
     }
@@ -66,6 +69,16 @@ impl AppState {
     pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
         self.limits = Arc::new(limits);
         self
+    }
+
+    pub fn with_optional_adapters(mut self, names: Vec<String>) -> Self {
+        self.optional_adapters = Arc::new(names);
+        self
+    }
+
+    /// Whether `adapter` may report on a `kind`: a required adapter of it, or an optional one.
+    pub fn may_report(&self, kind: Kind, adapter: &str) -> bool {
+        self.required(kind).iter().chain(self.optional_adapters.iter()).any(|n| n == adapter || n == "*")
     }
 
     pub fn with_auth(mut self, auth: Option<Arc<crate::auth::Authenticator>>) -> Self {
@@ -429,20 +442,35 @@ async fn patch<K: KindRoute>(
 /// when nobody will report `Finalized` for it.
 async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row, who: &str) -> Result<Row, ApiError> {
     let at = now();
-    // Children go first: each is marked (or removed) the same way.
-    let children: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from resources where owner_id = $1 and deleted_time is null order by id for update"
-    )))
-    .bind(row.id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for child in children {
-        Box::pin(mark_deleted(state, conn, child, who)).await?;
-    }
-    let waiting_children: bool = sqlx::query_scalar("select exists(select 1 from resources where owner_id = $1)")
+    // Children go first, set-based (the write lock is held meanwhile): one statement marks them
+    // all, one removes those of kinds no adapter finalizes; the others get their conditions
+    // recomputed. Children own nothing themselves (nodepools are the leaves).
+    if row.kind() == Kind::Cluster {
+        let children: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
+             generation = generation + 1 where owner_id = $1 and deleted_time is null returning {COLUMNS}"
+        )))
         .bind(row.id)
-        .fetch_one(&mut *conn)
+        .bind(at)
+        .bind(who)
+        .fetch_all(&mut *conn)
         .await?;
+        let (gone, finalizing): (Vec<Row>, Vec<Row>) =
+            children.into_iter().partition(|c| state.required(c.kind()).is_empty());
+        if !gone.is_empty() {
+            let ids: Vec<Uuid> = gone.iter().map(|c| c.id).collect();
+            sqlx::query("delete from resources where id = any($1)").bind(&ids).execute(&mut *conn).await?;
+            tracing::info!(owner = %row.id, children = ids.len(), "children deleted (no adapters to finalize them)");
+        }
+        for child in finalizing {
+            reaggregate(state, conn, child).await?;
+        }
+    }
+    let waiting_children = row.kind() == Kind::Cluster
+        && sqlx::query_scalar::<_, bool>("select exists(select 1 from resources where owner_id = $1)")
+            .bind(row.id)
+            .fetch_one(&mut *conn)
+            .await?;
     let marked: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
          generation = generation + 1 where id = $1 returning {COLUMNS}"

@@ -323,6 +323,18 @@ pub async fn put<K: KindRoute>(
     }
     let mut tx = state.write().await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, true).await?;
+    if !state.may_report(row.kind(), &incoming.adapter) {
+        return Err(field_error(
+            "adapter",
+            body.get("adapter"),
+            "enum",
+            format!(
+                "adapter '{}' is neither required for {}s (required_adapters) nor in optional_adapters",
+                incoming.adapter,
+                K::KIND.name().to_lowercase()
+            ),
+        ));
+    }
     let discard = |why: &str| {
         tracing::debug!(id = %row.id, adapter = %incoming.adapter, why, "status report discarded");
         metrics::counter!("hyperfleet_api_status_reports_discarded_total").increment(1);

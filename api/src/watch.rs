@@ -40,29 +40,58 @@ pub const NDJSON: &str = "application/x-ndjson";
 pub const VERSION_HEADER: &str = "x-hyperfleet-resource-version";
 /// Re-check for changes this often even without a notification (a lost LISTEN connection).
 const FALLBACK_POLL: Duration = Duration::from_secs(2);
-/// Changes sent per query.
+/// Changes read per query.
 const BATCH: i64 = 500;
+/// A batch handed to the watchers holds at most about this many bytes of event lines: the shared
+/// buffer ([`FEED_BUFFER`] batches) stays bounded however large the resources are.
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches kept for watchers that have not taken them yet; one that falls further behind reads
+/// what it missed from the database itself.
+const FEED_BUFFER: usize = 32;
 
-/// Notifications of committed changes, shared by every watch of the process.
+/// One committed change, its event line already serialised (once, for every watcher).
+struct Item {
+    seq: i64,
+    kind: String,
+    owner: Option<Uuid>,
+    line: Bytes,
+}
+
+/// Consecutive changes: every change numbered in `(after, upto]`, of every kind.
+struct Batch {
+    after: i64,
+    upto: i64,
+    items: Vec<Item>,
+}
+
+/// The change table's single reader, shared by every watch of the process: it reads each
+/// committed change once (woken by `NOTIFY`, and every [`FALLBACK_POLL`] in case the listening
+/// connection was lost) and hands it to every watcher, so the database's work does not grow with
+/// the number of watchers. Watchers with a `search` filter run their own (bounded) query when the
+/// reader has seen something new, and never while nothing changes.
 #[derive(Clone)]
 pub struct Feed {
-    tx: broadcast::Sender<i64>,
+    batches: broadcast::Sender<Arc<Batch>>,
+    /// The newest change number the reader has handed out.
+    position: tokio::sync::watch::Receiver<i64>,
 }
 
 impl Feed {
-    /// Starts listening for `hyperfleet_changes` (reconnecting on its own).
+    /// Starts the listener for `hyperfleet_changes` and the reader (both reconnect on their own).
     pub fn start(pool: PgPool) -> Self {
-        let (tx, _) = broadcast::channel(1024);
-        let sender = tx.clone();
+        let (batches, _) = broadcast::channel(FEED_BUFFER);
+        let (position_tx, position) = tokio::sync::watch::channel(0);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (listener_pool, notify) = (pool.clone(), wake.clone());
         tokio::spawn(async move {
             loop {
-                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                match sqlx::postgres::PgListener::connect_with(&listener_pool).await {
                     Ok(mut listener) => {
                         if let Err(e) = listener.listen("hyperfleet_changes").await {
                             tracing::debug!(error = %e, "LISTEN failed");
                         } else {
-                            while let Ok(n) = listener.recv().await {
-                                let _ = sender.send(n.payload().parse().unwrap_or(0));
+                            while listener.recv().await.is_ok() {
+                                notify.notify_one();
                             }
                         }
                     }
@@ -71,11 +100,79 @@ impl Feed {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        Feed { tx }
+        tokio::spawn(read_changes(pool, batches.clone(), position_tx, wake));
+        Feed { batches, position }
     }
+}
 
-    fn subscribe(&self) -> broadcast::Receiver<i64> {
-        self.tx.subscribe()
+/// The reader: from the newest change at its start, every later one, in order, in batches.
+async fn read_changes(
+    pool: PgPool,
+    batches: broadcast::Sender<Arc<Batch>>,
+    position: tokio::sync::watch::Sender<i64>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let mut last = loop {
+        match pool.acquire().await {
+            Ok(mut conn) => match current_version(&mut conn).await {
+                Ok(v) => break v,
+                Err(e) => tracing::debug!(error = %e, "change reader cannot start yet"),
+            },
+            Err(e) => tracing::debug!(error = %e, "change reader cannot start yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    position.send_replace(last);
+    let sql = format!(
+        "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
+         cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
+         where c.seq > $1 order by c.seq limit $2"
+    );
+    loop {
+        // Everything committed since `last`, then wait for news (or the fallback poll).
+        loop {
+            metrics::counter!("hyperfleet_api_watch_queries_total", "by" => "reader").increment(1);
+            let changes: Vec<Change> =
+                match sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(last).bind(BATCH).fetch_all(&pool).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "change reader query failed; retrying");
+                        break;
+                    }
+                };
+            let full = changes.len() as i64 == BATCH;
+            let mut batch = Batch { after: last, upto: last, items: Vec::new() };
+            let mut bytes = 0;
+            for c in changes {
+                let line = line(json!({
+                    "type": c.change_type,
+                    "object": c.row.to_resource(),
+                    "resource_version": c.seq.to_string(),
+                }));
+                bytes += line.len();
+                batch.upto = c.seq;
+                batch.items.push(Item { seq: c.seq, kind: c.row.kind.clone(), owner: c.row.owner_id, line });
+                if bytes >= BATCH_BYTES {
+                    let next = Batch { after: batch.upto, upto: batch.upto, items: Vec::new() };
+                    let _ = batches.send(Arc::new(std::mem::replace(&mut batch, next)));
+                    bytes = 0;
+                }
+            }
+            if batch.upto > last || !batch.items.is_empty() {
+                last = batch.upto;
+                if !batch.items.is_empty() {
+                    let _ = batches.send(Arc::new(batch));
+                }
+            }
+            position.send_replace(last);
+            if !full {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(FALLBACK_POLL) => {}
+        }
     }
 }
 
@@ -225,8 +322,16 @@ fn line(v: serde_json::Value) -> Bytes {
 }
 
 /// Sends changes after `last` until the client goes away or the server shuts down.
+///
+/// Without a search filter the watch serves itself from the shared reader's batches, filtering by
+/// kind and parent in memory; it reads the database only to catch up — it resumes from before
+/// the batches it has, or fell more than [`FEED_BUFFER`] batches behind. With a filter it runs
+/// its own query for what the reader has seen since, when the reader has seen something.
 async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
-    let mut notified = state.feed.subscribe();
+    // Subscribed before anything is read: no batch handed out from now on is missed.
+    let mut batches = state.feed.batches.subscribe();
+    let mut position = state.feed.position.clone();
+    let shared = sel.filter.is_none();
     let heartbeat = state.watch.heartbeat;
     let stall = state.watch.stall_timeout;
     let mut idle_since = tokio::time::Instant::now();
@@ -237,39 +342,34 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
         "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
          cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
          where c.seq > ${n} and c.seq <= ${} and kind = $1 and ($2::uuid is null or owner_id = $2){and_search} \
-         order by c.seq",
+         order by c.seq limit {BATCH}",
         n + 1
     );
+    let mut behind = true;
     loop {
-        // Everything committed after `last`, up to a bound, then the matching part of it.
-        let upto: Option<i64> = match sqlx::query_scalar(
-            "select max(seq) from (select seq from resource_changes where seq > $1 order by seq limit $2) s",
-        )
-        .bind(last)
-        .bind(BATCH)
-        .fetch_one(&state.db)
-        .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "watch query failed; retrying");
-                None
-            }
-        };
-        if let Some(upto) = upto {
+        let reader_at = *position.borrow_and_update();
+        if last >= reader_at {
+            behind = false;
+        } else if behind || !shared {
+            // What the reader has seen after `last`, from the database: matching changes in
+            // (last, reader_at], at most BATCH of them per query.
             let mut args = PgArguments::default();
             let mut ok = args.add(sel.kind.name()).is_ok() && args.add(sel.parent).is_ok();
             for p in search_params {
                 ok &= p.add_to(&mut args).is_ok();
             }
-            ok &= args.add(last).is_ok() && args.add(upto).is_ok();
+            ok &= args.add(last).is_ok() && args.add(reader_at).is_ok();
             if !ok {
                 return;
             }
+            metrics::counter!("hyperfleet_api_watch_queries_total", "by" => "watcher").increment(1);
             match sqlx::query_as_with::<_, Change, _>(sqlx::AssertSqlSafe(sql.clone()), args).fetch_all(&state.db).await
             {
                 Ok(changes) => {
+                    let full = changes.len() as i64 == BATCH;
+                    let mut upto = reader_at;
                     for c in changes {
+                        upto = c.seq;
                         let event = json!({
                             "type": c.change_type,
                             "object": c.row.to_resource(),
@@ -280,8 +380,11 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                         }
                         idle_since = tokio::time::Instant::now();
                     }
-                    last = upto;
-                    continue; // there may be more
+                    last = if full { upto } else { reader_at };
+                    if full {
+                        continue; // there is more
+                    }
+                    behind = false;
                 }
                 Err(e) => tracing::debug!(error = %e, "watch query failed; retrying"),
             }
@@ -304,8 +407,25 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
             _ = state.shutdown.cancelled() => return,
             _ = expired => return,
             _ = tx.closed() => return,
-            r = notified.recv() => {
-                if let Err(broadcast::error::RecvError::Closed) = r {
+            r = batches.recv(), if shared => match r {
+                // A batch covers every change in (after, upto]: usable when it starts at or
+                // before `last`; a later one means some were missed — read them first.
+                Ok(batch) if batch.after <= last => {
+                    for item in batch.items.iter().filter(|i| i.seq > last) {
+                        if item.kind == sel.kind.name() && (sel.parent.is_none() || item.owner == sel.parent) {
+                            if !deliver(&tx, item.line.clone(), stall).await {
+                                return;
+                            }
+                            idle_since = tokio::time::Instant::now();
+                        }
+                    }
+                    last = last.max(batch.upto);
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+                Err(broadcast::error::RecvError::Closed) => tokio::time::sleep(wait).await,
+            },
+            r = position.changed(), if !shared => {
+                if r.is_err() {
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -329,7 +449,10 @@ async fn deliver(tx: &mpsc::Sender<Bytes>, line: Bytes, stall: Duration) -> bool
     }
 }
 
-/// Drops changes older than `retention` every minute and records how far it pruned.
+/// Changes deleted per statement of the pruner: each stays far below the statement timeout.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Drops changes older than `retention` every minute, in batches, and records how far it pruned.
 pub fn spawn_pruner(pool: PgPool, retention: Duration, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -338,17 +461,28 @@ pub fn spawn_pruner(pool: PgPool, retention: Duration, shutdown: tokio_util::syn
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let pruned = sqlx::query(
-                "with gone as (delete from resource_changes where changed_at < now() - make_interval(secs => $1) \
-                 returning seq) \
-                 update resource_changes_horizon set pruned_through = greatest(pruned_through, \
-                     coalesce((select max(seq) from gone), 0))",
-            )
-            .bind(retention.as_secs_f64())
-            .execute(&pool)
-            .await;
-            if let Err(e) = pruned {
-                tracing::debug!(error = %e, "change history not pruned");
+            // Oldest first, so the horizon is always the highest pruned number; a backlog (after
+            // downtime or a burst) goes in several bounded statements, never one unbounded one.
+            loop {
+                let pruned: Result<i64, _> = sqlx::query_scalar(
+                    "with gone as (delete from resource_changes where seq in (select seq from resource_changes \
+                         where changed_at < now() - make_interval(secs => $1) order by seq limit $2) returning seq), \
+                     horizon as (update resource_changes_horizon set pruned_through = greatest(pruned_through, \
+                         coalesce((select max(seq) from gone), 0))) \
+                     select count(*) from gone",
+                )
+                .bind(retention.as_secs_f64())
+                .bind(PRUNE_BATCH)
+                .fetch_one(&pool)
+                .await;
+                match pruned {
+                    Ok(n) if n == PRUNE_BATCH && !shutdown.is_cancelled() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change history not pruned; retrying in a minute");
+                        break;
+                    }
+                }
             }
         }
     });

@@ -166,7 +166,7 @@ async fn generation_counts_effective_changes_and_delete_once() -> Result<()> {
 
 #[tokio::test]
 async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
-    let app = app().await?;
+    let app = support::app_with_optional(&["audit"]).await?;
     let id = create_cluster(&app, "reported").await?;
     let uri = format!("{CLUSTERS}/{id}");
     let statuses = format!("{uri}/statuses");
@@ -216,9 +216,13 @@ async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
         (Some("True"), Some("Checked"), Some("available=True"))
     );
 
-    // Another adapter reporting Unknown: stored once, then discarded; not required, so ignored.
+    // An optional adapter reporting Unknown: stored once, then discarded; not required, so ignored.
     assert_eq!(put(report("audit", 1, "Unknown", "False", &time(0))).await?.0, StatusCode::CREATED);
     assert_eq!(put(report("audit", 1, "Unknown", "False", &time(1))).await?.0, StatusCode::NO_CONTENT);
+    // A name nobody configured cannot report (nor grow the status table).
+    let (status, _, v) = put(report("stranger", 1, "True", "False", &time(0))).await?;
+    assert_eq!((status, v["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("adapter")), "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains("optional_adapters")), "{v}");
     let (_, _, list) = app.call(Method::GET, &statuses, None).await?;
     assert_eq!(list["total"], 2);
 

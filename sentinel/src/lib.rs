@@ -454,6 +454,9 @@ struct FetchError {
     auth: bool,
 }
 
+/// The fields of [`Resource`], which is all a list page needs to carry.
+const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
+
 /// Lists every matching resource, page by page in `id` order, each page starting after the last
 /// id of the one before (keyset paging: every page costs the same however deep the list, where
 /// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
@@ -461,9 +464,6 @@ struct FetchError {
 /// at once.
 /// Also returns the change-feed position of the first page: the feed resumes from there, so a
 /// change committed after the list is never missed by both.
-/// The fields of [`Resource`], which is all a list page needs to carry.
-const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
-
 async fn fetch_all(
     http: &reqwest::Client,
     creds: &ApiCredentials,

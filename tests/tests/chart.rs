@@ -73,6 +73,19 @@ async fn lint_render_and_schema() -> Result<()> {
         assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
     }
     assert_eq!(api["spec"]["template"]["spec"]["initContainers"][0]["args"][0], "migrate");
+    // SIGTERM: the drain (5 s) and the in-flight timeout (20 s) fit the grace period.
+    assert_eq!(api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 30);
+    let config = find(&docs, "ConfigMap", "hyperfleet-api-config").context("api config")?["data"]["config.yaml"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let config = hyperfleet_tests::node::yaml_objects(&config)?.into_iter().next().context("config")?;
+    assert_eq!((config["shutdown_drain"].as_str(), config["shutdown_timeout"].as_str()), (Some("5s"), Some("20s")));
+    assert_eq!(config["limits"]["max_spec_bytes"], 65536, "{config}");
+    assert_eq!(config["watch"]["max_streams"], 1000, "{config}");
+    // Only the cluster's own issuer may name callers system:serviceaccount:… (the chart's rules).
+    let issuer = &config["jwt"]["issuers"][0];
+    assert_eq!((issuer["identity_claim"].as_str(), &issuer["kubernetes"]), (Some("sub"), &Value::Bool(true)));
     for cm in ["hyperfleet-sentinel-broker-config", "hyperfleet-adapter-broker-config"] {
         let text =
             find(&docs, "ConfigMap", cm).context("cm")?["data"]["broker.yaml"].as_str().unwrap_or("").to_string();
@@ -766,6 +779,7 @@ async fn broken_values_fail_at_template_time_with_one_sentence() -> Result<()> {
         (&["hyperfleetApi.auth.jwksUrl=https://idp.example.com/jwks"], "needs issuer and audience too"),
         (&["hyperfleetApi.auth.kubernetes.enabled=false"], "would be refused"),
         (&["networkPolicy.egress.database=null"], "networkPolicy.egress.database is empty"),
+        (&["hyperfleetApi.limits.maxSpecBytes=2097152"], "must be below hyperfleetApi.limits.maxBodyBytes"),
         (
             &["hyperfleetSentinel.broker.external.url=amqps://u:p@h:5671"],
             "url and existingSecret are used only with usePodIdentity=false",

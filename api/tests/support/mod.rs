@@ -56,23 +56,30 @@ pub async fn app_with_authz(
 
 /// An app with the given request limits and change-feed settings.
 pub async fn app_bounded(limits: hyperfleet_api::config::LimitsConfig, watch: WatchConfig) -> Result<App> {
-    let env = LocalEnv::load()?;
-    let db = TestDb::create(&env).await?;
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(env.pg_options(&db.name)?).await?;
-    hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let state = hyperfleet_api::AppState::new(pool.clone(), RequiredAdapters::default())
-        .with_watch(watch, Default::default())
-        .with_limits(limits);
-    Ok(App { router: hyperfleet_api::router(state), db, pool })
+    build(RequiredAdapters::default(), |s| s.with_watch(watch, Default::default()).with_limits(limits)).await
+}
+
+/// An app where `optional` adapters may report besides the required ones.
+pub async fn app_with_optional(optional: &[&str]) -> Result<App> {
+    let names = optional.iter().map(|s| s.to_string()).collect();
+    build(RequiredAdapters::default(), |s| s.with_optional_adapters(names)).await
 }
 
 /// An app with the given adapters and change-feed settings.
 pub async fn app_configured(adapters: RequiredAdapters, watch: WatchConfig) -> Result<App> {
+    build(adapters, |s| s.with_watch(watch, Default::default())).await
+}
+
+/// The router on a fresh, migrated database, its state as `configure` makes it.
+async fn build(
+    adapters: RequiredAdapters,
+    configure: impl FnOnce(hyperfleet_api::AppState) -> hyperfleet_api::AppState,
+) -> Result<App> {
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
     let pool = PgPoolOptions::new().max_connections(8).connect_with(env.pg_options(&db.name)?).await?;
     hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let state = hyperfleet_api::AppState::new(pool.clone(), adapters).with_watch(watch, Default::default());
+    let state = configure(hyperfleet_api::AppState::new(pool.clone(), adapters));
     Ok(App { router: hyperfleet_api::router(state), db, pool })
 }
 

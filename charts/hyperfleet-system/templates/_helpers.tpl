@@ -187,6 +187,10 @@ Mode checks that span several values, each failing with one sentence. Rendered o
 {{- if and $db.postgresql.enabled $db.external.enabled }}
 {{- fail "hyperfleetApi.database: postgresql and external are both enabled; enable exactly one" }}
 {{- end }}
+{{- $l := $api.limits }}
+{{- if or (ge (int $l.maxSpecBytes) (int $l.maxBodyBytes)) (ge (int $l.maxStatusBytes) (int $l.maxBodyBytes)) }}
+{{- fail (printf "hyperfleetApi.limits: maxSpecBytes (%d) and maxStatusBytes (%d) must be below hyperfleetApi.limits.maxBodyBytes (%d): a body holds them" (int $l.maxSpecBytes) (int $l.maxStatusBytes) (int $l.maxBodyBytes)) }}
+{{- end }}
 {{- if and $db.external.caBundle.configMap $db.external.caBundle.secret }}
 {{- fail "hyperfleetApi.database.external.caBundle: set configMap or secret, not both" }}
 {{- end }}
