@@ -62,14 +62,50 @@ pub enum StartError {
 
 /// A connection idle at least this long is pinged before it is handed out.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
+/// After the database was seen failing, every connection is pinged before use for this long.
+const PING_AFTER_TROUBLE: Duration = Duration::from_secs(30);
+
+/// When the database last failed (the readiness probe's ping, or a request's connection): for
+/// [`PING_AFTER_TROUBLE`] after it, every pooled connection is pinged before it is handed out, so
+/// connections a restart killed — their `terminating connection` already waiting in the socket —
+/// are dropped at acquire instead of failing the first request on each of them.
+mod trouble {
+    use std::{
+        sync::{
+            OnceLock,
+            atomic::{AtomicU64, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds after [`EPOCH`] of the last failure, plus one (0: none yet).
+    static LAST: AtomicU64 = AtomicU64::new(0);
+
+    fn now_ms() -> u64 {
+        u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn note() {
+        LAST.store(now_ms().saturating_add(1), Ordering::Relaxed);
+    }
+
+    pub fn within(window: Duration) -> bool {
+        let last = LAST.load(Ordering::Relaxed);
+        last != 0 && now_ms().saturating_sub(last - 1) < u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+pub(crate) use trouble::note as note_db_trouble;
 
 /// A lazily connecting pool: the API starts (and reports not-ready) while the database is down,
 /// and recovers on its own when it returns.
 ///
 /// sqlx pings every connection it hands out by default: a second round trip (and a PostgreSQL
 /// wake-up) for a GET that needs one. Here only connections idle for [`PING_IF_IDLE`] are pinged —
-/// those are the ones a database restart leaves dead; a busy connection that breaks fails its
-/// query (503) and is discarded when released.
+/// those are the ones a database restart leaves dead — and, for [`PING_AFTER_TROUBLE`] after the
+/// database was seen failing, every one; a busy connection that breaks fails its query (503) and
+/// is discarded when released.
 ///
 /// Its connections carry `database.statement_timeout` and `database.lock_timeout`.
 pub fn pool(cfg: &ApiConfig) -> Result<PgPool, StartError> {
@@ -103,7 +139,7 @@ fn lazy_pool(opts: sqlx::postgres::PgConnectOptions, max: u32, acquire: Duration
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE {
+                if meta.idle_for >= PING_IF_IDLE || trouble::within(PING_AFTER_TROUBLE) {
                     sqlx::Connection::ping(conn).await?;
                 }
                 Ok(true)
@@ -224,8 +260,14 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
             observe::db_query("ping", started);
             match outcome {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("database unavailable: {e}")),
-                Err(_) => Err("database ping timeout".into()),
+                Ok(Err(e)) => {
+                    note_db_trouble();
+                    Err(format!("database unavailable: {e}"))
+                }
+                Err(_) => {
+                    note_db_trouble();
+                    Err("database ping timeout".into())
+                }
             }
         })
     });

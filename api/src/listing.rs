@@ -17,7 +17,9 @@ use crate::{
 pub struct ListBody<T> {
     pub page: i64,
     pub size: i64,
-    pub total: i64,
+    /// Absent when the client asked for none (`total=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
     pub items: Vec<T>,
 }
 
@@ -56,6 +58,9 @@ pub struct ListParams {
     pub watch: bool,
     /// Where a watch resumes (after this change).
     pub resource_version: Option<String>,
+    /// Count the matches across all pages (`total`); `total=false` skips the count — keyset
+    /// paging clients (the sentinel) do not need it and it is most of a page's cost.
+    pub total: bool,
 }
 
 /// The query string as name/value pairs, percent-decoded.
@@ -180,7 +185,28 @@ impl ListParams {
             }
         };
         let resource_version = last(&pairs, "resource_version").map(String::from);
-        Ok(ListParams { page, size, order: order(&pairs)?, fields: fields(&pairs)?, search, watch, resource_version })
+        let total = match last(&pairs, "total") {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ApiError::validation(
+                    "total",
+                    Some(Value::String(other.into())),
+                    "format",
+                    "total must be true or false".into(),
+                ));
+            }
+        };
+        Ok(ListParams {
+            page,
+            size,
+            order: order(&pairs)?,
+            fields: fields(&pairs)?,
+            search,
+            watch,
+            resource_version,
+            total,
+        })
     }
 
     /// The compiled search, placeholders from `$first`.

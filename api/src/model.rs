@@ -59,7 +59,9 @@ pub struct Row {
     pub kind: String,
     pub name: String,
     pub owner_id: Option<Uuid>,
-    pub spec: Json<serde_json::Map<String, Value>>,
+    /// Kept as the JSON text PostgreSQL sent: a spec is never exploded into a map of values on the
+    /// way out (a 64 KiB spec of small keys would take ten times that as a `Value`).
+    pub spec: Json<Box<serde_json::value::RawValue>>,
     pub labels: Json<BTreeMap<String, String>>,
     pub conditions: Json<Vec<Condition>>,
     pub generation: i32,
@@ -122,7 +124,7 @@ pub struct Resource {
     name: String,
     href: String,
     #[schema(value_type = Object)]
-    spec: serde_json::Map<String, Value>,
+    spec: Box<serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
     generation: i32,
@@ -140,7 +142,18 @@ pub struct Resource {
     deleted_by: Option<String>,
 }
 
+/// `{}` as raw JSON.
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".to_string())
+        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+}
+
 impl Row {
+    /// The stored spec as a map (for comparing a patch with it).
+    pub fn spec_map(&self) -> serde_json::Map<String, Value> {
+        serde_json::from_str(self.spec.0.get()).unwrap_or_default()
+    }
+
     /// The strong ETag of this version of the resource.
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.version)
@@ -151,13 +164,19 @@ impl Row {
     }
 
     pub fn to_resource(&self) -> Resource {
+        self.resource(true)
+    }
+
+    /// The representation; without the spec (`{}` in its place) when `with_spec` is false — for
+    /// projections that drop it anyway.
+    pub fn resource(&self, with_spec: bool) -> Resource {
         let kind = self.kind();
         Resource {
             id: self.id,
             kind: self.kind.clone(),
             name: self.name.clone(),
             href: href(kind, self.id, self.owner_id),
-            spec: self.spec.0.clone(),
+            spec: if with_spec { self.spec.0.clone() } else { empty_object() },
             labels: self.labels.0.clone(),
             generation: self.generation,
             owner_references: self.owner_id.map(|id| OwnerRef {

@@ -103,8 +103,8 @@ pub struct ResourceList {
     page: i64,
     /// Items in this page.
     size: i64,
-    /// Items matching the query across all pages.
-    total: i64,
+    /// Items matching the query across all pages; absent with `total=false`.
+    total: Option<i64>,
     /// With `fields`, each item is reduced to those members (and `id`).
     items: Vec<Resource>,
 }
@@ -321,6 +321,13 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             false,
             string(),
             "With watch: resume after this change (from a list's X-HyperFleet-Resource-Version or a WatchEvent)",
+        ))
+        .parameter(param(
+            "total",
+            ParameterIn::Query,
+            false,
+            ObjectBuilder::new().schema_type(Type::Boolean).into(),
+            "`false` skips counting the matches across all pages (`total` is then absent): for keyset paging",
         ));
     ops.add(
         base,

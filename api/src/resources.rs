@@ -417,9 +417,10 @@ async fn patch<K: KindRoute>(
     if row.deleted_time.is_some() {
         return Err(marked_for_deletion(&row));
     }
-    let spec = changes.spec.unwrap_or_else(|| row.spec.0.clone());
+    let stored = row.spec_map();
+    let spec = changes.spec.unwrap_or_else(|| stored.clone());
     let labels = changes.labels.unwrap_or_else(|| row.labels.0.clone());
-    if spec == row.spec.0 && labels == row.labels.0 {
+    if spec == stored && labels == row.labels.0 {
         return Ok(with_etag(StatusCode::OK, &row, Json(row.to_resource()).into_response()));
     }
     let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -596,9 +597,15 @@ async fn list<K: KindRoute>(
     sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
     let version = crate::watch::current_version(&mut tx).await?;
     target.check_parent(&mut tx, false).await?;
-    let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("select count(*) {base}")), arguments(None)?)
-        .fetch_one(&mut *tx)
-        .await?;
+    let total: Option<i64> = if q.total {
+        Some(
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(format!("select count(*) {base}")), arguments(None)?)
+                .fetch_one(&mut *tx)
+                .await?,
+        )
+    } else {
+        None
+    };
     let rows: Vec<Row> = sqlx::query_as_with(
         sqlx::AssertSqlSafe(format!("select {COLUMNS} {base} order by {} limit ${n} offset ${}", q.order, n + 1)),
         arguments(Some((q.size, (q.page - 1) * q.size)))?,
@@ -606,7 +613,8 @@ async fn list<K: KindRoute>(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let items: Vec<Value> = rows.iter().map(|r| representation(r, q.fields.as_deref())).collect();
+    let items: Vec<Box<serde_json::value::RawValue>> =
+        rows.iter().map(|r| representation(r, q.fields.as_deref())).collect();
     let mut resp = Json(ListBody { page: q.page, size: items.len() as i64, total, items }).into_response();
     if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
         resp.headers_mut().insert(crate::watch::VERSION_HEADER, v);
@@ -614,7 +622,19 @@ async fn list<K: KindRoute>(
     Ok(resp)
 }
 
-/// A row's representation, reduced to `fields` when given.
-fn representation(row: &Row, fields: Option<&[String]>) -> Value {
-    listing::project(serde_json::to_value(row.to_resource()).unwrap_or_default(), fields)
+/// A row's representation as JSON text, reduced to `fields` when given. The spec is copied as
+/// the text it is stored as, and only when it is wanted.
+fn representation(row: &Row, fields: Option<&[String]>) -> Box<serde_json::value::RawValue> {
+    match fields {
+        None => raw(&row.to_resource()),
+        Some(fields) => {
+            let resource = row.resource(fields.iter().any(|f| f == "spec"));
+            raw(&listing::project(serde_json::to_value(resource).unwrap_or_default(), Some(fields)))
+        }
+    }
+}
+
+/// `v` as JSON text (`null` if it cannot be serialised, which these types always can).
+fn raw<T: Serialize>(v: &T) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
 }

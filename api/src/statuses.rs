@@ -483,7 +483,7 @@ pub async fn list<K: KindRoute>(
     .await?;
     tx.commit().await?;
     let items: Vec<AdapterStatus> = rows.iter().map(StatusRow::view).collect();
-    Ok(Json(ListBody { page, size: items.len() as i64, total, items }))
+    Ok(Json(ListBody { page, size: items.len() as i64, total: Some(total), items }))
 }
 
 #[cfg(test)]

@@ -40,8 +40,9 @@ pub const NDJSON: &str = "application/x-ndjson";
 pub const VERSION_HEADER: &str = "x-hyperfleet-resource-version";
 /// Re-check for changes this often even without a notification (a lost LISTEN connection).
 const FALLBACK_POLL: Duration = Duration::from_secs(2);
-/// Changes read per query.
-const BATCH: i64 = 500;
+/// Changes read per query (a change's row is at most ~130 KiB: spec and status data at their
+/// limits), by the reader and by a watcher catching up.
+const BATCH: i64 = 100;
 /// A batch handed to the watchers holds at most about this many bytes of event lines: the shared
 /// buffer ([`FEED_BUFFER`] batches) stays bounded however large the resources are.
 const BATCH_BYTES: usize = 1 << 20;
@@ -52,34 +53,43 @@ const FEED_BUFFER: usize = 32;
 /// One committed change, its event line already serialised (once, for every watcher).
 struct Item {
     seq: i64,
-    kind: String,
     owner: Option<Uuid>,
     line: Bytes,
 }
 
-/// Consecutive changes: every change numbered in `(after, upto]`, of every kind.
+/// Every change of one kind numbered in `(after, upto]`, in order (the range may hold changes
+/// of the other kind, which go to its own channel). `after > upto` never happens; a batch with
+/// no items marks a position (the reader's start) that watchers behind it must read up to.
 struct Batch {
     after: i64,
     upto: i64,
     items: Vec<Item>,
 }
 
+/// Index of a kind's channel.
+fn channel(kind: &str) -> usize {
+    usize::from(kind == Kind::NodePool.name())
+}
+
 /// The change table's single reader, shared by every watch of the process: it reads each
 /// committed change once (woken by `NOTIFY`, and every [`FALLBACK_POLL`] in case the listening
-/// connection was lost) and hands it to every watcher, so the database's work does not grow with
-/// the number of watchers. Watchers with a `search` filter run their own (bounded) query when the
-/// reader has seen something new, and never while nothing changes.
+/// connection was lost) and hands it to the watchers of its kind, so the database's work does not
+/// grow with the number of watchers and a watch of one kind is not woken by changes of the other.
+/// Watchers with a `search` filter run their own (bounded) query when the reader has seen
+/// something new, and never while nothing changes.
 #[derive(Clone)]
 pub struct Feed {
-    batches: broadcast::Sender<Arc<Batch>>,
-    /// The newest change number the reader has handed out.
+    /// Per kind: clusters, nodepools.
+    batches: [broadcast::Sender<Arc<Batch>>; 2],
+    /// The newest change number the reader has read; published before the batches holding it
+    /// are sent, so a watch that subscribes and then reads it misses nothing.
     position: tokio::sync::watch::Receiver<i64>,
 }
 
 impl Feed {
     /// Starts the listener for `hyperfleet_changes` and the reader (both reconnect on their own).
     pub fn start(pool: PgPool) -> Self {
-        let (batches, _) = broadcast::channel(FEED_BUFFER);
+        let batches = [broadcast::channel(FEED_BUFFER).0, broadcast::channel(FEED_BUFFER).0];
         let (position_tx, position) = tokio::sync::watch::channel(0);
         let wake = Arc::new(tokio::sync::Notify::new());
         let (listener_pool, notify) = (pool.clone(), wake.clone());
@@ -108,7 +118,7 @@ impl Feed {
 /// The reader: from the newest change at its start, every later one, in order, in batches.
 async fn read_changes(
     pool: PgPool,
-    batches: broadcast::Sender<Arc<Batch>>,
+    batches: [broadcast::Sender<Arc<Batch>>; 2],
     position: tokio::sync::watch::Sender<i64>,
     wake: Arc<tokio::sync::Notify>,
 ) {
@@ -122,7 +132,14 @@ async fn read_changes(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    // Where the reader starts: a watch that is behind it (it opened before the reader could
+    // start) reads up to here from the database.
     position.send_replace(last);
+    for tx in &batches {
+        let _ = tx.send(Arc::new(Batch { after: last, upto: last, items: Vec::new() }));
+    }
+    // Per kind: the end of the last batch sent, where its next batch starts.
+    let mut sent = [last, last];
     let sql = format!(
         "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
          cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
@@ -141,30 +158,36 @@ async fn read_changes(
                     }
                 };
             let full = changes.len() as i64 == BATCH;
-            let mut batch = Batch { after: last, upto: last, items: Vec::new() };
-            let mut bytes = 0;
-            for c in changes {
-                let line = line(json!({
-                    "type": c.change_type,
-                    "object": c.row.to_resource(),
-                    "resource_version": c.seq.to_string(),
-                }));
-                bytes += line.len();
-                batch.upto = c.seq;
-                batch.items.push(Item { seq: c.seq, kind: c.row.kind.clone(), owner: c.row.owner_id, line });
-                if bytes >= BATCH_BYTES {
-                    let next = Batch { after: batch.upto, upto: batch.upto, items: Vec::new() };
-                    let _ = batches.send(Arc::new(std::mem::replace(&mut batch, next)));
-                    bytes = 0;
+            let Some(upto) = changes.last().map(|c| c.seq) else { break };
+            // Per kind, batches of at most BATCH_BYTES of lines, each starting where the last ended.
+            let mut ready: [Vec<Batch>; 2] = [Vec::new(), Vec::new()];
+            let mut bytes = [0usize; 2];
+            for c in &changes {
+                let k = channel(&c.row.kind);
+                if ready[k].is_empty() || bytes[k] >= BATCH_BYTES {
+                    let after = ready[k].last().map_or(sent[k], |b| b.upto);
+                    ready[k].push(Batch { after, upto: after, items: Vec::new() });
+                    bytes[k] = 0;
+                }
+                let line = event_line(c);
+                bytes[k] += line.len();
+                if let Some(b) = ready[k].last_mut() {
+                    b.upto = c.seq;
+                    b.items.push(Item { seq: c.seq, owner: c.row.owner_id, line });
                 }
             }
-            if batch.upto > last || !batch.items.is_empty() {
-                last = batch.upto;
-                if !batch.items.is_empty() {
-                    let _ = batches.send(Arc::new(batch));
-                }
-            }
+            last = upto;
             position.send_replace(last);
+            for (k, list) in ready.into_iter().enumerate() {
+                let n = list.len();
+                for (i, mut b) in list.into_iter().enumerate() {
+                    if i + 1 == n {
+                        b.upto = upto; // the kind has nothing else up to here
+                        sent[k] = upto;
+                    }
+                    let _ = batches[k].send(Arc::new(b));
+                }
+            }
             if !full {
                 break;
             }
@@ -315,6 +338,21 @@ pub async fn respond(
     Ok(resp)
 }
 
+/// One change as a line of the feed, serialised straight from the row (its spec as stored).
+fn event_line(c: &Change) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        object: crate::model::Resource,
+        resource_version: String,
+    }
+    let event = Event { kind: &c.change_type, object: c.row.to_resource(), resource_version: c.seq.to_string() };
+    let mut text = serde_json::to_vec(&event).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
 fn line(v: serde_json::Value) -> Bytes {
     let mut text = v.to_string();
     text.push('\n');
@@ -323,13 +361,15 @@ fn line(v: serde_json::Value) -> Bytes {
 
 /// Sends changes after `last` until the client goes away or the server shuts down.
 ///
-/// Without a search filter the watch serves itself from the shared reader's batches, filtering by
-/// kind and parent in memory; it reads the database only to catch up — it resumes from before
-/// the batches it has, or fell more than [`FEED_BUFFER`] batches behind. With a filter it runs
-/// its own query for what the reader has seen since, when the reader has seen something.
+/// Without a search filter the watch serves itself from the shared reader's batches of its kind,
+/// filtering by parent in memory; it reads the database only to catch up — at its start (up to
+/// the reader's position), after a batch that starts past it (the reader's start, or batches it
+/// missed), or after falling more than [`FEED_BUFFER`] batches behind. With a filter it runs its
+/// own query for what the reader has seen since, when the reader has seen something.
 async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
-    // Subscribed before anything is read: no batch handed out from now on is missed.
-    let mut batches = state.feed.batches.subscribe();
+    // Subscribed before the position is read: a batch sent before that was published before it
+    // (the reader publishes first), so the catch-up up to the position covers it.
+    let mut batches = state.feed.batches[channel(sel.kind.name())].subscribe();
     let mut position = state.feed.position.clone();
     let shared = sel.filter.is_none();
     let heartbeat = state.watch.heartbeat;
@@ -346,11 +386,24 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
         n + 1
     );
     let mut behind = true;
+    // Set on a gap: the end of a batch that started after `last` (committed, so readable).
+    let mut gap_upto = 0;
     loop {
-        let reader_at = *position.borrow_and_update();
+        let reader_at = (*position.borrow_and_update()).max(gap_upto);
         if last >= reader_at {
             behind = false;
         } else if behind || !shared {
+            if behind && shared {
+                // Resuming from the database: a position the pruner has passed meanwhile is gone;
+                // ending the stream makes the client resume and get 410 (list again).
+                match sqlx::query_scalar::<_, i64>("select pruned_through from resource_changes_horizon")
+                    .fetch_one(&state.db)
+                    .await
+                {
+                    Ok(pruned) if pruned > last => return,
+                    _ => {}
+                }
+            }
             // What the reader has seen after `last`, from the database: matching changes in
             // (last, reader_at], at most BATCH of them per query.
             let mut args = PgArguments::default();
@@ -370,12 +423,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                     let mut upto = reader_at;
                     for c in changes {
                         upto = c.seq;
-                        let event = json!({
-                            "type": c.change_type,
-                            "object": c.row.to_resource(),
-                            "resource_version": c.seq.to_string(),
-                        });
-                        if !deliver(&tx, line(event), stall).await {
+                        if !deliver(&tx, event_line(&c), stall).await {
                             return;
                         }
                         idle_since = tokio::time::Instant::now();
@@ -385,6 +433,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                         continue; // there is more
                     }
                     behind = false;
+                    gap_upto = 0;
                 }
                 Err(e) => tracing::debug!(error = %e, "watch query failed; retrying"),
             }
@@ -412,7 +461,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                 // before `last`; a later one means some were missed — read them first.
                 Ok(batch) if batch.after <= last => {
                     for item in batch.items.iter().filter(|i| i.seq > last) {
-                        if item.kind == sel.kind.name() && (sel.parent.is_none() || item.owner == sel.parent) {
+                        if sel.parent.is_none() || item.owner == sel.parent {
                             if !deliver(&tx, item.line.clone(), stall).await {
                                 return;
                             }
@@ -421,7 +470,11 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                     }
                     last = last.max(batch.upto);
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+                Ok(batch) => {
+                    behind = true;
+                    gap_upto = gap_upto.max(batch.upto);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
                 Err(broadcast::error::RecvError::Closed) => tokio::time::sleep(wait).await,
             },
             r = position.changed(), if !shared => {

@@ -230,6 +230,14 @@ async fn ordering_projection_and_paging_edges() -> Result<()> {
     assert_eq!(names_of(&v), ["c-two"]);
     let (_, _, v) = list("size=2&page=9").await?;
     assert_eq!((v["size"].as_i64(), v["total"].as_i64()), (Some(0), Some(5)));
+    // total=false: the same page without counting every match (keyset clients such as the sentinel).
+    let (_, _, counted) = list("size=2&order=id").await?;
+    let (status, _, v) = list("size=2&order=id&total=false").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v.get("total").is_none(), "{v}");
+    assert_eq!((&v["items"], &v["size"], &v["page"]), (&counted["items"], &counted["size"], &counted["page"]));
+    let (status, _, v) = list("total=maybe").await?;
+    assert_eq!((status, v["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("total")));
     for (q, field, constraint, message) in [
         ("size=0", "size", "min", "size must be at least 1"),
         ("size=101", "size", "max", "size must be at most 100"),

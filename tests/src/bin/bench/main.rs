@@ -4,7 +4,8 @@
 //!
 //! Every figure is printed beside a raw baseline measured in the same run on the same machine:
 //! 1. create→landed latency (`landing.rs`), with the change feed and with polling only;
-//! 2. the API against `pgbench` running the handlers' SQL (`api.rs`);
+//! 2. the API against `pgbench` running the handlers' SQL (`api.rs`), and its bounds (`bounds.rs`):
+//!    create/get with 1 000 idle change feeds beside none, RSS after pages of 64 KiB specs;
 //! 3. one sentinel pass against a raw lapin publisher (`sentinel.rs`);
 //! 4. the adapter against a raw kube-rs loop (`adapter.rs`);
 //! 5. memory (RSS) of every service idle and after its runs, binary sizes;
@@ -12,11 +13,12 @@
 //!    the loopback processes (needs `tests/env/run node-up`; the images hold the binaries it built).
 //!
 //! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
-//! `--only landing,api,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
+//! `--only landing,api,bounds,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
 //! operations, e.g. one to profile), `HF_BIN_DIR` (binaries other than `target/release`).
 
 mod adapter;
 mod api;
+mod bounds;
 mod landing;
 mod pods;
 mod sentinel;
@@ -68,6 +70,17 @@ async fn seeded_api(
     tag: &str,
     clusters: i64,
 ) -> Result<(TestDb, PgConnection, Service, u16)> {
+    seeded_api_with(env, bin_dir, tag, clusters, &[]).await
+}
+
+/// [`seeded_api`] with `extra` settings for the API.
+async fn seeded_api_with(
+    env: &LocalEnv,
+    bin_dir: &std::path::Path,
+    tag: &str,
+    clusters: i64,
+    extra: &[(&'static str, &str)],
+) -> Result<(TestDb, PgConnection, Service, u16)> {
     let db = TestDb::create(env).await?;
     migrate(env, &db).await?;
     let mut conn = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
@@ -79,12 +92,13 @@ async fn seeded_api(
         ("HYPERFLEET_SERVER_PORT", port.to_string()),
         ("HYPERFLEET_LOG_LEVEL", "warn".to_string()),
     ]);
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let mut api = Service::start_binary(tag, "api", &bin_dir.join("hyperfleet-api"), &["serve"], &vars)?;
     api.wait_ready(Duration::from_secs(60)).await?;
     Ok((db, conn, api, port))
 }
 
-const PARTS: [&str; 5] = ["landing", "api", "sentinel", "adapter", "pods"];
+const PARTS: [&str; 6] = ["landing", "api", "bounds", "sentinel", "adapter", "pods"];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -137,6 +151,11 @@ async fn main() -> Result<()> {
     if wants("api") {
         println!("\n2. API vs pgbench running the same SQL ({} s per cell)", duration.as_secs());
         report.insert("api_vs_pgbench".into(), api::run(&env, &bin_dir, duration, client_counts, &ops).await?);
+    }
+    if wants("bounds") {
+        let watchers = if quick { 200 } else { 1000 };
+        println!("\n2b. API bounds: create/get with {watchers} idle change feeds vs none; pages of 64 KiB specs");
+        report.insert("bounds".into(), bounds::run(&env, &bin_dir, duration, watchers).await?);
     }
     if wants("sentinel") {
         println!("\n3. sentinel: one pass over new clusters (list page by page, decide, publish with confirms)");
