@@ -183,7 +183,9 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         metrics::counter!("hyperfleet_db_errors_total").increment(1);
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            // A saturated pool is not a database in trouble: no pings for it.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ApiError::Unavailable(e),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 crate::note_db_trouble();
                 ApiError::Unavailable(e)
             }

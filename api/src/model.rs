@@ -149,9 +149,10 @@ fn empty_object() -> Box<serde_json::value::RawValue> {
 }
 
 impl Row {
-    /// The stored spec as a map (for comparing a patch with it).
-    pub fn spec_map(&self) -> serde_json::Map<String, Value> {
-        serde_json::from_str(self.spec.0.get()).unwrap_or_default()
+    /// The stored spec as a map (for comparing a patch with it); `None` if serde_json cannot read
+    /// it (PostgreSQL accepts numbers and depths it does not) — then it differs from any patch.
+    pub fn spec_map(&self) -> Option<serde_json::Map<String, Value>> {
+        serde_json::from_str(self.spec.0.get()).ok()
     }
 
     /// The strong ETag of this version of the resource.

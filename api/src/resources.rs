@@ -417,18 +417,18 @@ async fn patch<K: KindRoute>(
     if row.deleted_time.is_some() {
         return Err(marked_for_deletion(&row));
     }
-    let stored = row.spec_map();
-    let spec = changes.spec.unwrap_or_else(|| stored.clone());
+    // A spec the patch leaves out is not rewritten (`coalesce`): the stored text stays as it is.
+    let spec = changes.spec.filter(|new| row.spec_map().as_ref() != Some(new));
     let labels = changes.labels.unwrap_or_else(|| row.labels.0.clone());
-    if spec == stored && labels == row.labels.0 {
+    if spec.is_none() && labels == row.labels.0 {
         return Ok(with_etag(StatusCode::OK, &row, Json(row.to_resource()).into_response()));
     }
     let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "update resources set spec = $2, labels = $3, generation = generation + 1, updated_time = $4, updated_by = $5 \
-         where id = $1 returning {COLUMNS}"
+        "update resources set spec = coalesce($2, spec), labels = $3, generation = generation + 1, updated_time = $4, \
+         updated_by = $5 where id = $1 returning {COLUMNS}"
     )))
     .bind(row.id)
-    .bind(SqlJson(&spec))
+    .bind(spec.as_ref().map(SqlJson))
     .bind(SqlJson(&labels))
     .bind(now())
     .bind(&who)

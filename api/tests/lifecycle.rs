@@ -111,6 +111,32 @@ async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
     Ok(())
 }
 
+/// A labels-only PATCH leaves the stored spec text alone, even one serde_json could not read back
+/// (PostgreSQL takes `1e400`; a spec written around the API could hold it).
+#[tokio::test]
+async fn a_labels_patch_never_rewrites_the_spec() -> Result<()> {
+    let app = app().await?;
+    let id = create_cluster(&app, "odd-spec").await?;
+    let uuid: uuid::Uuid = id.parse()?;
+    sqlx::query("update resources set spec = '{\"n\": 1e400, \"k\": \"v\"}' where id = $1")
+        .bind(uuid)
+        .execute(app.pool())
+        .await?;
+    let spec_text = || sqlx::query_scalar::<_, String>("select spec::text from resources where id = $1").bind(uuid);
+    let before = spec_text().fetch_one(app.pool()).await?;
+    let (status, _, v) =
+        app.call(Method::PATCH, &format!("{CLUSTERS}/{id}"), Some(&json!({"labels": {"a": "b"}}).to_string())).await?;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let labels: Value =
+        sqlx::query_scalar("select labels from resources where id = $1").bind(uuid).fetch_one(app.pool()).await?;
+    assert_eq!(labels, json!({"a": "b"}));
+    let after = spec_text().fetch_one(app.pool()).await?;
+    assert_eq!(after, before, "the spec is untouched");
+    assert!(after.contains("\"k\""), "{after}");
+    app.done().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn generation_counts_effective_changes_and_delete_once() -> Result<()> {
     let app = app().await?;
