@@ -199,9 +199,9 @@ async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
     };
     let (ok, report) = eventually(Duration::from_secs(90), || async {
         let (ok, report) = validate().await?;
-        // The kubelet may first warn that its ConfigMap cache is not synced yet (under load); the
-        // warning that matters — and stays — is the missing CSI driver's.
-        Ok((report.contains("last warning: FailedMount") && report.contains("secrets-store.csi.k8s.io"))
+        // The kubelet may also warn that its ConfigMap cache is not synced yet (under load): the
+        // report keeps the last distinct warnings, so the missing CSI driver's is among them.
+        Ok((report.contains("last warnings: FailedMount") && report.contains("secrets-store.csi.k8s.io"))
             .then_some((ok, report)))
     })
     .await

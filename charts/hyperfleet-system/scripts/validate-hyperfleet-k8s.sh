@@ -26,13 +26,15 @@ else
 fi
 
 # why_not_ready DEPLOYMENT: each of its pods that is not Ready, with what its containers wait for
-# (ErrImagePull, CrashLoopBackOff, ContainerCreating…) and the pod's last warning event.
+# (ErrImagePull, CrashLoopBackOff, ContainerCreating…) and the pod's last three distinct warnings
+# (a transient one, such as the kubelet's cache not synced yet, does not hide the one that stays).
 why_not_ready() {
   local pod states event
   for pod in $(k get pods -l "app.kubernetes.io/name=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | awk '$2 != "True" {print $1}'); do
     states=$(k get pod "$pod" -o jsonpath='{range .status.initContainerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason} {end}{range .status.containerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason}{.state.running.startedAt} {end}')
-    event=$(k get events --field-selector "involvedObject.name=$pod,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -1)
-    printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warning: $event}"
+    event=$(k get events --field-selector "involvedObject.name=$pod,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' |
+      awk 'NF && !seen[$0]++' | tail -3 | sed ':a;N;$!ba;s/\n/; /g')
+    printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warnings: $event}"
   done
 }
 for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
