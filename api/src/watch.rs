@@ -386,10 +386,9 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
         n + 1
     );
     let mut behind = true;
-    // Set on a gap: the end of a batch that started after `last` (committed, so readable).
-    let mut gap_upto = 0;
     loop {
-        let reader_at = (*position.borrow_and_update()).max(gap_upto);
+        // Never below the end of a batch already received: the reader publishes first.
+        let reader_at = *position.borrow_and_update();
         if last >= reader_at {
             behind = false;
         } else if behind || !shared {
@@ -433,7 +432,6 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                         continue; // there is more
                     }
                     behind = false;
-                    gap_upto = 0;
                 }
                 Err(e) => tracing::debug!(error = %e, "watch query failed; retrying"),
             }
@@ -470,11 +468,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
                     }
                     last = last.max(batch.upto);
                 }
-                Ok(batch) => {
-                    behind = true;
-                    gap_upto = gap_upto.max(batch.upto);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
                 Err(broadcast::error::RecvError::Closed) => tokio::time::sleep(wait).await,
             },
             r = position.changed(), if !shared => {

@@ -73,13 +73,19 @@ pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Cell {
-    rps: f64,
-    p99_ms: f64,
+pub struct Cell {
+    pub rps: f64,
+    pub p99_ms: f64,
 }
 
 /// Drives `op` against the API with `clients` concurrent clients for `duration`.
-async fn api_cell(base: &str, ids: &Arc<Vec<String>>, op: &str, clients: usize, duration: Duration) -> Result<Cell> {
+pub async fn api_cell(
+    base: &str,
+    ids: &Arc<Vec<String>>,
+    op: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<Cell> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();

@@ -13,48 +13,10 @@ use anyhow::{Result, bail};
 use hyperfleet_tests::LocalEnv;
 use serde_json::{Value, json};
 
-use crate::{percentile, rss_mib, seeded_api_with};
+use crate::{api::api_cell, rss_mib, seeded_api_with};
 
 /// The chart's memory limit for the API (values.yaml `hyperfleetApi.resources.limits.memory`).
 const CHART_LIMIT_MIB: f64 = 256.0;
-
-/// Requests per second and p99 of `op` (`create` or `get`) with `clients` clients for `duration`.
-async fn cell(base: &str, ids: &Arc<Vec<String>>, op: &str, clients: usize, duration: Duration) -> Result<(f64, f64)> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
-    let deadline = Instant::now() + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
-        let (http, ids, base, op) = (http.clone(), ids.clone(), base.to_string(), op.to_string());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = c;
-            while Instant::now() < deadline {
-                i = i.wrapping_mul(31).wrapping_add(7);
-                let started = Instant::now();
-                let resp = if op == "create" {
-                    let body =
-                        json!({"kind": "Cluster", "name": format!("w{}", uuid::Uuid::new_v4().simple()), "spec": {}});
-                    http.post(format!("{base}/clusters")).json(&body).send().await?
-                } else {
-                    http.get(format!("{base}/clusters/{}", ids[i % ids.len()])).send().await?
-                };
-                let status = resp.status();
-                let _ = resp.bytes().await?;
-                if !status.is_success() {
-                    bail!("{op}: HTTP {status}");
-                }
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r??);
-    }
-    all.sort_by(f64::total_cmp);
-    Ok((all.len() as f64 / duration.as_secs_f64(), percentile(&all, 0.99)))
-}
 
 pub async fn run(env: &LocalEnv, bin_dir: &Path, duration: Duration, watchers: usize) -> Result<Value> {
     let limit = watchers.to_string();
@@ -71,7 +33,8 @@ pub async fn run(env: &LocalEnv, bin_dir: &Path, duration: Duration, watchers: u
     let mut cells = serde_json::Map::new();
     let mut baseline = Vec::new();
     for op in ["create", "get"] {
-        baseline.push(cell(&base, &ids, op, 8, duration).await?);
+        let c = api_cell(&base, &ids, op, 8, duration).await?;
+        baseline.push((c.rps, c.p99_ms));
     }
     let rss_before_feeds = rss_mib(api.pid());
     let http = reqwest::Client::new();
@@ -87,7 +50,8 @@ pub async fn run(env: &LocalEnv, bin_dir: &Path, duration: Duration, watchers: u
         }
         rss_with_feeds = rss_mib(api.pid());
         for (op, &(none_rps, none_p99)) in ["create", "get"].into_iter().zip(&baseline) {
-            let (rps, p99) = cell(&base, &ids, op, 8, duration).await?;
+            let c = api_cell(&base, &ids, op, 8, duration).await?;
+            let (rps, p99) = (c.rps, c.p99_ms);
             let (rate, slower) = (rps / none_rps.max(f64::MIN_POSITIVE), p99 / none_p99.max(f64::MIN_POSITIVE));
             println!(
                 "{op:<7} {label:>9} {none_rps:>10.0} {none_p99:>8.2}ms {rps:>10.0} {p99:>8.2}ms {rate:>7.2}x {slower:>7.2}x"
