@@ -306,7 +306,9 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
         .with_auth(auth);
     watch::spawn_pruner(db.clone(), cfg.watch.retention, stop.clone());
     // The peer address: an identity header is believed only from jwt.trusted_proxies.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = router(state)
+        .layer(middleware::from_fn_with_state(shutdown.clone(), close_while_draining))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     tokio::select! {
         res = server => res?,
@@ -317,6 +319,22 @@ pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), St
     db.close().await;
     tracing::info!("API stopped");
     Ok(())
+}
+
+/// During the drain every response carries `Connection: close`, so a client's kept-alive
+/// connection (through a Service proxy or a load balancer, it is pinned to this pod) is not reused
+/// for the request that would meet the closing listener: the client's next request opens a new
+/// connection, which the endpoints that already dropped this pod send elsewhere.
+async fn close_while_draining(
+    axum::extract::State(draining): axum::extract::State<CancellationToken>,
+    req: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    if draining.is_cancelled() {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 hyperfleet_common::readme_documents_every_env_var!(crate::ApiConfig);

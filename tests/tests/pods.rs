@@ -1,7 +1,7 @@
 //! The chart as pods on the local node: real images, a real kubelet probing `/healthz` and `/readyz`,
 //! the `db-migrate` init container, the adapter with its own ServiceAccount and the chart's
 //! ClusterRole only, restricted security enforced by the runtime, helm upgrade and uninstall, the
-//! chart's own scripts, and SIGTERM from the kubelet during a stream of creates. Every install is
+//! chart's own scripts, and a rolling restart of the API during a stream of creates through its Service. Every install is
 //! `helm install` with values only: `tests/env/chart-values.yaml` (the local images) on top of the
 //! chart's `ci/in-cluster-values.yaml` or an external-mode values file.
 
@@ -300,81 +300,110 @@ async fn an_adapter_without_rbac_for_serviceaccounts_reports_health_false_and_ke
     Ok(())
 }
 
-/// SIGTERM as the kubelet sends it: the API pod is deleted during a stream of POSTs; every create
-/// that was answered 201 is there afterwards (served by the replacement pod).
+/// A rolling restart of the API Deployment (what `kubectl rollout restart` does) under a stream of
+/// creates sent through the API's Service (its ClusterIP, kube-proxy choosing the pod): the new pod
+/// comes up, the old one gets SIGTERM from the kubelet, turns NotReady while it keeps serving for the
+/// drain period and closes kept-alive connections — and every request of the stream is answered 201,
+/// none fails and every acknowledged create is there afterwards.
 #[tokio::test]
-async fn deleting_the_api_pod_during_creates_loses_no_acknowledged_create() -> Result<()> {
+async fn a_rolling_restart_of_the_api_under_creates_answers_every_request() -> Result<()> {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+    use kube::api::{Patch, PatchParams};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
     let env = LocalEnv::load()?;
     let mut args = dev_values();
     // Only the API matters here; the workers would land every cluster meanwhile.
     args.extend(set("hyperfleetAdapter.replicaCount=0"));
     let release = Release::install(
         &env,
-        ReleaseSpec { prefix: "drain", args, chart_creates_namespace: true, ..Default::default() },
+        ReleaseSpec { prefix: "roll", args, chart_creates_namespace: true, ..Default::default() },
     )
     .await?;
-    let old = release.pod("api").await?;
-    let old_name = old.metadata.name.clone().unwrap_or_default();
-    let pf = release.port_forward(&format!("pod/{old_name}"), 8000).await?;
-    let (url, http) = (pf.url.clone(), pf.http.clone());
-    let writer = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut errors = 0;
-        for i in 0..2000 {
-            match tokio::time::timeout(
-                Duration::from_secs(10),
-                post_cluster_with(&http, &url, &format!("drain-{i}"), json!({})),
-            )
-            .await
-            {
-                Ok(Ok(id)) => acked.push(id),
-                _ => {
-                    errors += 1;
-                    if errors >= 3 {
-                        break;
-                    }
-                }
-            }
-        }
-        acked
-    });
-    // Let some creates through, then delete the pod the stream goes to.
-    let pods = release.pods_api();
+    let old_name = release.pod("api").await?.metadata.name.clone().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(release.kube.clone(), &release.namespace);
+    let ip = services.get("hyperfleet-api").await?.spec.and_then(|s| s.cluster_ip).context("ClusterIP")?;
+    let url = format!("http://{ip}:8000");
+    let mut token = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", release.operator_token().await?))?;
+    token.set_sensitive(true);
+    let http = reqwest::Client::builder()
+        .default_headers([(reqwest::header::AUTHORIZATION, token)].into_iter().collect())
+        .build()?;
     eventually(Duration::from_secs(60), || async {
-        let (_, v) = get_json(&pf.http, &format!("{}/api/hyperfleet/v1/clusters?size=1", pf.url)).await?;
-        Ok((v["total"].as_i64().unwrap_or(0) >= 20).then_some(()))
-    })
-    .await?;
-    pods.delete(&old_name, &Default::default()).await?;
-    let acked = tokio::time::timeout(Duration::from_secs(120), writer).await??;
-    ensure!(acked.len() >= 20, "only {} creates acknowledged before the pod went", acked.len());
-    drop(pf);
-
-    // The replacement pod, Ready through its probes, has every acknowledged create.
-    let replacement = eventually(READY, || async {
-        let pods = release.pods("api").await?;
-        Ok(pods.into_iter().find(|p| {
-            p.metadata.name.as_deref() != Some(old_name.as_str())
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }))
+        Ok(matches!(get_json(&http, &format!("{url}/api/hyperfleet")).await, Ok((200, _))).then_some(()))
     })
     .await
-    .context("a replacement API pod became Ready")?;
-    let pf =
-        release.port_forward(&format!("pod/{}", replacement.metadata.name.clone().unwrap_or_default()), 8000).await?;
+    .context("the API's Service answers through kube-proxy")?;
+
+    // One writer, one request at a time, no retries: what a careful client sees.
+    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writer = {
+        let (stop, sent, failures, http, url) = (stop.clone(), sent.clone(), failures.clone(), http.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            for i in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                    break;
+                }
+                match post_cluster_with(&http, &url, &format!("roll-{i}"), json!({})).await {
+                    Ok(id) => acked.push(id),
+                    Err(e) => failures.lock().map(|mut f| f.push(format!("request {i}: {e:#}"))).unwrap_or_default(),
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            acked
+        })
+    };
+    let sent_at_least = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            eventually(Duration::from_secs(60), || async { Ok((sent.load(Ordering::Relaxed) >= n).then_some(())) }).await
+        }
+    };
+    sent_at_least(20).await?;
+
+    // `kubectl rollout restart deployment/hyperfleet-api`.
+    let deployments: Api<Deployment> = Api::namespaced(release.kube.clone(), &release.namespace);
+    let restarted = json!({"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": chrono::Utc::now().to_rfc3339()}}}}});
+    deployments.patch("hyperfleet-api", &PatchParams::default(), &Patch::Merge(&restarted)).await?;
+    eventually(Duration::from_secs(180), || async {
+        let pods = release.pods("api").await?;
+        let old_gone = pods.iter().all(|p| p.metadata.name.as_deref() != Some(old_name.as_str()));
+        let new_ready = pods.iter().any(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        Ok((old_gone && new_ready).then_some(()))
+    })
+    .await
+    .with_context(|| format!("the rollout replaced {old_name}"))?;
+    // A few more through the new pod, then stop.
+    sent_at_least(sent.load(Ordering::Relaxed) + 20).await?;
+    stop.store(true, Ordering::Relaxed);
+    let acked = tokio::time::timeout(Duration::from_secs(60), writer).await??;
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rolling restart: {:?}",
+        failures.len(),
+        acked.len() + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let mut missing = Vec::new();
     for id in &acked {
-        let (status, _) = get_json(&pf.http, &format!("{}/api/hyperfleet/v1/clusters/{id}", pf.url)).await?;
-        if status != 200 {
+        if get_json(&http, &format!("{url}/api/hyperfleet/v1/clusters/{id}")).await?.0 != 200 {
             missing.push(id.clone());
         }
     }
     assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {missing:?}", missing.len(), acked.len());
-    println!("{} creates acknowledged while the API pod was deleted; all present after", acked.len());
-    drop(pf);
+    println!("{} creates through the Service during a rolling restart of the API: every one 201 and present", acked.len());
     release.uninstall().await
 }
 

@@ -83,7 +83,30 @@ async fn build(
     Ok(App { router: hyperfleet_api::router(state), db, pool })
 }
 
+/// A server of the app's router on a loopback port of its own; stopped when dropped.
+pub struct Served {
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl App {
+    /// Serves the router over a real socket, for clients outside the test process.
+    pub async fn serve(&self) -> Result<Served> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = self.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Served { url, task })
+    }
+
     /// The app's database pool, for setting up states the API cannot reach by itself.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.pool

@@ -1,6 +1,7 @@
 //! The sentinel: one pass over N clusters seeded straight into the database — wall and CPU time,
 //! confirmed events per second — beside a raw lapin publisher with confirms (same message size,
-//! same exchange, same pipelining) in the same run.
+//! same exchange, same pipelining) in the same run; and the pass's listing as the sentinel asks
+//! for it now (`total=false`, the decision's fields) beside how it asked before.
 
 use std::{
     path::Path,
@@ -51,6 +52,34 @@ async fn raw_publish(cfg: &hyperfleet_common::broker::BrokerConfig, n: usize, bo
     Ok((n as f64 / secs, cpu))
 }
 
+/// Walks every cluster the way the sentinel's pass lists them (100 a page in id order, each page
+/// after the last id of the one before) and returns the wall seconds and the API's CPU seconds.
+/// `lean` asks as the sentinel does now (`total=false`, only the fields it decides on); otherwise as
+/// it did before (every field and a `total` per page).
+async fn list_walk(api: &Service, port: u16, lean: bool) -> Result<(f64, f64)> {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/hyperfleet/v1/clusters");
+    let (started, cpu_before) = (Instant::now(), cpu_seconds(api.pid()));
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("size", "100".to_string()), ("order", "id asc".to_string())];
+        if lean {
+            query.push(("fields", "id,kind,href,generation,owner_references,created_time,status".into()));
+            query.push(("total", "false".into()));
+        }
+        if let Some(id) = &after {
+            query.push(("search", format!("id > '{id}'")));
+        }
+        let page: Value = http.get(&url).query(&query).send().await?.error_for_status()?.json().await?;
+        let items = page["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+        match items.last().and_then(|i| i["id"].as_str()) {
+            Some(last) if items.len() == 100 => after = Some(last.to_string()),
+            _ => break,
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), cpu_seconds(api.pid()) - cpu_before))
+}
+
 /// One sentinel pass over `n` new clusters: wall and CPU seconds, confirmed events per second, and
 /// the raw publisher's rate in the same run.
 pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
@@ -90,6 +119,14 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     let (body, _) = hyperfleet_common::cloudevent::encode(&sample)?;
     let (raw, raw_cpu) = raw_publish(&broker, n as usize, &body).await?;
     sentinel.stop().await;
+    // The pass's listing as it was before `total=false` and `fields` (the bounds issue), and as now.
+    let (full_s, full_cpu) = list_walk(&api, port, false).await?;
+    let (lean_s, lean_cpu) = list_walk(&api, port, true).await?;
+    println!(
+        "{n:>7} clusters: the pass's listing with total and every field {full_s:>6.2} s ({full_cpu:.2} s API CPU), \
+         total=false with the decision's fields {lean_s:>6.2} s ({lean_cpu:.2} s) | {:.2}x faster",
+        full_s / lean_s.max(0.001)
+    );
     api.stop().await;
     if let Ok(c) = broker.connect("hyperfleet-bench-cleanup").await {
         if let Ok(ch) = c.create_channel().await {
@@ -107,5 +144,7 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     );
     Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
               "raw_lapin_per_s": raw, "raw_lapin_cpu_s": raw_cpu, "ratio": rate / raw,
-              "cpu_ratio": cpu / raw_cpu.max(0.01), "sentinel_rss_mib": rss}))
+              "cpu_ratio": cpu / raw_cpu.max(0.01), "sentinel_rss_mib": rss,
+              "list_full_s": full_s, "list_full_api_cpu_s": full_cpu, "list_lean_s": lean_s,
+              "list_lean_api_cpu_s": lean_cpu}))
 }
