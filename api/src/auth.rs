@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use crate::{
     authz::{Action, AuthzConfig},
     error::ApiError,
-    model::SYSTEM_IDENTITY,
+    domain::model::SYSTEM_IDENTITY,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -186,13 +186,13 @@ impl From<sqlx::Error> for ApiError {
             // A saturated pool is not a database in trouble: no pings for it.
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ApiError::Unavailable(e),
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                crate::note_db_trouble();
+                crate::store::pool::note_db_trouble();
                 ApiError::Unavailable(e)
             }
             // The server is going away or restarting (admin_shutdown, crash_shutdown,
             // cannot_connect_now) or the connection broke (class 08): the same as no connection.
             sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
-                crate::note_db_trouble();
+                crate::store::pool::note_db_trouble();
                 ApiError::Unavailable(e)
             }
             // lock_not_available (lock_timeout), query_canceled (statement_timeout)

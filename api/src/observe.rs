@@ -154,7 +154,7 @@ async fn refresh(db: &PgPool, threshold: Duration) {
     db_query("reconciliation_stats", started);
     match rows {
         Ok(rows) => {
-            for kind in [crate::model::Kind::Cluster, crate::model::Kind::NodePool] {
+            for kind in [crate::domain::model::Kind::Cluster, crate::domain::model::Kind::NodePool] {
                 let row = rows.iter().find(|r| r.kind == kind.name());
                 let labels = [("resource_type", kind.plural())];
                 let (pending, stuck, secs) = row.map_or((0, 0, 0.0), |r| (r.pending, r.stuck, r.stuck_seconds));

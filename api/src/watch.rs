@@ -25,15 +25,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use sqlx::{Arguments, FromRow, PgConnection, PgPool, postgres::PgArguments};
+use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    config::WatchConfig,
+    domain::{model::Kind, search::Filter},
     error::ApiError,
-    model::{COLUMNS, Kind, Row},
-    resources::AppState,
-    search::Filter,
+    store::changes::{self, Change},
 };
 
 pub const NDJSON: &str = "application/x-ndjson";
@@ -124,7 +125,7 @@ async fn read_changes(
 ) {
     let mut last = loop {
         match pool.acquire().await {
-            Ok(mut conn) => match current_version(&mut conn).await {
+            Ok(mut conn) => match changes::current_version(&mut conn).await {
                 Ok(v) => break v,
                 Err(e) => tracing::debug!(error = %e, "change reader cannot start yet"),
             },
@@ -140,23 +141,17 @@ async fn read_changes(
     }
     // Per kind: the end of the last batch sent, where its next batch starts.
     let mut sent = [last, last];
-    let sql = format!(
-        "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
-         cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
-         where c.seq > $1 order by c.seq limit $2"
-    );
     loop {
         // Everything committed since `last`, then wait for news (or the fallback poll).
         loop {
             metrics::counter!("hyperfleet_api_watch_queries_total", "by" => "reader").increment(1);
-            let changes: Vec<Change> =
-                match sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(last).bind(BATCH).fetch_all(&pool).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "change reader query failed; retrying");
-                        break;
-                    }
-                };
+            let changes = match changes::after(&pool, last, BATCH).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "change reader query failed; retrying");
+                    break;
+                }
+            };
             let full = changes.len() as i64 == BATCH;
             let Some(upto) = changes.last().map(|c| c.seq) else { break };
             // Per kind, batches of at most BATCH_BYTES of lines, each starting where the last ended.
@@ -196,6 +191,30 @@ async fn read_changes(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(FALLBACK_POLL) => {}
         }
+    }
+}
+
+/// The change feeds of the process: the shared reader, the bound on open streams, their settings
+/// and the token that ends them all when the server stops.
+#[derive(Clone)]
+pub struct Watches {
+    db: PgPool,
+    feed: Feed,
+    streams: Streams,
+    cfg: WatchConfig,
+    stop: CancellationToken,
+}
+
+impl Watches {
+    /// Starts the reader (see [`Feed::start`]); every stream ends when `stop` is cancelled.
+    pub fn start(db: PgPool, cfg: WatchConfig, stop: CancellationToken) -> Self {
+        Watches { feed: Feed::start(db.clone()), streams: Streams::new(&cfg), db, cfg, stop }
+    }
+
+    /// Answers a `?watch=true` request of `client` (its identity, or its address without
+    /// authentication).
+    pub async fn respond(&self, sel: Selection, resume: Option<&str>, client: &str) -> Result<Response, ApiError> {
+        respond(self.clone(), sel, resume, client).await
     }
 }
 
@@ -258,24 +277,6 @@ impl Drop for StreamSlot {
     }
 }
 
-/// The newest committed change number (what a watch without `resource_version` starts after).
-pub async fn current_version(conn: &mut PgConnection) -> Result<i64, ApiError> {
-    Ok(sqlx::query_scalar(
-        "select greatest((select coalesce(max(seq), 0) from resource_changes), \
-                         (select pruned_through from resource_changes_horizon))",
-    )
-    .fetch_one(conn)
-    .await?)
-}
-
-#[derive(FromRow)]
-struct Change {
-    seq: i64,
-    change_type: String,
-    #[sqlx(flatten)]
-    row: Row,
-}
-
 /// What one watch selects.
 pub struct Selection {
     pub kind: Kind,
@@ -287,17 +288,15 @@ pub struct Selection {
     pub until: Option<tokio::time::Instant>,
 }
 
-/// Answers a `?watch=true` request of `client` (its identity, or its address without authentication).
-pub async fn respond(
-    state: AppState,
+async fn respond(
+    state: Watches,
     sel: Selection,
     resume: Option<&str>,
     client: &str,
 ) -> Result<Response, ApiError> {
     let slot = state.streams.open(client)?;
     let mut conn = state.db.acquire().await?;
-    let pruned: i64 =
-        sqlx::query_scalar("select pruned_through from resource_changes_horizon").fetch_one(&mut *conn).await?;
+    let pruned = changes::pruned_through(&mut *conn).await?;
     let start = match resume {
         Some(raw) => {
             let v: i64 = raw.trim().parse().map_err(|_| {
@@ -316,7 +315,7 @@ pub async fn respond(
             }
             v
         }
-        None => current_version(&mut conn).await?,
+        None => changes::current_version(&mut conn).await?,
     };
     drop(conn);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
@@ -344,7 +343,7 @@ fn event_line(c: &Change) -> Bytes {
     struct Event<'a> {
         #[serde(rename = "type")]
         kind: &'a str,
-        object: crate::model::Resource,
+        object: crate::domain::model::Resource,
         resource_version: String,
     }
     let event = Event { kind: &c.change_type, object: c.row.to_resource(), resource_version: c.seq.to_string() };
@@ -366,25 +365,15 @@ fn line(v: serde_json::Value) -> Bytes {
 /// the reader's position), after a batch that starts past it (the reader's start, or batches it
 /// missed), or after falling more than [`FEED_BUFFER`] batches behind. With a filter it runs its
 /// own query for what the reader has seen since, when the reader has seen something.
-async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
+async fn stream(state: Watches, sel: Selection, mut last: i64, tx: mpsc::Sender<Bytes>) {
     // Subscribed before the position is read: a batch sent before that was published before it
     // (the reader publishes first), so the catch-up up to the position covers it.
     let mut batches = state.feed.batches[channel(sel.kind.name())].subscribe();
     let mut position = state.feed.position.clone();
     let shared = sel.filter.is_none();
-    let heartbeat = state.watch.heartbeat;
-    let stall = state.watch.stall_timeout;
+    let heartbeat = state.cfg.heartbeat;
+    let stall = state.cfg.stall_timeout;
     let mut idle_since = tokio::time::Instant::now();
-    let search_params = sel.filter.as_ref().map_or(&[][..], |f| &f.params[..]);
-    let and_search = sel.filter.as_ref().map(|f| format!(" and ({})", f.sql)).unwrap_or_default();
-    let n = 3 + search_params.len();
-    let sql = format!(
-        "select c.seq, c.change_type, {COLUMNS} from resource_changes c \
-         cross join lateral jsonb_populate_record(null::resources, c.snapshot) r \
-         where c.seq > ${n} and c.seq <= ${} and kind = $1 and ($2::uuid is null or owner_id = $2){and_search} \
-         order by c.seq limit {BATCH}",
-        n + 1
-    );
     let mut behind = true;
     loop {
         // Never below the end of a batch already received: the reader publishes first.
@@ -395,28 +384,16 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
             if behind && shared {
                 // Resuming from the database: a position the pruner has passed meanwhile is gone;
                 // ending the stream makes the client resume and get 410 (list again).
-                match sqlx::query_scalar::<_, i64>("select pruned_through from resource_changes_horizon")
-                    .fetch_one(&state.db)
-                    .await
-                {
+                match changes::pruned_through(&state.db).await {
                     Ok(pruned) if pruned > last => return,
                     _ => {}
                 }
             }
             // What the reader has seen after `last`, from the database: matching changes in
             // (last, reader_at], at most BATCH of them per query.
-            let mut args = PgArguments::default();
-            let mut ok = args.add(sel.kind.name()).is_ok() && args.add(sel.parent).is_ok();
-            for p in search_params {
-                ok &= p.add_to(&mut args).is_ok();
-            }
-            ok &= args.add(last).is_ok() && args.add(reader_at).is_ok();
-            if !ok {
-                return;
-            }
             metrics::counter!("hyperfleet_api_watch_queries_total", "by" => "watcher").increment(1);
-            match sqlx::query_as_with::<_, Change, _>(sqlx::AssertSqlSafe(sql.clone()), args).fetch_all(&state.db).await
-            {
+            let selection = (sel.kind, sel.parent, sel.filter.as_ref());
+            match changes::selected(&state.db, selection, (last, reader_at), BATCH).await {
                 Ok(changes) => {
                     let full = changes.len() as i64 == BATCH;
                     let mut upto = reader_at;
@@ -451,7 +428,7 @@ async fn stream(state: AppState, sel: Selection, mut last: i64, tx: mpsc::Sender
             }
         };
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.stop.cancelled() => return,
             _ = expired => return,
             _ = tx.closed() => return,
             r = batches.recv(), if shared => match r {
@@ -511,17 +488,7 @@ pub fn spawn_pruner(pool: PgPool, retention: Duration, shutdown: tokio_util::syn
             // Oldest first, so the horizon is always the highest pruned number; a backlog (after
             // downtime or a burst) goes in several bounded statements, never one unbounded one.
             loop {
-                let pruned: Result<i64, _> = sqlx::query_scalar(
-                    "with gone as (delete from resource_changes where seq in (select seq from resource_changes \
-                         where changed_at < now() - make_interval(secs => $1) order by seq limit $2) returning seq), \
-                     horizon as (update resource_changes_horizon set pruned_through = greatest(pruned_through, \
-                         coalesce((select max(seq) from gone), 0))) \
-                     select count(*) from gone",
-                )
-                .bind(retention.as_secs_f64())
-                .bind(PRUNE_BATCH)
-                .fetch_one(&pool)
-                .await;
+                let pruned = changes::prune(&pool, retention, PRUNE_BATCH).await;
                 match pruned {
                     Ok(n) if n == PRUNE_BATCH && !shutdown.is_cancelled() => continue,
                     Ok(_) => break,

@@ -157,7 +157,7 @@ async fn a_held_write_lock_times_writes_out_while_readiness_stays_up() -> Result
     let mut holder = PgConnection::connect_with(&env.pg_options(&db.name)?).await?;
     sqlx::query("begin").execute(&mut holder).await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(hyperfleet_api::resources::VERSION_LOCK)
+        .bind(hyperfleet_api::store::VERSION_LOCK)
         .execute(&mut holder)
         .await?;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail};
 use axum::http::{Method, StatusCode};
-use hyperfleet_api::{API_PREFIX, resources};
+use hyperfleet_api::{API_PREFIX, http};
 use hyperfleet_tests::LocalEnv;
 use serde_json::Value;
 use support::{app, header};
@@ -38,7 +38,7 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router() -> Result<()
     // The documented paths are exactly the routed ones.
     let paths = doc["paths"].as_object().context("paths")?;
     let documented: BTreeSet<String> = paths.keys().cloned().collect();
-    let mut routed: BTreeSet<String> = resources::routes().iter().map(|(p, _)| format!("{API_PREFIX}{p}")).collect();
+    let mut routed: BTreeSet<String> = http::routes().iter().map(|(p, _)| format!("{API_PREFIX}{p}")).collect();
     routed.extend([format!("{API_PREFIX}/openapi"), format!("{API_PREFIX}/openapi.html"), "/api/hyperfleet".into()]);
     assert_eq!(documented, routed);
 
@@ -102,7 +102,8 @@ async fn generated_requests_get_answers_the_document_describes() -> Result<()> {
         app.call(Method::POST, &format!("{}/{cluster}/nodepools", support::CLUSTERS), Some(&nodepool)).await?;
     assert_eq!(status, StatusCode::CREATED, "{n}");
     let nodepool = n["id"].as_str().context("nodepool id")?.to_string();
-    let served = app.serve().await?;
+    let mut app = app;
+    let served = app.serve()?;
     let scratch = std::env::temp_dir().join(format!("hyperfleet-schemathesis-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&scratch)?;
     let config = scratch.join("schemathesis.toml");

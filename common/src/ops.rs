@@ -60,8 +60,15 @@ struct HealthState {
 /// Histogram buckets (seconds) of every `*_duration_seconds` metric: 5 ms to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the global Prometheus recorder (once per process) and returns its handle.
+/// Installs the global Prometheus recorder (once per process) and returns its handle; a second
+/// call (a test starting a second service in the process) gets the same handle.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), DURATION_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -75,7 +82,7 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
             upkeep.run_upkeep();
         }
     });
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// What the health and metrics listeners ask the service.

@@ -1,17 +1,22 @@
-//! Test harness: the API router on a fresh, migrated database per test, called without a socket.
+//! Test harness: the API as the binary wires it, on a fresh, migrated database per test, called
+//! without a socket (or served on its own, for clients outside the process).
 #![allow(dead_code)]
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use axum::{
     Router,
     body::{Body, to_bytes},
     extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
-use hyperfleet_api::config::{RequiredAdapters, WatchConfig};
+use hyperfleet_api::{
+    ApiConfig, Application,
+    config::{RequiredAdapters, SslMode, WatchConfig},
+};
+use hyperfleet_common::{config::Secret, ops::Listen};
 use hyperfleet_tests::{LocalEnv, TestDb};
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 pub const CLUSTERS: &str = "/api/hyperfleet/v1/clusters";
@@ -24,6 +29,8 @@ pub struct App {
     router: Router,
     db: TestDb,
     pool: sqlx::PgPool,
+    /// Until [`App::serve`] takes it: the application with its API listener bound.
+    application: Option<Application>,
 }
 
 pub async fn app() -> Result<App> {
@@ -45,45 +52,63 @@ pub async fn app_with_authz(
     jwt: hyperfleet_api::auth::JwtConfig,
     authz: hyperfleet_api::authz::AuthzConfig,
 ) -> Result<App> {
-    let env = LocalEnv::load()?;
-    let db = TestDb::create(&env).await?;
-    let pool = PgPoolOptions::new().max_connections(4).connect_with(env.pg_options(&db.name)?).await?;
-    hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let auth = hyperfleet_api::auth::Authenticator::new(jwt, authz).await.map_err(anyhow::Error::msg)?;
-    let state = hyperfleet_api::AppState::new(pool.clone(), RequiredAdapters::default()).with_auth(Some(auth));
-    Ok(App { router: hyperfleet_api::router(state), db, pool })
+    build(|cfg| {
+        cfg.jwt = jwt;
+        cfg.authz = authz;
+    })
+    .await
 }
 
 /// An app with the given request limits and change-feed settings.
 pub async fn app_bounded(limits: hyperfleet_api::config::LimitsConfig, watch: WatchConfig) -> Result<App> {
-    build(RequiredAdapters::default(), |s| s.with_watch(watch, Default::default()).with_limits(limits)).await
+    build(|cfg| {
+        cfg.limits = limits;
+        cfg.watch = watch;
+    })
+    .await
 }
 
 /// An app where `optional` adapters may report besides the required ones.
 pub async fn app_with_optional(optional: &[&str]) -> Result<App> {
     let names = optional.iter().map(|s| s.to_string()).collect();
-    build(RequiredAdapters::default(), |s| s.with_optional_adapters(names)).await
+    build(|cfg| cfg.optional_adapters = names).await
 }
 
 /// An app with the given adapters and change-feed settings.
 pub async fn app_configured(adapters: RequiredAdapters, watch: WatchConfig) -> Result<App> {
-    build(adapters, |s| s.with_watch(watch, Default::default())).await
+    build(|cfg| {
+        cfg.required_adapters = adapters;
+        cfg.watch = watch;
+    })
+    .await
 }
 
-/// The router on a fresh, migrated database, its state as `configure` makes it.
-async fn build(
-    adapters: RequiredAdapters,
-    configure: impl FnOnce(hyperfleet_api::AppState) -> hyperfleet_api::AppState,
-) -> Result<App> {
+/// The API as `hyperfleet-api serve` wires it ([`Application::build`]) on a fresh, migrated
+/// database (`verify-full` TLS), every listener on a free loopback port, its configuration as
+/// `configure` makes it.
+async fn build(configure: impl FnOnce(&mut ApiConfig)) -> Result<App> {
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(env.pg_options(&db.name)?).await?;
-    hyperfleet_api::MIGRATOR.run(&pool).await?;
-    let state = configure(hyperfleet_api::AppState::new(pool.clone(), adapters));
-    Ok(App { router: hyperfleet_api::router(state), db, pool })
+    let mut cfg = ApiConfig {
+        server: Listen::new("127.0.0.1", 0),
+        health: Listen::new("127.0.0.1", 0),
+        metrics: Listen::new("127.0.0.1", 0),
+        ..Default::default()
+    };
+    cfg.database.host = env.get("HF_DB_HOST")?.into();
+    cfg.database.port = env.get("HF_DB_PORT")?.parse()?;
+    cfg.database.username = env.get("HF_DB_USER")?.into();
+    cfg.database.password = Secret::new(env.get("HF_DB_PASSWORD")?);
+    cfg.database.name = db.name.clone();
+    cfg.database.ssl.mode = SslMode::VerifyFull;
+    cfg.database.ssl.root_cert_file = Some(env.get("HF_DB_CA_FILE")?.into());
+    configure(&mut cfg);
+    hyperfleet_api::migrate(&cfg).await?;
+    let application = Application::build(cfg, CancellationToken::new()).await?;
+    Ok(App { router: application.router(), pool: application.db().clone(), db, application: Some(application) })
 }
 
-/// A server of the app's router on a loopback port of its own; stopped when dropped.
+/// A server of the app on a loopback port of its own; stopped when dropped.
 pub struct Served {
     pub url: String,
     task: tokio::task::JoinHandle<()>,
@@ -96,13 +121,13 @@ impl Drop for Served {
 }
 
 impl App {
-    /// Serves the router over a real socket, for clients outside the test process.
-    pub async fn serve(&self) -> Result<Served> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let app = self.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+    /// Serves the API over its real socket ([`Application::run_until_stopped`]), for clients
+    /// outside the test process.
+    pub fn serve(&mut self) -> Result<Served> {
+        let application = self.application.take().context("the app is served already")?;
+        let url = format!("http://127.0.0.1:{}", application.port());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = application.run_until_stopped().await;
         });
         Ok(Served { url, task })
     }

@@ -17,8 +17,7 @@ use crate::{percentile, rss_mib, seeded_api};
 const SEEDED: i64 = 1000;
 /// The operations measured, in order.
 pub const OPS: [&str; 4] = ["create", "get", "list100", "status_put"];
-const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
-                       created_by, updated_by, deleted_time, deleted_by, version";
+use hyperfleet_api::store::{VERSION_LOCK, resources::COLUMNS};
 
 /// The SQL each API operation runs, as pgbench scripts (`:n` picks one of the seeded clusters).
 pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
@@ -29,7 +28,7 @@ pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
         (
             "create",
             format!(
-                "BEGIN;\nSELECT pg_advisory_xact_lock(7306195426);\n\
+                "BEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\
                  INSERT INTO resources (id, kind, name, owner_id, spec, labels, conditions, created_time, updated_time, created_by, updated_by) \
                  VALUES (gen_random_uuid(), 'Cluster', 'p' || replace(gen_random_uuid()::text, '-', ''), NULL, '{{\"region\":\"eu\"}}', '{{}}', '{conditions}', now(), now(), 'system@hyperfleet.local', 'system@hyperfleet.local') \
                  RETURNING {COLUMNS};\nCOMMIT;\n"
@@ -58,7 +57,7 @@ pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
         (
             "status_put",
             format!(
-                "\\set n random(1, {SEEDED})\nBEGIN;\nSELECT pg_advisory_xact_lock(7306195426);\n\
+                "\\set n random(1, {SEEDED})\nBEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\
                  SELECT {COLUMNS} FROM resources WHERE id = (SELECT id FROM bench_ids WHERE n = :n) AND kind = 'Cluster' FOR UPDATE;\n\
                  SELECT * FROM adapter_statuses WHERE resource_id = (SELECT id FROM bench_ids WHERE n = :n) AND adapter = 'landing-zone' FOR UPDATE;\n\
                  INSERT INTO adapter_statuses (resource_id, adapter, observed_generation, conditions, data, created_time, last_report_time) \

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{FromRow, types::Json};
 use uuid::Uuid;
 
-use crate::{API_PREFIX, aggregation::Condition};
+use crate::{API_PREFIX, domain::aggregation::Condition};
 
 /// The resource kinds this API serves. NodePools are children of Clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,4 +210,32 @@ impl Row {
             deleted_by: self.deleted_by.clone(),
         }
     }
+}
+
+/// One adapter's latest report about a resource.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdapterStatus {
+    pub adapter: String,
+    pub observed_generation: i32,
+    pub conditions: Vec<AdapterCondition>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    pub metadata: Option<Value>,
+    pub created_time: String,
+    pub last_report_time: String,
+}
+
+/// A condition of an adapter's report as clients see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdapterCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub last_transition_time: String,
 }

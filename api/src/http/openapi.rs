@@ -1,11 +1,11 @@
 //! The OpenAPI 3.1 document, built from the same route table as the router
-//! ([`crate::resources::routes`]) and from the response types themselves (`utoipa::ToSchema`).
+//! ([`crate::http::routes`]) and from the response types themselves (`utoipa::ToSchema`).
 //!
 //! Served at `/api/hyperfleet/v1/openapi` (JSON) and browsable at `/api/hyperfleet/v1/openapi.html`;
 //! both are public. A test checks that every documented operation is served and every other
 //! method on a documented path answers 405, and that the document validates as OpenAPI 3.1.
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::sync::OnceLock;
 
 use axum::{
     Router,
@@ -13,8 +13,6 @@ use axum::{
     response::{Html, IntoResponse},
     routing::get,
 };
-use serde::Deserialize;
-use serde_json::Value;
 use utoipa::{
     ToSchema,
     openapi::{
@@ -29,72 +27,12 @@ use utoipa::{
 
 use crate::{
     API_PREFIX,
+    domain::{
+        model::{AdapterStatus, Kind, Resource},
+        validation::{ForceDelete, ResourceCreate, ResourcePatch, StatusReport},
+    },
     error::{PROBLEM_JSON, Problem},
-    model::{Kind, Resource},
-    statuses::AdapterStatus,
 };
-
-/// Body of `POST /clusters` and `POST /clusters/{cluster_id}/nodepools`.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-pub struct ResourceCreate {
-    /// `Cluster` or `NodePool`, matching the route.
-    kind: String,
-    /// Lowercase letters, digits and `-`, starting with a letter; 3–53 characters for clusters,
-    /// 3–15 for nodepools; unique among live resources of the kind (per cluster for nodepools).
-    name: String,
-    /// Free-form provider specification; must be an object.
-    #[schema(value_type = Object)]
-    spec: Value,
-    /// Kubernetes-style labels (keys with an optional DNS prefix, values up to 63 characters).
-    labels: Option<BTreeMap<String, String>>,
-}
-
-/// Body of PATCH: each member given replaces the stored one wholesale.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-pub struct ResourcePatch {
-    #[schema(value_type = Option<Object>)]
-    spec: Option<Value>,
-    labels: Option<BTreeMap<String, String>>,
-}
-
-/// Body of `force-delete`.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-pub struct ForceDelete {
-    /// Why the resource is removed without its adapters' confirmation (1–1024 characters).
-    reason: String,
-}
-
-/// A condition inside an adapter's report.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-pub struct ReportedCondition {
-    /// `Available`, `Applied` and `Health` are mandatory; `Finalized` reports cleanup.
-    #[serde(rename = "type")]
-    kind: String,
-    /// `True`, `False` or `Unknown`.
-    status: String,
-    reason: Option<String>,
-    message: Option<String>,
-}
-
-/// Body of `PUT …/statuses`: one adapter's report about one generation of a resource.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-pub struct StatusReport {
-    adapter: String,
-    observed_generation: i32,
-    /// When the adapter observed the resource (RFC 3339); reports older than the stored one, or
-    /// from the future, are discarded with 204.
-    observed_time: String,
-    conditions: Vec<ReportedCondition>,
-    #[schema(value_type = Option<Object>)]
-    data: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<Value>,
-}
 
 /// A page of resources.
 #[allow(dead_code)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    search::{self, Filter},
+    domain::search::{self, Filter},
 };
 
 /// The list envelope; `size` is the number of items returned.

@@ -1,0 +1,205 @@
+//! Clusters and nodepools in the `resources` table.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, types::Json as SqlJson};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        aggregation::{self, Condition},
+        model::{Kind, Row},
+        search::Filter,
+    },
+    error::ApiError,
+    store::{selection_args, selection_sql, statuses},
+};
+
+/// Columns in [`Row`] order.
+pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
+                           created_by, updated_by, deleted_time, deleted_by, version";
+
+/// One resource by id and kind, optionally locked for update.
+pub async fn load(conn: &mut PgConnection, id: Uuid, kind: Kind, lock: bool) -> Result<Option<Row>, ApiError> {
+    let sql = format!("select {COLUMNS} from resources where id = $1 and kind = $2{}", if lock { " for update" } else { "" });
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(kind.name()).fetch_optional(conn).await?)
+}
+
+/// What a create stores.
+pub struct NewRow<'a> {
+    pub kind: Kind,
+    pub name: &'a str,
+    pub owner: Option<Uuid>,
+    pub spec: &'a Map<String, Value>,
+    pub labels: &'a BTreeMap<String, String>,
+    pub conditions: &'a [Condition],
+    pub at: DateTime<Utc>,
+    pub by: &'a str,
+}
+
+/// Inserts a new resource; a live one of the same kind and name (under the same parent) is a
+/// 409 `Duplicate`.
+pub async fn insert(conn: &mut PgConnection, new: NewRow<'_>) -> Result<Row, ApiError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into resources (id, kind, name, owner_id, spec, labels, conditions, created_time, updated_time, \
+         created_by, updated_by) values ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9) returning {COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(new.kind.name())
+    .bind(new.name)
+    .bind(new.owner)
+    .bind(SqlJson(new.spec))
+    .bind(SqlJson(new.labels))
+    .bind(SqlJson(new.conditions))
+    .bind(new.at)
+    .bind(new.by)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("resources_top_level_name_key" | "resources_child_name_key") => {
+            ApiError::Duplicate { kind: new.kind.name() }
+        }
+        _ => ApiError::from(e),
+    })
+}
+
+/// A new generation with `labels` and, when given, `spec` (a spec left out is not rewritten: the
+/// stored text stays as it is).
+pub async fn update(
+    conn: &mut PgConnection,
+    id: Uuid,
+    spec: Option<&Map<String, Value>>,
+    labels: &BTreeMap<String, String>,
+    at: DateTime<Utc>,
+    by: &str,
+) -> Result<Row, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update resources set spec = coalesce($2, spec), labels = $3, generation = generation + 1, updated_time = $4, \
+         updated_by = $5 where id = $1 returning {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(spec.map(SqlJson))
+    .bind(SqlJson(labels))
+    .bind(at)
+    .bind(by)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Marks one resource deleted (a new generation).
+pub async fn mark_deleted(conn: &mut PgConnection, id: Uuid, at: DateTime<Utc>, by: &str) -> Result<Row, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
+         generation = generation + 1 where id = $1 returning {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(at)
+    .bind(by)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Marks every live child of `owner` deleted, in one statement; returns them.
+pub async fn mark_children_deleted(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    at: DateTime<Utc>,
+    by: &str,
+) -> Result<Vec<Row>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
+         generation = generation + 1 where owner_id = $1 and deleted_time is null returning {COLUMNS}"
+    )))
+    .bind(owner)
+    .bind(at)
+    .bind(by)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Removes resources for good (their children, reports and conditions go with them: the foreign
+/// keys cascade).
+pub async fn delete(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), ApiError> {
+    sqlx::query("delete from resources where id = any($1)").bind(ids).execute(conn).await?;
+    Ok(())
+}
+
+/// Whether `owner` has children: any (`live_only` false) or only those not marked for deletion.
+pub async fn has_children(conn: &mut PgConnection, owner: Uuid, live_only: bool) -> Result<bool, ApiError> {
+    let sql = if live_only {
+        "select exists(select 1 from resources where owner_id = $1 and deleted_time is null)"
+    } else {
+        "select exists(select 1 from resources where owner_id = $1)"
+    };
+    Ok(sqlx::query_scalar(sql).bind(owner).fetch_one(conn).await?)
+}
+
+/// Recomputes a resource's aggregated conditions from its adapters' reports and stores them when
+/// they changed; returns the row as it is now.
+pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[String]) -> Result<Row, ApiError> {
+    let reports = statuses::reports(conn, row.id).await?;
+    let live_children = has_children(conn, row.id, true).await?;
+    let conditions = aggregation::aggregate(&aggregation::Input {
+        generation: row.generation,
+        ref_time: row.updated_time,
+        deleting: row.deleted_time.is_some(),
+        live_children,
+        required,
+        reports: &reports,
+        previous: &row.conditions.0,
+    });
+    if conditions != row.conditions.0 {
+        row.version = sqlx::query_scalar("update resources set conditions = $2 where id = $1 returning version")
+            .bind(row.id)
+            .bind(SqlJson(&conditions))
+            .fetch_one(&mut *conn)
+            .await?;
+        if row.conditions.0.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "True")
+            && conditions.iter().any(|c| c.kind == aggregation::RECONCILED && c.status == "False")
+        {
+            metrics::counter!("hyperfleet_api_reconciliation_started_total",
+                "resource_type" => row.kind().plural(), "is_delete" => row.deleted_time.is_some().to_string())
+            .increment(1);
+        }
+        row.conditions = SqlJson(conditions);
+    }
+    Ok(row)
+}
+
+/// One page of a list.
+pub struct Page {
+    /// Matching resources across all pages (when asked for).
+    pub total: Option<i64>,
+    pub rows: Vec<Row>,
+}
+
+/// A page of the resources of `kind` (under `parent`) matching `filter`, in `order` (a clause
+/// the listing parameters built from an allowlist). `total` counts them all, in the same snapshot.
+pub async fn list(
+    conn: &mut PgConnection,
+    kind: Kind,
+    parent: Option<Uuid>,
+    filter: Option<&Filter>,
+    order: &str,
+    (limit, offset): (i64, i64),
+    total: bool,
+) -> Result<Page, ApiError> {
+    let (selection, n) = selection_sql(filter);
+    let total = if total {
+        let sql = format!("select count(*) from resources where {selection}");
+        Some(
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), selection_args(kind.name(), parent, filter, &[])?)
+                .fetch_one(&mut *conn)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let sql = format!("select {COLUMNS} from resources where {selection} order by {order} limit ${n} offset ${}", n + 1);
+    let rows = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), selection_args(kind.name(), parent, filter, &[limit, offset])?)
+        .fetch_all(conn)
+        .await?;
+    Ok(Page { total, rows })
+}
