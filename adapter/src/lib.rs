@@ -33,11 +33,11 @@ use std::{
 
 use futures_util::StreamExt;
 use hyperfleet_common::{
+    api_client::{self, ApiClient, CallError},
     broker::BrokerError,
     cloudevent::{self, EventError},
     ops,
     process::ServiceConfig,
-    token::{ApiCredentials, problem_detail},
 };
 use kube::Client;
 use lapin::{
@@ -120,9 +120,8 @@ struct Worker {
     cfg: AdapterConfig,
     task: Task,
     objects: Objects,
-    http: reqwest::Client,
-    /// The bearer token (if configured) and whether the API refuses it.
-    creds: ApiCredentials,
+    /// The API with the bearer token (if configured).
+    api: ApiClient,
 }
 
 /// Runs the adapter until `shutdown` is cancelled; in-flight events finish first.
@@ -147,19 +146,16 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     ops::serve(&cfg.health, &cfg.metrics, ops::Probes::ready(check), prometheus, shutdown.clone())
         .await
         .map_err(|e| Error::Start(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .timeout(cfg.hyperfleet_api.timeout)
-        .user_agent(concat!("hyperfleet-adapter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
+    let api = ApiClient::new("adapter", &cfg.hyperfleet_api.base_url, cfg.hyperfleet_api.timeout, creds)
+        .map_err(Error::Start)?;
     let objects = Objects::new(kube, &cfg.kubernetes.field_manager);
     metrics::gauge!("hyperfleet_adapter_build_info", "component" => "adapter", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
-    let worker = Arc::new(Worker { cfg, task, objects, http, creds });
+    let worker = Arc::new(Worker { cfg, task, objects, api });
     tracing::info!(
         adapter = %worker.cfg.name,
         api = %worker.cfg.hyperfleet_api.base_url,
-        api_token_file = ?worker.creds.token_path(),
+        api_token_file = ?worker.api.credentials().token_path(),
         task = %worker.task.resource,
         objects = worker.task.objects.len(),
         broker = %worker.cfg.broker.endpoint(),
@@ -423,63 +419,32 @@ fn requeue(resource_id: &str, f: &Failure) -> Outcome {
     Outcome::Requeue
 }
 
-/// A request to the API with the bearer token, when one is configured (read again if the file
-/// changed or the last one was refused).
-async fn api_request(worker: &Worker, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, Failure> {
-    let request = worker.http.request(method.clone(), url);
-    match worker.creds.authorization().await {
-        Ok(Some(value)) => Ok(request.header(reqwest::header::AUTHORIZATION, value)),
-        Ok(None) => Ok(request),
-        Err(e) => Err(Failure::requeue(format!("{method} {url}: {e}"), false)),
-    }
-}
-
-/// The API answered: a 401/403 is counted, warned about once per streak (with the problem's
-/// `detail`), and makes the token file be read again; anything else ends such a streak.
-async fn check_auth(worker: &Worker, what: String, resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
-    let status = resp.status().as_u16();
-    if status != 401 && status != 403 {
-        if worker.creds.accepted() {
-            tracing::info!("the API accepts the adapter's credentials again");
+/// A failed API call as a step's failure: a refusal (401/403) is counted, warned about once per
+/// streak (with the problem's `detail`) and requeues the event, as an unreadable token file does;
+/// network errors, 5xx, 408 and 429 are transient; an unreadable body is not.
+fn api_failure(e: CallError) -> Failure {
+    match &e.failure {
+        api_client::Failure::Refused { status, first, detail } => {
+            metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
+            if *first {
+                tracing::warn!(
+                    error = %e.message,
+                    status,
+                    reason = %detail,
+                    "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
+                );
+            }
+            Failure::requeue(e.message, true)
         }
-        return Ok(resp);
+        api_client::Failure::Token => Failure::requeue(e.message, false),
+        _ if e.is_retryable() => Failure::transient(e.message),
+        _ => Failure::permanent(e.message),
     }
-    metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
-    let body = resp.text().await.unwrap_or_default();
-    let detail = problem_detail(&body);
-    if worker.creds.refused().await {
-        tracing::warn!(
-            request = %what,
-            status,
-            reason = %detail,
-            token_file = ?worker.creds.token_path(),
-            "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
-        );
-    }
-    Err(Failure::requeue(format!("{what}: HTTP {status}: {detail}"), true))
-}
-
-fn api_url(worker: &Worker, id: &str) -> String {
-    let base = worker.cfg.hyperfleet_api.base_url.trim_end_matches('/');
-    format!("{base}/api/hyperfleet/v1/{}/{id}", worker.task.resource)
-}
-
-fn http_failure(what: String, status: reqwest::StatusCode) -> Failure {
-    let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-    Failure { transient, requeue: false, refused: false, message: format!("{what}: HTTP {status}") }
 }
 
 /// The resource, or `None` when the API no longer has it.
 async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
-    let url = api_url(worker, id);
-    let request = api_request(worker, reqwest::Method::GET, &url).await?;
-    let resp = request.send().await.map_err(|e| Failure::transient(format!("GET {url}: {e}")))?;
-    let resp = check_auth(worker, format!("GET {url}"), resp).await?;
-    match resp.status() {
-        reqwest::StatusCode::NOT_FOUND => Ok(None),
-        s if !s.is_success() => Err(http_failure(format!("GET {url}"), s)),
-        _ => resp.json().await.map(Some).map_err(|e| Failure::permanent(format!("GET {url}: unreadable body: {e}"))),
-    }
+    worker.api.get(&worker.task.resource, id).await.map_err(api_failure)
 }
 
 /// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
@@ -541,7 +506,6 @@ async fn put_status(
     report: &Report,
     data: &serde_json::Value,
 ) -> Result<(), Failure> {
-    let url = format!("{}/statuses", api_url(worker, &resource.id));
     let conditions: Vec<serde_json::Value> = report
         .conditions
         .iter()
@@ -556,13 +520,7 @@ async fn put_status(
         "conditions": conditions,
         "data": data,
     });
-    let request = api_request(worker, reqwest::Method::PUT, &url).await?;
-    let resp = request.json(&body).send().await.map_err(|e| Failure::transient(format!("PUT {url}: {e}")))?;
-    let resp = check_auth(worker, format!("PUT {url}"), resp).await?;
-    match resp.status().as_u16() {
-        201 | 204 | 404 => Ok(()),
-        _ => Err(http_failure(format!("PUT {url}"), resp.status())),
-    }
+    worker.api.put_status(&worker.task.resource, &resource.id, &body).await.map(|_| ()).map_err(api_failure)
 }
 
 async fn dead_letter(

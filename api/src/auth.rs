@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     authz::{Action, AuthzConfig},
-    error::ApiError,
     domain::model::SYSTEM_IDENTITY,
+    error::ApiError,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -149,8 +149,8 @@ impl Application {
         let stop = CancellationToken::new();
         let state = AppState::new(db.clone(), &cfg, auth, stop.clone());
         watch::spawn_pruner(db.clone(), cfg.watch.retention, stop.clone());
-        let router = http::router(state)
-            .layer(middleware::from_fn_with_state(shutdown.clone(), http::close_while_draining));
+        let router =
+            http::router(state).layer(middleware::from_fn_with_state(shutdown.clone(), http::close_while_draining));
         tracing::info!(%addr, database = %store::pool::endpoint(&cfg), "API listening");
         Ok(Application {
             listener,

@@ -288,12 +288,7 @@ pub struct Selection {
     pub until: Option<tokio::time::Instant>,
 }
 
-async fn respond(
-    state: Watches,
-    sel: Selection,
-    resume: Option<&str>,
-    client: &str,
-) -> Result<Response, ApiError> {
+async fn respond(state: Watches, sel: Selection, resume: Option<&str>, client: &str) -> Result<Response, ApiError> {
     let slot = state.streams.open(client)?;
     let mut conn = state.db.acquire().await?;
     let pruned = changes::pruned_through(&mut *conn).await?;

@@ -136,7 +136,10 @@ parameters = {{ cluster_id = "{cluster}" }}
         .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("{}{API_PREFIX}/openapi", served.url)])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "30", "--max-time", "60"])
         .args(["--seed", "20261202", "--generation-database", "none", "--request-timeout", "10"])
         .args(["--workers", "1", "--no-color", "--wait-for-schema", "10"])

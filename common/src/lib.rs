@@ -9,6 +9,8 @@
 //! * [`ops`] — the health (`/healthz`, `/readyz`) and metrics (`/metrics`) listeners.
 //! * [`process`] — the shared start-up and exit-code handling of the service binaries.
 //! * [`shutdown`] — SIGINT/SIGTERM → a [`tokio_util::sync::CancellationToken`].
+//! * [`api_client`] — the HyperFleet API as the workers call it (list pages, a resource, a status
+//!   report, the change feed) with their bearer token, timeouts and one retryable-status rule.
 //! * [`broker`] — an AMQP 0-9-1 connection from an `amqp://`/`amqps://` URL with a CA bundle and an
 //!   optional client certificate, and idempotent exchange declaration.
 //! * [`cloudevent`] — CloudEvents 1.0 over AMQP in structured mode, and the reconcile-event payload
@@ -18,6 +20,7 @@
 //!   rotated; a refusal (401/403) remembered so that it is logged once per streak.
 #![forbid(unsafe_code)]
 
+pub mod api_client;
 pub mod broker;
 pub mod cloudevent;
 pub mod config;

@@ -24,11 +24,11 @@ use std::{
 use chrono::{DateTime, Utc};
 use decision::{MaxAge, Published, Reason};
 use hyperfleet_common::{
+    api_client::{ApiClient, CallError, Failure},
     broker::BrokerError,
     cloudevent::{self, ObjectRef, ReconcileData},
     ops,
     process::ServiceConfig,
-    token::ApiCredentials,
 };
 use lapin::{
     Channel, Confirmation, Connection,
@@ -88,14 +88,6 @@ impl Resource {
             conditions: self.status.conditions.clone(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct Page {
-    items: Vec<Resource>,
-    /// The change-feed position the list reflects (`x-hyperfleet-resource-version`).
-    #[serde(skip)]
-    version: Option<String>,
 }
 
 /// Liveness and readiness inputs shared with the health listener.
@@ -168,18 +160,16 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
         .await
         .map_err(|e| Error::Start(e.to_string()))?;
 
-    let http = reqwest::Client::builder()
-        .timeout(cfg.hyperfleet_api.timeout)
-        .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Start(format!("HTTP client: {e}")))?;
-    let creds = Arc::new(cfg.hyperfleet_api.credentials().map_err(Error::Start)?);
+    let creds = cfg.hyperfleet_api.credentials().map_err(Error::Start)?;
+    let api = Arc::new(
+        ApiClient::new("sentinel", &cfg.hyperfleet_api.base_url, cfg.hyperfleet_api.timeout, creds)
+            .map_err(Error::Start)?,
+    );
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(&cfg)).increment(0);
     let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
     let mut sentinel = Sentinel {
         cfg,
-        http,
-        creds: creds.clone(),
+        api: api.clone(),
         feed_start: None,
         publisher: None,
         published: HashMap::new(),
@@ -190,7 +180,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
         resource_type = %sentinel.cfg.resource_type,
         selector = %sentinel.cfg.selector_label(),
         api = %sentinel.cfg.hyperfleet_api.base_url,
-        api_token_file = ?sentinel.creds.token_path(),
+        api_token_file = ?sentinel.api.credentials().token_path(),
         broker = %sentinel.cfg.broker.endpoint(),
         exchange = %sentinel.cfg.broker.exchange,
         poll_interval = ?sentinel.cfg.poll_interval,
@@ -200,7 +190,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     if sentinel.cfg.watch {
         let (start_tx, start_rx) = tokio::sync::oneshot::channel();
         sentinel.feed_start = Some(start_tx);
-        watch::spawn(&sentinel.cfg, creds, start_rx, changes_tx, shutdown.clone());
+        watch::spawn(&sentinel.cfg, api, start_rx, changes_tx, shutdown.clone());
     }
     let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,9 +220,8 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
 
 struct Sentinel {
     cfg: SentinelConfig,
-    http: reqwest::Client,
-    /// The bearer token (if configured) and whether the API refuses it; shared with the feed.
-    creds: Arc<ApiCredentials>,
+    /// The API with the bearer token (if configured); shared with the feed.
+    api: Arc<ApiClient>,
     /// Hands the first successful list's change-feed position to the feed, which waits for it.
     feed_start: Option<tokio::sync::oneshot::Sender<Option<String>>>,
     publisher: Option<Publisher>,
@@ -257,7 +246,7 @@ impl Sentinel {
         let started = Instant::now();
         // Connect (or reconnect) up front, so readiness reflects the broker even on idle passes.
         self.connected_publisher().await?;
-        let resources = match fetch_all(&self.http, &self.creds, &self.cfg).await {
+        let resources = match fetch_all(&self.api, &self.cfg).await {
             Ok((r, version)) => {
                 // The first successful list starts the change feed from its position.
                 if let Some(start) = self.feed_start.take() {
@@ -424,26 +413,21 @@ fn metric_labels(cfg: &SentinelConfig) -> [(&'static str, String); 2] {
 }
 
 /// A 401 or 403 from the API (a list page or the change feed): counted each time, warned about
-/// once until a request is accepted again; the token file is read again at the next request.
-async fn refused(creds: &ApiCredentials, cfg: &SentinelConfig, request: &str, status: u16, detail: &str) {
+/// once until a request is accepted again (the client reads the token file again at the next
+/// request). Other failures are not refusals: nothing to do.
+fn note_refusal(api: &ApiClient, cfg: &SentinelConfig, request: &str, e: &CallError) {
+    let Failure::Refused { status, first, detail } = &e.failure else { return };
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(cfg)).increment(1);
-    if creds.refused().await {
+    if *first {
         tracing::warn!(
             request,
             status,
             reason = %detail,
-            token_file = ?creds.token_path(),
+            token_file = ?api.credentials().token_path(),
             "the API refuses the sentinel's credentials; retrying (not logged again until a request succeeds)"
         );
     } else {
         tracing::debug!(request, status, reason = %detail, "the API still refuses the sentinel's credentials");
-    }
-}
-
-/// A request the API accepted: ends a streak of refusals.
-fn accepted(creds: &ApiCredentials) {
-    if creds.accepted() {
-        tracing::info!("the API accepts the sentinel's credentials again");
     }
 }
 
@@ -464,13 +448,7 @@ const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time
 /// at once.
 /// Also returns the change-feed position of the first page: the feed resumes from there, so a
 /// change committed after the list is never missed by both.
-async fn fetch_all(
-    http: &reqwest::Client,
-    creds: &ApiCredentials,
-    cfg: &SentinelConfig,
-) -> Result<(Vec<Resource>, Option<String>), FetchError> {
-    let base = cfg.hyperfleet_api.base_url.trim_end_matches('/');
-    let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
+async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), FetchError> {
     let size = cfg.hyperfleet_api.page_size as usize;
     let selector = cfg.search();
     let mut all = Vec::new();
@@ -488,7 +466,7 @@ async fn fetch_all(
         if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
             query.push(("search", s));
         }
-        let body = fetch_page(http, creds, cfg, &url, &query).await?;
+        let body = fetch_page(api, cfg, &query).await?;
         version = version.or(body.version);
         let got = body.items.len();
         all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
@@ -511,48 +489,23 @@ fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
 }
 
 async fn fetch_page(
-    http: &reqwest::Client,
-    creds: &ApiCredentials,
+    api: &ApiClient,
     cfg: &SentinelConfig,
-    url: &str,
     query: &[(&str, String)],
-) -> Result<Page, FetchError> {
+) -> Result<hyperfleet_common::api_client::Page<Resource>, FetchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(500);
     loop {
-        // Read per request: a rotated token file is picked up by the next page.
-        let authorization =
-            creds.authorization().await.map_err(|e| FetchError { message: format!("GET {url}: {e}"), auth: false })?;
-        let mut request = http.get(url).query(query);
-        if let Some(value) = authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
-        let message = match request.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                accepted(creds);
-                let version = resp.headers().get(watch::VERSION_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
-                match resp.json::<Page>().await {
-                    Ok(page) => return Ok(Page { version, ..page }),
-                    Err(e) => format!("GET {url}: unreadable body: {e}"),
-                }
+        // The token is read per request: a rotated token file is picked up by the next page.
+        let message = match api.list_page::<Resource>(&cfg.resource_type, query).await {
+            Ok(page) => return Ok(page),
+            Err(e) if e.is_refused() => {
+                note_refusal(api, cfg, "list", &e);
+                return Err(FetchError { message: e.message, auth: true });
             }
-            Ok(resp) => {
-                let status = resp.status();
-                let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-                let auth = status.as_u16() == 401 || status.as_u16() == 403;
-                let body = resp.text().await.unwrap_or_default();
-                if auth {
-                    let detail = hyperfleet_common::token::problem_detail(&body);
-                    refused(creds, cfg, "list", status.as_u16(), &detail).await;
-                    return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
-                }
-                let detail: String = body.chars().take(300).collect();
-                if !retry {
-                    return Err(FetchError { message: format!("GET {url}: HTTP {status}: {detail}"), auth });
-                }
-                format!("GET {url}: HTTP {status}")
-            }
-            Err(e) => format!("GET {url}: {e}"),
+            // An unreadable body is retried like an error status.
+            Err(e) if e.is_retryable() || e.failure == Failure::Body => e.message,
+            Err(e) => return Err(FetchError { message: e.message, auth: false }),
         };
         let wait = hyperfleet_common::process::jitter(backoff);
         if Instant::now() + wait > deadline {

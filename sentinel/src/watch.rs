@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use hyperfleet_common::token::ApiCredentials;
+use hyperfleet_common::api_client::{ApiClient, Failure};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,31 +31,17 @@ struct Line {
 /// No line (not even a heartbeat) for this long means a dead stream: reconnect.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// The API's header naming the change-feed position of a list or a watch.
-pub const VERSION_HEADER: &str = "x-hyperfleet-resource-version";
-
 /// Streams changes into `tx` until `shutdown`.
 pub fn spawn(
     cfg: &SentinelConfig,
-    creds: Arc<ApiCredentials>,
+    api: Arc<ApiClient>,
     start: tokio::sync::oneshot::Receiver<Option<String>>,
     tx: mpsc::Sender<Change>,
     shutdown: CancellationToken,
 ) {
-    let base = cfg.hyperfleet_api.base_url.trim_end_matches('/').to_string();
-    let url = format!("{base}/api/hyperfleet/v1/{}", cfg.resource_type);
     let search = cfg.search();
-    let connect_timeout = cfg.hyperfleet_api.timeout;
     let cfg = cfg.clone();
     tokio::spawn(async move {
-        let http = match reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .user_agent(concat!("hyperfleet-sentinel/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(error = %e, "change feed disabled: HTTP client"),
-        };
         // From the position of the first successful poll's list: what changes between that list and
         // this connection arrives through the feed (starting "from now" would lose it until the next poll).
         let mut resume: Option<String> = tokio::select! {
@@ -64,7 +50,7 @@ pub fn spawn(
         };
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            let mut query = vec![("watch", "true".to_string())];
+            let mut query = Vec::new();
             if let Some(s) = &search {
                 query.push(("search", s.clone()));
             }
@@ -73,7 +59,7 @@ pub fn spawn(
             }
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = follow(&http, &creds, &cfg, &url, &query, &tx, &mut resume) => r,
+                r = follow(&api, &cfg, &query, &tx, &mut resume) => r,
             };
             match outcome {
                 Ok(()) => backoff = Duration::from_millis(200),
@@ -108,35 +94,34 @@ enum Stop {
 }
 
 async fn follow(
-    http: &reqwest::Client,
-    creds: &ApiCredentials,
+    api: &ApiClient,
     cfg: &SentinelConfig,
-    url: &str,
     query: &[(&str, String)],
     tx: &mpsc::Sender<Change>,
     resume: &mut Option<String>,
 ) -> Result<(), Stop> {
-    let mut request = http.get(url).query(query);
-    if let Some(value) = creds.authorization().await.map_err(|e| Stop::Failed(e.to_string()))? {
-        request = request.header(reqwest::header::AUTHORIZATION, value);
-    }
-    let mut resp = request.send().await.map_err(|e| Stop::Failed(e.to_string()))?;
-    match resp.status().as_u16() {
-        200 => crate::accepted(creds),
-        410 => return Err(Stop::Gone),
-        code @ (401 | 403) => {
-            // A problem+json body of a few hundred bytes; the timeout guards against a stuck one.
-            let body = tokio::time::timeout(cfg.hyperfleet_api.timeout, resp.text()).await;
-            let detail = hyperfleet_common::token::problem_detail(&body.ok().and_then(Result::ok).unwrap_or_default());
-            crate::refused(creds, cfg, "watch", code, &detail).await;
-            return Err(Stop::Refused);
+    let mut resp = match api.watch(&cfg.resource_type, query).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            return Err(match e.failure {
+                Failure::Status(410) => Stop::Gone,
+                Failure::Refused { .. } => {
+                    crate::note_refusal(api, cfg, "watch", &e);
+                    Stop::Refused
+                }
+                Failure::Status(code) => Stop::Failed(format!("HTTP {code}")),
+                _ => Stop::Failed(e.message),
+            });
         }
-        code => return Err(Stop::Failed(format!("HTTP {code}"))),
-    }
+    };
     if resume.is_none() {
-        *resume = resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+        *resume = resp
+            .headers()
+            .get(hyperfleet_common::api_client::VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
     }
-    tracing::info!(url, resume = ?resume, "following the change feed");
+    tracing::info!(url = %api.url(&cfg.resource_type, None), resume = ?resume, "following the change feed");
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(IDLE, resp.chunk()).await {

@@ -341,7 +341,8 @@ async fn a_rolling_restart_of_the_api_under_creates_answers_every_request() -> R
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let writer = {
-        let (stop, sent, failures, http, url) = (stop.clone(), sent.clone(), failures.clone(), http.clone(), url.clone());
+        let (stop, sent, failures, http, url) =
+            (stop.clone(), sent.clone(), failures.clone(), http.clone(), url.clone());
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -361,7 +362,8 @@ async fn a_rolling_restart_of_the_api_under_creates_answers_every_request() -> R
     let sent_at_least = |n: usize| {
         let sent = sent.clone();
         async move {
-            eventually(Duration::from_secs(60), || async { Ok((sent.load(Ordering::Relaxed) >= n).then_some(())) }).await
+            eventually(Duration::from_secs(60), || async { Ok((sent.load(Ordering::Relaxed) >= n).then_some(())) })
+                .await
         }
     };
     sent_at_least(20).await?;
@@ -403,7 +405,10 @@ async fn a_rolling_restart_of_the_api_under_creates_answers_every_request() -> R
         }
     }
     assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {missing:?}", missing.len(), acked.len());
-    println!("{} creates through the Service during a rolling restart of the API: every one 201 and present", acked.len());
+    println!(
+        "{} creates through the Service during a rolling restart of the API: every one 201 and present",
+        acked.len()
+    );
     release.uninstall().await
 }
 

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    error::ApiError,
     domain::search::{self, Filter},
+    error::ApiError,
 };
 
 /// The list envelope; `size` is the number of items returned.

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     config::LimitsConfig,
-    error::{ApiError, FieldError},
     domain::model::Kind,
+    error::{ApiError, FieldError},
 };
 
 /// The size of `v` as compact JSON, counted without building the text.

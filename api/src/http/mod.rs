@@ -117,8 +117,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.limits.max_body_bytes;
-    let mut resources =
-        routes().into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods));
+    let mut resources = routes().into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods));
     if let Some(auth) = state.auth.clone() {
         resources = resources.layer(middleware::from_fn_with_state(auth, auth::authenticate));
     }

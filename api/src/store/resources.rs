@@ -23,7 +23,8 @@ pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, g
 
 /// One resource by id and kind, optionally locked for update.
 pub async fn load(conn: &mut PgConnection, id: Uuid, kind: Kind, lock: bool) -> Result<Option<Row>, ApiError> {
-    let sql = format!("select {COLUMNS} from resources where id = $1 and kind = $2{}", if lock { " for update" } else { "" });
+    let sql =
+        format!("select {COLUMNS} from resources where id = $1 and kind = $2{}", if lock { " for update" } else { "" });
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(kind.name()).fetch_optional(conn).await?)
 }
 
@@ -197,9 +198,11 @@ pub async fn list(
     } else {
         None
     };
-    let sql = format!("select {COLUMNS} from resources where {selection} order by {order} limit ${n} offset ${}", n + 1);
-    let rows = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), selection_args(kind.name(), parent, filter, &[limit, offset])?)
-        .fetch_all(conn)
-        .await?;
+    let sql =
+        format!("select {COLUMNS} from resources where {selection} order by {order} limit ${n} offset ${}", n + 1);
+    let rows =
+        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), selection_args(kind.name(), parent, filter, &[limit, offset])?)
+            .fetch_all(conn)
+            .await?;
     Ok(Page { total, rows })
 }
