@@ -78,6 +78,8 @@ impl ApiClient {
     /// A client of the API at `base_url` sending `creds`; `timeout` bounds every request (and the
     /// connection of a change feed).
     pub fn new(who: &'static str, base_url: &str, timeout: Duration, creds: ApiCredentials) -> Result<Self, String> {
+        // reqwest is built without a provider of its own: without one it would panic.
+        crate::telemetry::install_crypto_provider();
         let agent = format!("hyperfleet-{who}/{}", env!("CARGO_PKG_VERSION"));
         let http = reqwest::Client::builder()
             .timeout(timeout)

@@ -10,6 +10,8 @@ pub mod config;
 pub mod decision;
 pub mod leader;
 pub mod observe;
+pub mod poll;
+pub mod publisher;
 pub mod watch;
 
 use std::{
@@ -26,18 +28,16 @@ use decision::{MaxAge, Published, Reason};
 use hyperfleet_common::{
     api_client::{ApiClient, CallError, Failure},
     broker::BrokerError,
-    cloudevent::{self, ObjectRef, ReconcileData},
+    cloudevent::{self, ObjectRef},
     ops,
     process::ServiceConfig,
-};
-use lapin::{
-    Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SentinelConfig;
+use poll::fetch_all;
+use publisher::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -431,190 +431,9 @@ fn note_refusal(api: &ApiClient, cfg: &SentinelConfig, request: &str, e: &CallEr
     }
 }
 
-/// A failed list request, after retries.
-#[derive(Debug)]
-struct FetchError {
-    message: String,
-    auth: bool,
-}
-
-/// The fields of [`Resource`], which is all a list page needs to carry.
-const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
-
-/// Lists every matching resource, page by page in `id` order, each page starting after the last
-/// id of the one before (keyset paging: every page costs the same however deep the list, where
-/// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
-/// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
-/// at once.
-/// Also returns the change-feed position of the first page: the feed resumes from there, so a
-/// change committed after the list is never missed by both.
-async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), FetchError> {
-    let size = cfg.hyperfleet_api.page_size as usize;
-    let selector = cfg.search();
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    let mut version = None;
-    loop {
-        // Only what the decision and the event use: a resource's spec can be 64 KiB, a page 100 of them.
-        // No `total`: keyset paging does not need the count, which is most of a page's cost.
-        let mut query = vec![
-            ("size", size.to_string()),
-            ("order", "id asc".to_string()),
-            ("fields", LIST_FIELDS.to_string()),
-            ("total", "false".to_string()),
-        ];
-        if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
-            query.push(("search", s));
-        }
-        let body = fetch_page(api, cfg, &query).await?;
-        version = version.or(body.version);
-        let got = body.items.len();
-        all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
-        match all.last() {
-            Some(last) if got == size && after.as_deref() != Some(last.id.as_str()) => after = Some(last.id.clone()),
-            _ => break,
-        }
-    }
-    Ok((all, version))
-}
-
-/// The `search` of one page: the resource selector, and the keyset condition after the first page.
-fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
-    // Ids come from the API (UUIDs); quotes are doubled anyway, as the search language escapes them.
-    let after = after.map(|id| format!("id > '{}'", id.replace('\'', "''")));
-    match (selector, after) {
-        (Some(s), Some(a)) => Some(format!("({s}) and {a}")),
-        (s, a) => a.or(s.map(String::from)),
-    }
-}
-
-async fn fetch_page(
-    api: &ApiClient,
-    cfg: &SentinelConfig,
-    query: &[(&str, String)],
-) -> Result<hyperfleet_common::api_client::Page<Resource>, FetchError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        // The token is read per request: a rotated token file is picked up by the next page.
-        let message = match api.list_page::<Resource>(&cfg.resource_type, query).await {
-            Ok(page) => return Ok(page),
-            Err(e) if e.is_refused() => {
-                note_refusal(api, cfg, "list", &e);
-                return Err(FetchError { message: e.message, auth: true });
-            }
-            // An unreadable body is retried like an error status.
-            Err(e) if e.is_retryable() || e.failure == Failure::Body => e.message,
-            Err(e) => return Err(FetchError { message: e.message, auth: false }),
-        };
-        let wait = hyperfleet_common::process::jitter(backoff);
-        if Instant::now() + wait > deadline {
-            return Err(FetchError { message, auth: false });
-        }
-        tracing::debug!(%message, ?wait, "list request failed; retrying");
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(8));
-    }
-}
-
-/// The reconcile CloudEvent announcing `r`.
-pub fn event_for(r: &Resource) -> Result<cloudevents::Event, cloudevent::EventError> {
-    cloudevent::reconcile_event(&ReconcileData {
-        id: r.id.clone(),
-        kind: r.kind.clone(),
-        href: r.href.clone(),
-        generation: r.generation,
-        owner_references: r.owner_references.clone(),
-    })
-}
-
-/// A confirm-mode channel on its own connection.
-struct Publisher {
-    conn: Connection,
-    channel: Channel,
-    exchange: String,
-}
-
-/// Events in flight (published, confirm not yet awaited) at most.
-const PIPELINE: usize = 512;
-
-impl Publisher {
-    async fn open(cfg: &SentinelConfig) -> Result<Self, Error> {
-        let conn = cfg.broker.connect("hyperfleet-sentinel").await?;
-        let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        if let Err(e) = cfg.broker.declare_exchange(&channel).await {
-            let _ = conn.close(200, "exchange declaration failed".into()).await;
-            return Err(e.into());
-        }
-        Ok(Publisher { conn, channel, exchange: cfg.broker.exchange.clone() })
-    }
-
-    fn is_open(&self) -> bool {
-        self.conn.status().connected() && self.channel.status().connected()
-    }
-
-    /// Publishes one reconcile event per resource, pipelined: up to [`PIPELINE`] events are sent
-    /// before their confirms are awaited. One result per input, in order; `Ok` only once the
-    /// broker confirmed.
-    async fn publish_all(&self, due: &[(&Resource, Reason)], routing_key: &str) -> Vec<Result<String, Error>> {
-        let mut results = Vec::with_capacity(due.len());
-        for chunk in due.chunks(PIPELINE) {
-            let mut inflight = Vec::with_capacity(chunk.len());
-            for (r, _) in chunk {
-                inflight.push(self.send(r, routing_key).await);
-            }
-            for sent in inflight {
-                results.push(match sent {
-                    Ok((id, confirm)) => match confirm.await {
-                        Ok(Confirmation::Ack(_)) => Ok(id),
-                        Ok(_) => Err(Error::NotConfirmed(id)),
-                        Err(e) => Err(e.into()),
-                    },
-                    Err(e) => Err(e),
-                });
-            }
-        }
-        results
-    }
-
-    async fn send(&self, r: &Resource, routing_key: &str) -> Result<(String, lapin::PublisherConfirm), Error> {
-        let event = event_for(r)?;
-        let (body, props) = cloudevent::encode(&event)?;
-        let id = cloudevents::AttributesReader::id(&event).to_string();
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
-        Ok((id, confirm))
-    }
-
-    async fn close(self) {
-        let _ = self.channel.close(200, "sentinel stopping".into()).await;
-        let _ = self.conn.close(200, "sentinel stopping".into()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_after_the_first_start_after_the_last_id() {
-        assert_eq!(page_search(None, None), None);
-        assert_eq!(page_search(Some("labels.a = 'b'"), None).as_deref(), Some("labels.a = 'b'"));
-        assert_eq!(page_search(None, Some("x")).as_deref(), Some("id > 'x'"));
-        assert_eq!(
-            page_search(Some("labels.a = 'b' and labels.c = 'd'"), Some("x")).as_deref(),
-            Some("(labels.a = 'b' and labels.c = 'd') and id > 'x'")
-        );
-    }
 
     #[test]
     fn list_items_carry_what_the_decision_needs() {
@@ -638,7 +457,7 @@ mod tests {
             "owner_references": {"id": "c-1", "kind": "Cluster", "href": "/api/hyperfleet/v1/clusters/c-1"}
         });
         let r: Resource = serde_json::from_value(item).expect("item");
-        let event = serde_json::to_value(event_for(&r).expect("event")).expect("json");
+        let event = serde_json::to_value(publisher::event_for(&r).expect("event")).expect("json");
         assert_eq!(event["type"], "com.redhat.hyperfleet.nodepool.reconcile");
         assert_eq!(event["source"], "hyperfleet-sentinel");
         assert_eq!(event["specversion"], "1.0");

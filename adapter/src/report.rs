@@ -1,0 +1,79 @@
+//! The adapter's status report (reference §5.5) and its PUT to the API.
+
+use crate::{Failure, Worker, api_failure, task::ResourceView};
+
+/// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
+pub(crate) struct Report {
+    conditions: [(&'static str, &'static str, &'static str, String); 4],
+}
+
+impl Report {
+    pub(crate) fn applied(applied: String, available: String) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "True", "ResourcesApplied", applied),
+                ("Available", "True", "ResourcesAvailable", available),
+                ("Health", "True", "Healthy", "reconciled without errors".into()),
+                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
+            ],
+        }
+    }
+    pub(crate) fn finalized(resource: &ResourceView) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "False", "ResourcesDeleted", format!("the objects of {} are deleted", resource.id)),
+                ("Available", "False", "Deleted", "the objects have been removed".into()),
+                ("Health", "True", "Healthy", "removed without errors".into()),
+                ("Finalized", "True", "CleanupConfirmed", format!("the objects of {} are gone", resource.id)),
+            ],
+        }
+    }
+    pub(crate) fn cleanup_in_progress(resource: &ResourceView) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "True", "DeletionRequested", format!("the objects of {} are terminating", resource.id)),
+                ("Available", "False", "Deleting", "the objects are being removed".into()),
+                ("Health", "True", "Healthy", "waiting for the objects to terminate".into()),
+                ("Finalized", "False", "CleanupInProgress", format!("objects of {} still exist", resource.id)),
+            ],
+        }
+    }
+    pub(crate) fn failed(f: &Failure, deleting: bool) -> Self {
+        let message: String = f.message.chars().take(1000).collect();
+        let (step, reason) = if deleting { ("deletion", "DeleteFailed") } else { ("apply", "ApplyFailed") };
+        let health = if f.transient { "KubernetesUnavailable" } else { "KubernetesError" };
+        Report {
+            conditions: [
+                ("Applied", "False", reason, message.clone()),
+                ("Available", "False", reason, format!("the {step} did not complete")),
+                ("Health", "False", health, message),
+                ("Finalized", "False", "AdapterUnhealthy", format!("the {step} did not complete")),
+            ],
+        }
+    }
+}
+
+/// PUTs the report at the resource's generation. 201 (stored), 204 (discarded as stale) and 404
+/// (the resource is gone) all end the work.
+pub(crate) async fn put_status(
+    worker: &Worker,
+    resource: &ResourceView,
+    report: &Report,
+    data: &serde_json::Value,
+) -> Result<(), Failure> {
+    let conditions: Vec<serde_json::Value> = report
+        .conditions
+        .iter()
+        .map(|(kind, status, reason, message)| {
+            serde_json::json!({"type": kind, "status": status, "reason": reason, "message": message})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "adapter": worker.cfg.name,
+        "observed_generation": resource.generation,
+        "observed_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "conditions": conditions,
+        "data": data,
+    });
+    worker.api.put_status(&worker.task.resource, &resource.id, &body).await.map(|_| ()).map_err(api_failure)
+}

@@ -1,0 +1,109 @@
+//! The poll: every matching resource from the API, page by page.
+
+use std::time::{Duration, Instant};
+
+use hyperfleet_common::api_client::{ApiClient, Failure, Page};
+
+use crate::{Resource, SentinelConfig, note_refusal};
+
+/// A failed list request, after retries.
+#[derive(Debug)]
+pub struct FetchError {
+    pub message: String,
+    pub auth: bool,
+}
+
+/// The fields of [`Resource`], which is all a list page needs to carry.
+const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
+
+/// Lists every matching resource, page by page in `id` order, each page starting after the last
+/// id of the one before (keyset paging: every page costs the same however deep the list, where
+/// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
+/// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
+/// at once.
+/// Also returns the change-feed position of the first page: the feed resumes from there, so a
+/// change committed after the list is never missed by both.
+pub async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), FetchError> {
+    let size = cfg.hyperfleet_api.page_size as usize;
+    let selector = cfg.search();
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    let mut version = None;
+    loop {
+        // Only what the decision and the event use: a resource's spec can be 64 KiB, a page 100 of them.
+        // No `total`: keyset paging does not need the count, which is most of a page's cost.
+        let mut query = vec![
+            ("size", size.to_string()),
+            ("order", "id asc".to_string()),
+            ("fields", LIST_FIELDS.to_string()),
+            ("total", "false".to_string()),
+        ];
+        if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
+            query.push(("search", s));
+        }
+        let body = fetch_page(api, cfg, &query).await?;
+        version = version.or(body.version);
+        let got = body.items.len();
+        all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
+        match all.last() {
+            Some(last) if got == size && after.as_deref() != Some(last.id.as_str()) => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    Ok((all, version))
+}
+
+/// The `search` of one page: the resource selector, and the keyset condition after the first page.
+fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
+    // Ids come from the API (UUIDs); quotes are doubled anyway, as the search language escapes them.
+    let after = after.map(|id| format!("id > '{}'", id.replace('\'', "''")));
+    match (selector, after) {
+        (Some(s), Some(a)) => Some(format!("({s}) and {a}")),
+        (s, a) => a.or(s.map(String::from)),
+    }
+}
+
+async fn fetch_page(
+    api: &ApiClient,
+    cfg: &SentinelConfig,
+    query: &[(&str, String)],
+) -> Result<Page<Resource>, FetchError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        // The token is read per request: a rotated token file is picked up by the next page.
+        let message = match api.list_page::<Resource>(&cfg.resource_type, query).await {
+            Ok(page) => return Ok(page),
+            Err(e) if e.is_refused() => {
+                note_refusal(api, cfg, "list", &e);
+                return Err(FetchError { message: e.message, auth: true });
+            }
+            // An unreadable body is retried like an error status.
+            Err(e) if e.is_retryable() || e.failure == Failure::Body => e.message,
+            Err(e) => return Err(FetchError { message: e.message, auth: false }),
+        };
+        let wait = hyperfleet_common::process::jitter(backoff);
+        if Instant::now() + wait > deadline {
+            return Err(FetchError { message, auth: false });
+        }
+        tracing::debug!(%message, ?wait, "list request failed; retrying");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_after_the_first_start_after_the_last_id() {
+        assert_eq!(page_search(None, None), None);
+        assert_eq!(page_search(Some("labels.a = 'b'"), None).as_deref(), Some("labels.a = 'b'"));
+        assert_eq!(page_search(None, Some("x")).as_deref(), Some("id > 'x'"));
+        assert_eq!(
+            page_search(Some("labels.a = 'b' and labels.c = 'd'"), Some("x")).as_deref(),
+            Some("(labels.a = 'b' and labels.c = 'd') and id > 'x'")
+        );
+    }
+}

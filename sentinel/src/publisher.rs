@@ -1,0 +1,95 @@
+//! The publisher: reconcile CloudEvents to the exchange on a confirm-mode channel, pipelined; an
+//! event counts as published only once the broker confirmed it.
+
+use cloudevents::AttributesReader;
+use hyperfleet_common::cloudevent::{self, ReconcileData};
+use lapin::{
+    Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+
+use crate::{Error, Resource, SentinelConfig, decision::Reason};
+
+/// The reconcile CloudEvent announcing `r`.
+pub fn event_for(r: &Resource) -> Result<cloudevents::Event, cloudevent::EventError> {
+    cloudevent::reconcile_event(&ReconcileData {
+        id: r.id.clone(),
+        kind: r.kind.clone(),
+        href: r.href.clone(),
+        generation: r.generation,
+        owner_references: r.owner_references.clone(),
+    })
+}
+
+/// A confirm-mode channel on its own connection.
+pub struct Publisher {
+    conn: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+/// Events in flight (published, confirm not yet awaited) at most.
+const PIPELINE: usize = 512;
+
+impl Publisher {
+    pub async fn open(cfg: &SentinelConfig) -> Result<Self, Error> {
+        let conn = cfg.broker.connect("hyperfleet-sentinel").await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        if let Err(e) = cfg.broker.declare_exchange(&channel).await {
+            let _ = conn.close(200, "exchange declaration failed".into()).await;
+            return Err(e.into());
+        }
+        Ok(Publisher { conn, channel, exchange: cfg.broker.exchange.clone() })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.conn.status().connected() && self.channel.status().connected()
+    }
+
+    /// Publishes one reconcile event per resource, pipelined: up to [`PIPELINE`] events are sent
+    /// before their confirms are awaited. One result per input, in order; `Ok` only once the
+    /// broker confirmed.
+    pub async fn publish_all(&self, due: &[(&Resource, Reason)], routing_key: &str) -> Vec<Result<String, Error>> {
+        let mut results = Vec::with_capacity(due.len());
+        for chunk in due.chunks(PIPELINE) {
+            let mut inflight = Vec::with_capacity(chunk.len());
+            for (r, _) in chunk {
+                inflight.push(self.send(r, routing_key).await);
+            }
+            for sent in inflight {
+                results.push(match sent {
+                    Ok((id, confirm)) => match confirm.await {
+                        Ok(Confirmation::Ack(_)) => Ok(id),
+                        Ok(_) => Err(Error::NotConfirmed(id)),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        results
+    }
+
+    async fn send(&self, r: &Resource, routing_key: &str) -> Result<(String, lapin::PublisherConfirm), Error> {
+        let event = event_for(r)?;
+        let (body, props) = cloudevent::encode(&event)?;
+        let id = event.id().to_string();
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        Ok((id, confirm))
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "sentinel stopping".into()).await;
+        let _ = self.conn.close(200, "sentinel stopping".into()).await;
+    }
+}
