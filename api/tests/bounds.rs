@@ -276,20 +276,28 @@ async fn watch_queries(api: &Service, by: &str) -> Result<f64> {
     Ok(text.lines().filter_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok()).sum())
 }
 
-/// Hundreds of open change feeds cost the database nothing of their own: one reader reads each
-/// change once and every watcher is served from it — the watchers' own query count stays zero
-/// while each of them receives the change.
+/// A thousand open change feeds — the default `watch.max_streams` — cost the database nothing of
+/// their own: one reader reads each change once and every watcher is served from it (the
+/// watchers' own query count stays zero while each of them receives the change); the 1 001st
+/// feed is refused with 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_share_one_reader_of_the_change_table() -> Result<()> {
     let env = LocalEnv::load()?;
+    // One caller opens them all: its own cap is raised to the server's.
     let (db, api, url) = api_with(&env, "fan-out", &[("HYPERFLEET_WATCH_MAX_STREAMS_PER_CLIENT", "1000")]).await?;
     let http = reqwest::Client::new();
+    let feed = format!("{url}/api/hyperfleet/v1/clusters?watch=true");
     let mut streams = Vec::new();
-    for _ in 0..300 {
-        let resp = http.get(format!("{url}/api/hyperfleet/v1/clusters?watch=true")).send().await?;
+    for _ in 0..WatchConfig::default().max_streams {
+        let resp = http.get(&feed).send().await?;
         assert_eq!(resp.status(), 200);
         streams.push(resp);
     }
+    let refused = http.get(&feed).send().await?;
+    assert_eq!(refused.status(), 429, "the 1 001st feed");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["code"], "HYPERFLEET-SVC-003", "{problem}");
     let (watchers_before, reader_before) =
         (watch_queries(&api, "watcher").await?, watch_queries(&api, "reader").await?);
     let body = json!({"kind": "Cluster", "name": "watched", "spec": {}});
@@ -316,9 +324,9 @@ async fn watchers_share_one_reader_of_the_change_table() -> Result<()> {
     }
     let watchers = watch_queries(&api, "watcher").await? - watchers_before;
     let reader = watch_queries(&api, "reader").await? - reader_before;
-    assert_eq!(watchers, 0.0, "300 watchers got the change without a query of their own");
+    assert_eq!(watchers, 0.0, "1 000 watchers got the change without a query of their own");
     assert!(reader >= 1.0, "the shared reader read it ({reader} queries)");
-    println!("300 watchers served by {reader} reader queries, {watchers} of their own");
+    println!("1 000 watchers served by {reader} reader queries, {watchers} of their own");
     drop(streams);
     api.stop().await;
     db.drop_db().await;
