@@ -39,10 +39,12 @@ pub use config::SentinelConfig;
 use poll::fetch_all;
 use publisher::Publisher;
 
+/// Everything that goes wrong in the sentinel; [`Error::metric_label`] names it in metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("API request failed: {0}")]
-    Api(String),
+    /// A list request failed after its retries; `auth` when the API refused the credentials.
+    #[error("API request failed: {message}")]
+    Api { message: String, auth: bool },
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("broker did not confirm event {0}")]
@@ -51,6 +53,20 @@ pub enum Error {
     Event(#[from] cloudevent::EventError),
     #[error("{0}")]
     Start(String),
+}
+
+impl Error {
+    /// The `error_type` label of the error metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { auth: true, .. } => "auth_error",
+            Error::Api { .. } => "fetch_error",
+            Error::Broker(_) => "broker_error",
+            Error::NotConfirmed(_) => "not_confirmed",
+            Error::Event(_) => "event_error",
+            Error::Start(_) => "start_error",
+        }
+    }
 }
 
 impl From<lapin::Error> for Error {
@@ -255,18 +271,15 @@ impl Sentinel {
                 r
             }
             Err(e) => {
-                let error_type = if e.auth { "auth_error" } else { "fetch_error" };
                 metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
-                metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => error_type)
+                metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => e.metric_label())
                     .increment(1);
-                if e.auth {
+                if matches!(e, Error::Api { auth: true, .. }) {
                     self.health.refused_ms.store(self.health.now_ms(), Ordering::Relaxed);
-                }
-                if e.auth {
-                    // Warned about once per streak by `refused`; the next poll tries again.
-                    tracing::debug!(error = %e.message, "poll refused");
+                    // Warned about once per streak by `note_refusal`; the next poll tries again.
+                    tracing::debug!(error = %e, "poll refused");
                 } else {
-                    tracing::warn!(error = %e.message, "poll failed");
+                    tracing::warn!(error = %e, "poll failed");
                 }
                 return Ok(());
             }

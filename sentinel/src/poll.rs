@@ -4,14 +4,7 @@ use std::time::{Duration, Instant};
 
 use hyperfleet_common::api_client::{ApiClient, Failure, Page};
 
-use crate::{Resource, SentinelConfig, note_refusal};
-
-/// A failed list request, after retries.
-#[derive(Debug)]
-pub struct FetchError {
-    pub message: String,
-    pub auth: bool,
-}
+use crate::{Error, Resource, SentinelConfig, note_refusal};
 
 /// The fields of [`Resource`], which is all a list page needs to carry.
 const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
@@ -23,7 +16,7 @@ const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time
 /// at once.
 /// Also returns the change-feed position of the first page: the feed resumes from there, so a
 /// change committed after the list is never missed by both.
-pub async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), FetchError> {
+pub async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), Error> {
     let size = cfg.hyperfleet_api.page_size as usize;
     let selector = cfg.search();
     let mut all = Vec::new();
@@ -63,11 +56,7 @@ fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
     }
 }
 
-async fn fetch_page(
-    api: &ApiClient,
-    cfg: &SentinelConfig,
-    query: &[(&str, String)],
-) -> Result<Page<Resource>, FetchError> {
+async fn fetch_page(api: &ApiClient, cfg: &SentinelConfig, query: &[(&str, String)]) -> Result<Page<Resource>, Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -76,15 +65,15 @@ async fn fetch_page(
             Ok(page) => return Ok(page),
             Err(e) if e.is_refused() => {
                 note_refusal(api, cfg, "list", &e);
-                return Err(FetchError { message: e.message, auth: true });
+                return Err(Error::Api { message: e.message, auth: true });
             }
             // An unreadable body is retried like an error status.
             Err(e) if e.is_retryable() || e.failure == Failure::Body => e.message,
-            Err(e) => return Err(FetchError { message: e.message, auth: false }),
+            Err(e) => return Err(Error::Api { message: e.message, auth: false }),
         };
         let wait = hyperfleet_common::process::jitter(backoff);
         if Instant::now() + wait > deadline {
-            return Err(FetchError { message, auth: false });
+            return Err(Error::Api { message, auth: false });
         }
         tracing::debug!(%message, ?wait, "list request failed; retrying");
         tokio::time::sleep(wait).await;

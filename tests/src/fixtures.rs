@@ -306,12 +306,8 @@ pub async fn seed_clusters(conn: &mut PgConnection, n: i64) -> Result<()> {
     Ok(())
 }
 
-/// POSTs a cluster named `name` with `labels` to the API at `api_url`; returns its id.
-pub async fn post_cluster(api_url: &str, name: &str, labels: serde_json::Value) -> Result<String> {
-    post_cluster_with(&reqwest::Client::new(), api_url, name, labels).await
-}
-
-/// [`post_cluster`] with the given client (e.g. one that sends a bearer token).
+/// POSTs a cluster named `name` with `labels` to the API at `api_url` with `http` (e.g. a client
+/// that sends a bearer token); returns its id.
 pub async fn post_cluster_with(
     http: &reqwest::Client,
     api_url: &str,

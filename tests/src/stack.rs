@@ -154,6 +154,34 @@ impl Identities {
     }
 }
 
+/// A stack's API: `db` migrated, the binary started on a free loopback port with `extra` settings
+/// (not yet waited for). Returns it, its URL and every setting it was started with.
+async fn start_api(
+    env: &LocalEnv,
+    db: &TestDb,
+    tag: &str,
+    extra: Vec<(&'static str, String)>,
+) -> Result<(Service, String, Vec<(&'static str, String)>)> {
+    migrate(env, db).await?;
+    let port = free_port();
+    let mut vars = api_db_vars(env, db)?;
+    vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
+    vars.push(("HYPERFLEET_SERVER_PORT", port.to_string()));
+    vars.extend(extra);
+    let api = Service::start(env, tag, "api", &["serve"], &vars)?;
+    Ok((api, format!("http://127.0.0.1:{port}"), vars))
+}
+
+/// The broker and API settings a stack's sentinel or adapter needs.
+fn worker_vars(env: &LocalEnv, exchange: &str, api_url: &str) -> Result<Vec<(&'static str, String)>> {
+    Ok(vec![
+        ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
+        ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
+        ("HYPERFLEET_BROKER_EXCHANGE", exchange.to_string()),
+        ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.to_string()),
+    ])
+}
+
 impl Stack {
     pub async fn start() -> Result<Self> {
         Stack::start_with(StackOptions::default()).await
@@ -206,23 +234,12 @@ impl Stack {
         identities: &mut Option<Identities>,
         opts: StackOptions,
     ) -> Result<Launched> {
-        migrate(env, db).await?;
         let exchange = format!("hf-test-{tag}");
         let queue = format!("hf-test-{tag}-landing-zone");
-        let api_port = free_port();
-        let api_url = format!("http://127.0.0.1:{api_port}");
-        let broker = vec![
-            ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
-            ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
-            ("HYPERFLEET_BROKER_EXCHANGE", exchange.clone()),
-            ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.clone()),
-        ];
         if !opts.jwt_off {
             *identities = Some(Identities::create(env, tag).await?);
         }
-        let mut api_vars = api_db_vars(env, db)?;
-        api_vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
-        api_vars.push(("HYPERFLEET_SERVER_PORT", api_port.to_string()));
+        let mut api_vars = Vec::new();
         if let Some(ids) = &*identities {
             api_vars.extend(jwt_api_vars(env)?);
             // The chart's rules: the sentinel reads, the adapter reads and reports as landing-zone
@@ -236,6 +253,8 @@ impl Stack {
             api_vars.push(("HYPERFLEET_AUTHZ_RULES", rules.to_string()));
         }
         api_vars.extend(opts.api);
+        let (mut api, api_url, _) = start_api(env, db, tag, api_vars).await?;
+        let broker = worker_vars(env, &exchange, &api_url)?;
         let mut sentinel_vars = broker.clone();
         if !opts.default_poll_interval {
             sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
@@ -251,7 +270,6 @@ impl Stack {
         sentinel_vars.extend(opts.sentinel);
         adapter_vars.extend(opts.adapter);
 
-        let mut api = Service::start(env, tag, "api", &["serve"], &api_vars)?;
         let mut sentinel = Service::start(env, tag, "sentinel", &[], &sentinel_vars)?;
         let mut adapter = Service::start(env, tag, "adapter", &[], &adapter_vars)?;
         let mut headers = reqwest::header::HeaderMap::new();
@@ -428,23 +446,10 @@ impl ApiStack {
     pub async fn start() -> Result<Self> {
         let env = LocalEnv::load()?;
         let db = TestDb::create(&env).await?;
-        migrate(&env, &db).await?;
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let port = free_port();
-        let mut vars = api_db_vars(&env, &db)?;
-        vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
-        vars.push(("HYPERFLEET_SERVER_PORT", port.to_string()));
-        let mut api = Service::start(&env, &tag, "api", &["serve"], &vars)?;
+        let (mut api, api_url, api_vars) = start_api(&env, &db, &tag, Vec::new()).await?;
         api.wait_ready(Duration::from_secs(60)).await?;
-        Ok(ApiStack {
-            env,
-            exchange: format!("hf-test-{tag}"),
-            tag,
-            api_url: format!("http://127.0.0.1:{port}"),
-            api,
-            api_vars: vars,
-            db,
-        })
+        Ok(ApiStack { env, exchange: format!("hf-test-{tag}"), tag, api_url, api, api_vars, db })
     }
 
     /// A direct connection to the stack's database (for seeding).
@@ -463,12 +468,7 @@ impl ApiStack {
 
     /// The broker and API settings a sentinel or adapter of this stack needs.
     pub fn worker_vars(&self) -> Result<Vec<(&'static str, String)>> {
-        Ok(vec![
-            ("HYPERFLEET_BROKER_URL", self.env.get("HF_AMQPS_URL")?.to_string()),
-            ("HYPERFLEET_BROKER_CA_FILE", self.env.get("HF_AMQPS_CA_FILE")?.to_string()),
-            ("HYPERFLEET_BROKER_EXCHANGE", self.exchange.clone()),
-            ("HYPERFLEET_HYPERFLEET_API_BASE_URL", self.api_url.clone()),
-        ])
+        worker_vars(&self.env, &self.exchange, &self.api_url)
     }
 
     /// Starts a sentinel (log `target/e2e/<tag>-<suffix>-sentinel.log`) and waits until it is ready.
@@ -507,7 +507,7 @@ impl ApiStack {
 
     /// POSTs a cluster with `labels`; returns its id.
     pub async fn create_cluster(&self, name: &str, labels: serde_json::Value) -> Result<String> {
-        post_cluster(&self.api_url, name, labels).await
+        post_cluster_with(&reqwest::Client::new(), &self.api_url, name, labels).await
     }
 
     pub async fn stop(self) {
