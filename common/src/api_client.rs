@@ -70,6 +70,8 @@ pub struct ApiClient {
     streams: reqwest::Client,
     base: String,
     creds: ApiCredentials,
+    /// Bounds every request, and reading a refusal's body on a change feed's connection.
+    timeout: Duration,
     /// The worker's name in log lines ("sentinel", "adapter").
     who: &'static str,
 }
@@ -91,7 +93,7 @@ impl ApiClient {
             .user_agent(agent)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(ApiClient { http, streams, base: base_url.trim_end_matches('/').to_string(), creds, who })
+        Ok(ApiClient { http, streams, base: base_url.trim_end_matches('/').to_string(), creds, timeout, who })
     }
 
     pub fn credentials(&self) -> &ApiCredentials {
@@ -122,25 +124,28 @@ impl ApiClient {
     }
 
     /// Sends `request`; a 401/403 is recorded (the token file is read again next time) and
-    /// returned as [`Failure::Refused`] with the problem's `detail`; any other answer ends a
-    /// streak of refusals.
+    /// returned as [`Failure::Refused`] with the problem's `detail`. An answer the API could only
+    /// give past authentication (a success, or a 4xx other than 401, 403 and 408) ends a streak of
+    /// refusals.
     async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
         let resp = request
             .send()
             .await
             .map_err(|e| CallError { failure: Failure::Network, message: format!("{what}: {e}") })?;
-        let status = resp.status().as_u16();
-        if status != 401 && status != 403 {
-            if self.creds.accepted() {
+        let status = resp.status();
+        if !matches!(status.as_u16(), 401 | 403) {
+            if (status.is_success() || (status.is_client_error() && status.as_u16() != 408)) && self.creds.accepted() {
                 tracing::info!("the API accepts the {}'s credentials again", self.who);
             }
             return Ok(resp);
         }
-        // A problem+json body of a few hundred bytes; the client's timeout guards against a stuck one.
-        let body = resp.text().await.unwrap_or_default();
+        // A problem+json body of a few hundred bytes, read with a deadline: a change feed's client
+        // has no total timeout.
+        let body = tokio::time::timeout(self.timeout, resp.text()).await.ok().and_then(Result::ok).unwrap_or_default();
         let first = self.creds.refused().await;
         let detail = problem_detail(&body);
         let message = format!("{what}: HTTP {status}: {detail}");
+        let status = status.as_u16();
         Err(CallError { failure: Failure::Refused { status, first, detail }, message })
     }
 

@@ -75,10 +75,6 @@ pub struct Row {
     pub version: i64,
 }
 
-/// Columns in [`Row`] order.
-pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
-                           created_by, updated_by, deleted_time, deleted_by, version";
-
 pub fn href(kind: Kind, id: Uuid, owner: Option<Uuid>) -> String {
     match (kind, owner) {
         (Kind::NodePool, Some(cluster)) => format!("{API_PREFIX}/clusters/{cluster}/nodepools/{id}"),
@@ -227,7 +223,8 @@ pub struct AdapterStatus {
     pub last_report_time: String,
 }
 
-/// A condition of an adapter's report as clients see it.
+// A condition of an adapter's report as clients see it (no doc comment: it would become the
+// OpenAPI schema's description).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AdapterCondition {
     #[serde(rename = "type")]

@@ -44,8 +44,8 @@ pub fn within(field: &str, v: &Value, max: usize, knob: &str) -> Result<(), ApiE
     Ok(())
 }
 
-/// Body of `POST /clusters` and `POST /clusters/{cluster_id}/nodepools`, as [`create`] validates
-/// it (the OpenAPI document's `ResourceCreate`).
+// What `create` returns; its doc comments are the OpenAPI document's descriptions.
+/// Body of `POST /clusters` and `POST /clusters/{cluster_id}/nodepools`.
 #[derive(Debug, PartialEq, utoipa::ToSchema)]
 pub struct ResourceCreate {
     /// `Cluster` or `NodePool`, matching the route.
@@ -61,7 +61,8 @@ pub struct ResourceCreate {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Body of PATCH: each member given replaces the stored one wholesale (as [`patch`] validates it).
+// What `patch` returns.
+/// Body of PATCH: each member given replaces the stored one wholesale.
 #[derive(Debug, PartialEq, Default, utoipa::ToSchema)]
 pub struct ResourcePatch {
     #[schema(value_type = Option<Object>)]
@@ -69,15 +70,16 @@ pub struct ResourcePatch {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-/// Body of `force-delete` (as [`force_delete`] validates it).
+// What `force_delete` returns.
+/// Body of `force-delete`.
 #[derive(Debug, PartialEq, utoipa::ToSchema)]
 pub struct ForceDelete {
     /// Why the resource is removed without its adapters' confirmation (1–1024 characters).
     pub reason: String,
 }
 
-/// Body of `PUT …/statuses`: one adapter's report about one generation of a resource (as
-/// [`report`] validates it).
+// What `report` returns.
+/// Body of `PUT …/statuses`: one adapter's report about one generation of a resource.
 #[derive(Debug, PartialEq, utoipa::ToSchema)]
 pub struct StatusReport {
     pub adapter: String,

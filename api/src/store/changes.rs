@@ -1,5 +1,7 @@
 //! The change table behind the change feed: `resource_changes`, written by triggers in the
 //! transaction that makes each change (see the versions migration), and its pruning horizon.
+//! These return sqlx's errors: the feed's background reader and pruner log the cause and retry,
+//! and count nothing as a request's database error; handlers convert with `?`.
 
 use std::time::Duration;
 
@@ -11,7 +13,6 @@ use crate::{
         model::{Kind, Row},
         search::Filter,
     },
-    error::ApiError,
     store::{resources::COLUMNS, selection_args, selection_sql},
 };
 
@@ -25,18 +26,18 @@ pub struct Change {
 }
 
 /// The newest committed change number (what a watch without `resource_version` starts after).
-pub async fn current_version(conn: &mut PgConnection) -> Result<i64, ApiError> {
-    Ok(sqlx::query_scalar(
+pub async fn current_version(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "select greatest((select coalesce(max(seq), 0) from resource_changes), \
                          (select pruned_through from resource_changes_horizon))",
     )
     .fetch_one(conn)
-    .await?)
+    .await
 }
 
 /// The newest change number the pruner has removed: history starts after it.
-pub async fn pruned_through<'e>(db: impl PgExecutor<'e>) -> Result<i64, ApiError> {
-    Ok(sqlx::query_scalar("select pruned_through from resource_changes_horizon").fetch_one(db).await?)
+pub async fn pruned_through<'e>(db: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select pruned_through from resource_changes_horizon").fetch_one(db).await
 }
 
 /// The resource columns of a change, read from its snapshot.
@@ -49,8 +50,8 @@ fn change_sql(condition: &str, limit: i64) -> String {
 }
 
 /// Up to `limit` changes of any kind after `after`, in order.
-pub async fn after(db: &PgPool, after: i64, limit: i64) -> Result<Vec<Change>, ApiError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(change_sql("c.seq > $1", limit))).bind(after).fetch_all(db).await?)
+pub async fn after(db: &PgPool, after: i64, limit: i64) -> Result<Vec<Change>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(change_sql("c.seq > $1", limit))).bind(after).fetch_all(db).await
 }
 
 /// Up to `limit` changes in `(after, upto]` of resources of `kind` (under `parent`) that match
@@ -60,17 +61,17 @@ pub async fn selected(
     (kind, parent, filter): (Kind, Option<Uuid>, Option<&Filter>),
     (after, upto): (i64, i64),
     limit: i64,
-) -> Result<Vec<Change>, ApiError> {
+) -> Result<Vec<Change>, sqlx::Error> {
     let (selection, n) = selection_sql(filter);
     let sql = change_sql(&format!("c.seq > ${n} and c.seq <= ${} and {selection}", n + 1), limit);
     let args = selection_args(kind.name(), parent, filter, &[after, upto])?;
-    Ok(sqlx::query_as_with(sqlx::AssertSqlSafe(sql), args).fetch_all(db).await?)
+    sqlx::query_as_with(sqlx::AssertSqlSafe(sql), args).fetch_all(db).await
 }
 
 /// Deletes up to `batch` of the oldest changes older than `retention` and moves the horizon past
 /// them; returns how many went.
-pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> Result<i64, ApiError> {
-    Ok(sqlx::query_scalar(
+pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "with gone as (delete from resource_changes where seq in (select seq from resource_changes \
              where changed_at < now() - make_interval(secs => $1) order by seq limit $2) returning seq), \
          horizon as (update resource_changes_horizon set pruned_through = greatest(pruned_through, \
@@ -80,5 +81,5 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> Result<i64, 
     .bind(retention.as_secs_f64())
     .bind(batch)
     .fetch_one(db)
-    .await?)
+    .await
 }

@@ -38,8 +38,8 @@ fn selection_args(
     parent: Option<Uuid>,
     filter: Option<&Filter>,
     extra: &[i64],
-) -> Result<PgArguments, ApiError> {
-    let encode = |e| ApiError::Database(sqlx::Error::Encode(e));
+) -> Result<PgArguments, sqlx::Error> {
+    let encode = sqlx::Error::Encode;
     let mut args = PgArguments::default();
     args.add(kind).map_err(encode)?;
     args.add(parent).map_err(encode)?;
