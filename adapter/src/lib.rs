@@ -311,15 +311,16 @@ fn requeue(resource_id: &str, f: &Failure) -> Outcome {
 /// A failed API call as a step's failure: a refusal (401/403) is counted, warned about once per
 /// streak (with the problem's `detail`) and requeues the event, as an unreadable token file does;
 /// network errors, 5xx, 408 and 429 are transient; an unreadable body is not.
-fn api_failure(e: CallError) -> Failure {
+fn api_failure(api: &ApiClient, e: CallError) -> Failure {
     match &e.failure {
         api_client::Failure::Refused { status, first, detail } => {
             metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
             if *first {
                 tracing::warn!(
-                    error = %e.message,
+                    request = %e.message.split(": ").next().unwrap_or_default(),
                     status,
                     reason = %detail,
+                    token_file = ?api.credentials().token_path(),
                     "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
                 );
             }
@@ -333,7 +334,7 @@ fn api_failure(e: CallError) -> Failure {
 
 /// The resource, or `None` when the API no longer has it.
 async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
-    worker.api.get(&worker.task.resource, id).await.map_err(api_failure)
+    worker.api.get(&worker.task.resource, id).await.map_err(|e| api_failure(&worker.api, e))
 }
 
 hyperfleet_common::readme_documents_every_env_var!(crate::AdapterConfig);

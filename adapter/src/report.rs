@@ -75,5 +75,10 @@ pub(crate) async fn put_status(
         "conditions": conditions,
         "data": data,
     });
-    worker.api.put_status(&worker.task.resource, &resource.id, &body).await.map(|_| ()).map_err(api_failure)
+    worker
+        .api
+        .put_status(&worker.task.resource, &resource.id, &body)
+        .await
+        .map(|_| ())
+        .map_err(|e| api_failure(&worker.api, e))
 }
