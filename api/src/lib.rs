@@ -48,8 +48,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Start-up failures, each with what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("configuration: {0}")]
-    Config(String),
     #[error("database settings: {0}")]
     DatabaseConfig(String),
     #[error("cannot connect to PostgreSQL at {endpoint}: {source}")]
@@ -111,14 +109,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates `cfg`, makes the pools (a database that is down is waited for, not ready until
-    /// it is back; one that refuses us is an error), starts the health and metrics listeners, the
-    /// authenticator, the change feed and its pruner, and binds the API listener — it serves
-    /// once [`Application::run_until_stopped`] runs. `shutdown` (SIGTERM in the binary) starts the
-    /// drain.
+    /// Makes the pools from `cfg` (validated by the caller, as `hyperfleet_common::process::start`
+    /// does; a database that is down is waited for — not ready until it is back —, one that refuses
+    /// us is an error), starts the health and metrics listeners, the authenticator, the change feed
+    /// and its pruner, and binds the API listener; it serves once
+    /// [`Application::run_until_stopped`] runs. `shutdown` (SIGTERM in the binary) starts the drain.
     pub async fn build(cfg: ApiConfig, shutdown: CancellationToken) -> Result<Self, StartError> {
-        use hyperfleet_common::process::ServiceConfig;
-        cfg.validate().map_err(StartError::Config)?;
         telemetry::install_crypto_provider();
         let db = store::pool::serving(&cfg)?;
         match db.acquire().await {
