@@ -38,7 +38,6 @@ use hyperfleet_common::{
     broker::BrokerError,
     cloudevent::{self, EventError},
     ops,
-    process::ServiceConfig,
 };
 use kube::Client;
 use lapin::message::Delivery;
@@ -49,19 +48,66 @@ use consumer::consume;
 use report::{Report, put_status};
 use task::{Objects, ResourceView, Task, Vars};
 
+/// Everything that goes wrong in the adapter, from start-up to one event's step;
+/// [`Error::metric_label`] names it in metrics (`error_type`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("kubernetes client: {0}")]
-    KubeConfig(String),
+    /// A start-up step that failed; the message names what to fix.
     #[error("{0}")]
     Start(String),
+    #[error("kubernetes client: {0}")]
+    KubeConfig(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A Kubernetes call of a step (`apply`, `delete`).
+    #[error("{step}: {source}")]
+    Kube {
+        step: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// An API call (a refusal is counted and warned about once per streak where it is made, see
+    /// [`api_error`]).
+    #[error(transparent)]
+    Api(#[from] CallError),
 }
 
 impl From<lapin::Error> for Error {
     fn from(e: lapin::Error) -> Self {
         Error::Broker(BrokerError::from(e))
+    }
+}
+
+impl Error {
+    /// A short, stable name for the `error_type` label of `hyperfleet_adapter_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Start(_) => "start_error",
+            Error::KubeConfig(_) => "kube_config_error",
+            Error::Broker(_) => "broker_error",
+            Error::Kube { .. } => "kubernetes_error",
+            Error::Api(e) if e.is_refused() => "auth_error",
+            Error::Api(CallError { failure: api_client::Failure::Token, .. }) => "token_error",
+            Error::Api(_) => "api_error",
+        }
+    }
+
+    /// Worth retrying in process: Kubernetes 5xx, 429, conflicts and connection errors; API network
+    /// errors, 5xx, 408 and 429; and whatever [`Error::requeues`] the event.
+    fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429 || s.code == 409,
+            Error::Kube { .. } => true,
+            Error::Api(e) => e.is_retryable() || self.requeues(),
+            _ => false,
+        }
+    }
+
+    /// Not the event's fault — the API refused the adapter's credentials (401/403) or the token
+    /// file cannot be read: put the event back after the retries and a pause, to be worked on once
+    /// they work, rather than acknowledging it.
+    fn requeues(&self) -> bool {
+        matches!(self, Error::Api(e) if e.is_refused() || e.failure == api_client::Failure::Token)
     }
 }
 
@@ -73,42 +119,8 @@ enum Outcome {
     Done(&'static str),
     /// Not a reconcile event: dead-letter, never retry.
     Poison(EventError),
-    /// The API refused the adapter's credentials (or the token file cannot be read): not the
-    /// event's fault — put it back on the queue after a pause, to be worked on once they work.
+    /// See [`Error::requeues`].
     Requeue,
-}
-
-/// A failed step; transient ones are retried.
-#[derive(Debug)]
-struct Failure {
-    transient: bool,
-    /// Put the event back rather than acknowledging it (see [`Outcome::Requeue`]).
-    requeue: bool,
-    /// The API answered 401/403 (already counted, and warned about once per streak).
-    refused: bool,
-    message: String,
-}
-
-impl Failure {
-    fn transient(message: String) -> Self {
-        Failure { transient: true, requeue: false, refused: false, message }
-    }
-    fn permanent(message: String) -> Self {
-        Failure { transient: false, requeue: false, refused: false, message }
-    }
-    /// Retried like a transient failure, then requeued.
-    fn requeue(message: String, refused: bool) -> Self {
-        Failure { transient: true, requeue: true, refused, message }
-    }
-    /// Kubernetes 5xx, 429, conflicts and connection errors are transient; other API errors
-    /// (forbidden, invalid) are not.
-    fn kube(what: &str, e: kube::Error) -> Self {
-        let transient = match &e {
-            kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.code == 409,
-            _ => true,
-        };
-        Failure { transient, requeue: false, refused: false, message: format!("{what}: {e}") }
-    }
 }
 
 struct Worker {
@@ -120,8 +132,8 @@ struct Worker {
 }
 
 /// Runs the adapter until `shutdown` is cancelled; in-flight events finish first.
+/// `cfg` is validated already ([`hyperfleet_common::process::start`]).
 pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    cfg.validate().map_err(Error::Start)?;
     let task = Task::load(cfg.task_file.as_deref()).map_err(Error::Start)?;
     let creds = cfg.hyperfleet_api.credentials().map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
@@ -195,10 +207,10 @@ async fn kube_client(cfg: &AdapterConfig) -> Result<Client, Error> {
 }
 
 /// Runs `step` up to `retry.attempts` times while it fails transiently.
-async fn with_retry<T, F, Fut>(worker: &Worker, phase: &'static str, mut step: F) -> Result<T, Failure>
+async fn with_retry<T, F, Fut>(worker: &Worker, phase: &'static str, mut step: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Failure>>,
+    Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let retry = &worker.cfg.retry;
     let mut delay = retry.base_delay;
@@ -206,16 +218,17 @@ where
     loop {
         match step().await {
             Ok(v) => return Ok(v),
-            Err(f) if f.transient && attempt < retry.attempts => {
+            Err(e) if e.is_transient() && attempt < retry.attempts => {
                 metrics::counter!("hyperfleet_adapter_retries_total", "phase" => phase).increment(1);
-                tracing::debug!(phase, attempt, error = %f.message, "transient failure; retrying");
+                tracing::debug!(phase, attempt, error = %e, "transient failure; retrying");
                 tokio::time::sleep(hyperfleet_common::process::jitter(delay)).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
                 attempt += 1;
             }
-            Err(f) => {
-                metrics::counter!("hyperfleet_adapter_errors_total", "phase" => phase).increment(1);
-                return Err(f);
+            Err(e) => {
+                metrics::counter!("hyperfleet_adapter_errors_total", "phase" => phase, "error_type" => e.metric_label())
+                    .increment(1);
+                return Err(e);
             }
         }
     }
@@ -237,9 +250,9 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
             tracing::info!(resource_id = %data.id, "resource is gone; nothing to do");
             return Outcome::Done("skipped");
         }
-        Err(f) if f.requeue => return requeue(&data.id, &f),
-        Err(f) => {
-            tracing::warn!(resource_id = %data.id, error = %f.message, "cannot read the resource; the sentinel will announce it again");
+        Err(e) if e.requeues() => return requeue(&data.id, &e),
+        Err(e) => {
+            tracing::warn!(resource_id = %data.id, error = %e, "cannot read the resource; the sentinel will announce it again");
             return Outcome::Done("failed");
         }
     };
@@ -250,7 +263,7 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
         metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").increment(1.0);
         let within = worker.cfg.kubernetes.deletion_timeout;
         let removed = with_retry(worker, "delete", || async {
-            worker.objects.remove(&rendered, within).await.map_err(|e| Failure::kube("delete", e))
+            worker.objects.remove(&rendered, within).await.map_err(|source| Error::Kube { step: "delete", source })
         })
         .await;
         metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").decrement(1.0);
@@ -263,14 +276,14 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
                 (Report::finalized(&resource), "success")
             }
             Ok(false) => (Report::cleanup_in_progress(&resource), "success"),
-            Err(f) => {
-                tracing::warn!(resource_id = %resource.id, error = %f.message, "removal failed; reporting Health=False");
-                (Report::failed(&f, true), "failed")
+            Err(e) => {
+                tracing::warn!(resource_id = %resource.id, error = %e, "removal failed; reporting Health=False");
+                (Report::failed(&e, true), "failed")
             }
         }
     } else {
         match with_retry(worker, "apply", || async {
-            worker.objects.apply(&rendered).await.map_err(|e| Failure::kube("apply", e))
+            worker.objects.apply(&rendered).await.map_err(|source| Error::Kube { step: "apply", source })
         })
         .await
         {
@@ -280,18 +293,18 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
                 let applied = task::render_str(&spec.applied_message, &vars);
                 (Report::applied(applied, task::render_str(&spec.available_message, &vars)), "success")
             }
-            Err(f) => {
-                tracing::warn!(resource_id = %resource.id, error = %f.message, "apply failed; reporting Health=False");
-                (Report::failed(&f, false), "failed")
+            Err(e) => {
+                tracing::warn!(resource_id = %resource.id, error = %e, "apply failed; reporting Health=False");
+                (Report::failed(&e, false), "failed")
             }
         }
     };
     let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
     match with_retry(worker, "report", || put_status(worker, &resource, &report, &data)).await {
         Ok(()) => Outcome::Done(status),
-        Err(f) if f.requeue => requeue(&resource.id, &f),
-        Err(f) => {
-            tracing::warn!(resource_id = %resource.id, error = %f.message, "cannot report; the sentinel will announce it again");
+        Err(e) if e.requeues() => requeue(&resource.id, &e),
+        Err(e) => {
+            tracing::warn!(resource_id = %resource.id, error = %e, "cannot report; the sentinel will announce it again");
             Outcome::Done("failed")
         }
     }
@@ -299,42 +312,37 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
 
 /// An event put back because of the credentials: a refusal was already warned about once per
 /// streak, so only an unreadable token file is warned about here.
-fn requeue(resource_id: &str, f: &Failure) -> Outcome {
-    if f.refused {
-        tracing::debug!(resource_id, error = %f.message, "requeueing the event: the API still refuses the adapter's credentials");
+fn requeue(resource_id: &str, e: &Error) -> Outcome {
+    if matches!(e, Error::Api(c) if c.is_refused()) {
+        tracing::debug!(resource_id, error = %e, "requeueing the event: the API still refuses the adapter's credentials");
     } else {
-        tracing::warn!(resource_id, error = %f.message, "cannot send the API token; requeueing the event");
+        tracing::warn!(resource_id, error = %e, "cannot send the API token; requeueing the event");
     }
     Outcome::Requeue
 }
 
-/// A failed API call as a step's failure: a refusal (401/403) is counted, warned about once per
-/// streak (with the problem's `detail`) and requeues the event, as an unreadable token file does;
-/// network errors, 5xx, 408 and 429 are transient; an unreadable body is not.
-fn api_failure(api: &ApiClient, e: CallError) -> Failure {
-    match &e.failure {
-        api_client::Failure::Refused { status, first, detail } => {
-            metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
-            if *first {
-                tracing::warn!(
-                    request = %e.message.split(": ").next().unwrap_or_default(),
-                    status,
-                    reason = %detail,
-                    token_file = ?api.credentials().token_path(),
-                    "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
-                );
-            }
-            Failure::requeue(e.message, true)
+/// A failed API call as a step's error. A refusal (401/403) is counted and warned about once per
+/// streak here (with the problem's `detail`); [`Error::requeues`] and [`Error::is_transient`] say
+/// what becomes of the event.
+fn api_error(api: &ApiClient, e: CallError) -> Error {
+    if let api_client::Failure::Refused { status, first, detail } = &e.failure {
+        metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(1);
+        if *first {
+            tracing::warn!(
+                request = %e.message.split(": ").next().unwrap_or_default(),
+                status,
+                reason = %detail,
+                token_file = ?api.credentials().token_path(),
+                "the API refuses the adapter's credentials; events are retried and requeued (not logged again until a request succeeds)"
+            );
         }
-        api_client::Failure::Token => Failure::requeue(e.message, false),
-        _ if e.is_retryable() => Failure::transient(e.message),
-        _ => Failure::permanent(e.message),
     }
+    Error::Api(e)
 }
 
 /// The resource, or `None` when the API no longer has it.
-async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Failure> {
-    worker.api.get(&worker.task.resource, id).await.map_err(|e| api_failure(&worker.api, e))
+async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Error> {
+    worker.api.get(&worker.task.resource, id).await.map_err(|e| api_error(&worker.api, e))
 }
 
 hyperfleet_common::readme_documents_every_env_var!(crate::AdapterConfig);

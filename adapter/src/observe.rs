@@ -31,7 +31,10 @@ pub fn describe_metrics() {
         "hyperfleet_adapter_api_auth_failures_total",
         "API requests refused with 401 or 403 (the bearer token missing, invalid or without permission)."
     );
-    describe_counter!("hyperfleet_adapter_errors_total", "Failures that outlasted the retries, by phase.");
+    describe_counter!(
+        "hyperfleet_adapter_errors_total",
+        "Failures that outlasted the retries, by phase and error type."
+    );
     describe_gauge!(
         "hyperfleet_adapter_resource_deletions_in_progress",
         Unit::Count,

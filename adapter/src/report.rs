@@ -1,6 +1,6 @@
 //! The adapter's status report (reference §5.5) and its PUT to the API.
 
-use crate::{Failure, Worker, api_failure, task::ResourceView};
+use crate::{Error, Worker, api_error, task::ResourceView};
 
 /// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
 pub(crate) struct Report {
@@ -38,10 +38,10 @@ impl Report {
             ],
         }
     }
-    pub(crate) fn failed(f: &Failure, deleting: bool) -> Self {
-        let message: String = f.message.chars().take(1000).collect();
+    pub(crate) fn failed(e: &Error, deleting: bool) -> Self {
+        let message: String = e.to_string().chars().take(1000).collect();
         let (step, reason) = if deleting { ("deletion", "DeleteFailed") } else { ("apply", "ApplyFailed") };
-        let health = if f.transient { "KubernetesUnavailable" } else { "KubernetesError" };
+        let health = if e.is_transient() { "KubernetesUnavailable" } else { "KubernetesError" };
         Report {
             conditions: [
                 ("Applied", "False", reason, message.clone()),
@@ -60,7 +60,7 @@ pub(crate) async fn put_status(
     resource: &ResourceView,
     report: &Report,
     data: &serde_json::Value,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     let conditions: Vec<serde_json::Value> = report
         .conditions
         .iter()
@@ -80,5 +80,5 @@ pub(crate) async fn put_status(
         .put_status(&worker.task.resource, &resource.id, &body)
         .await
         .map(|_| ())
-        .map_err(|e| api_failure(&worker.api, e))
+        .map_err(|e| api_error(&worker.api, e))
 }

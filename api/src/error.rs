@@ -1,4 +1,6 @@
-//! API errors as RFC 9457 `application/problem+json` with HyperFleet's `HYPERFLEET-*` codes.
+//! The API's one error type, [`ApiError`]: start-up failures (each naming what to fix) and request
+//! failures, answered as RFC 9457 `application/problem+json` with HyperFleet's `HYPERFLEET-*` codes;
+//! [`ApiError::code`] is also its metric label.
 //!
 //! Handlers return [`ApiError`]; its response carries a [`Problem`] in the response extensions and
 //! [`problem_context`] fills in `instance` (the request path) and `trace_id` (the `X-Request-ID`)
@@ -108,6 +110,20 @@ pub enum ApiError {
     /// 500 `HYPERFLEET-INT-002`.
     #[error("Database error")]
     Database(#[source] sqlx::Error),
+    // Start-up failures: `main` prints them and exits; they never reach a client (were one
+    // answered, it would be a 500 `HYPERFLEET-INT-001`).
+    #[error("database settings: {0}")]
+    DatabaseConfig(String),
+    #[error("cannot connect to PostgreSQL at {endpoint}: {source}")]
+    Connect { endpoint: String, source: sqlx::Error },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 impl ApiError {
@@ -170,10 +186,18 @@ impl ApiError {
             ApiError::Database(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "HYPERFLEET-INT-002", "Database Error", "internal-error")
             }
+            ApiError::DatabaseConfig(_)
+            | ApiError::Connect { .. }
+            | ApiError::Migrate(_)
+            | ApiError::Io(_)
+            | ApiError::Metrics(_)
+            | ApiError::Auth(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "HYPERFLEET-INT-001", "Internal Server Error", "internal-error")
+            }
         }
     }
 
-    /// Label for the error counter metric.
+    /// The problem's `code`, and the `code` label of `hyperfleet_api_errors_total`.
     pub fn code(&self) -> &'static str {
         self.parts().1
     }

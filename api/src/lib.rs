@@ -37,6 +37,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ApiConfig;
+pub use error::ApiError;
 pub use http::AppState;
 
 /// Every resource route lives under this prefix.
@@ -45,23 +46,6 @@ pub const API_PREFIX: &str = "/api/hyperfleet/v1";
 /// The embedded migrations from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Start-up failures, each with what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("database settings: {0}")]
-    DatabaseConfig(String),
-    #[error("cannot connect to PostgreSQL at {endpoint}: {source}")]
-    Connect { endpoint: String, source: sqlx::Error },
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("metrics: {0}")]
-    Metrics(String),
-    #[error("authentication: {0}")]
-    Auth(String),
-}
-
 /// How long `migrate` waits for a database that is not reachable yet (an init container started
 /// beside a database that is still starting) before it gives up.
 const MIGRATE_WAIT: Duration = Duration::from_secs(60);
@@ -69,7 +53,7 @@ const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 /// Applies pending migrations. Many replicas may run this at once: sqlx serialises them with a
 /// PostgreSQL advisory lock. A database that is not reachable yet is waited for up to
 /// [`MIGRATE_WAIT`]; one that refuses us (certificate, credentials, unknown database) fails at once.
-pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
+pub async fn migrate(cfg: &ApiConfig) -> Result<(), ApiError> {
     let pool = store::pool::migrations(cfg)?;
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
     let mut delay = Duration::from_millis(250);
@@ -78,7 +62,7 @@ pub async fn migrate(cfg: &ApiConfig) -> Result<(), StartError> {
             Ok(conn) => break drop(conn),
             // Fail with a connection error (not a migration error) when the database stays away.
             Err(source) if store::pool::refuses_us(&source) || tokio::time::Instant::now() + delay > deadline => {
-                return Err(StartError::Connect { endpoint: store::pool::endpoint(cfg), source });
+                return Err(ApiError::Connect { endpoint: store::pool::endpoint(cfg), source });
             }
             Err(e) => {
                 tracing::warn!(error = %e, database = %store::pool::endpoint(cfg), retry_in = ?delay, "database not reachable yet; waiting");
@@ -114,19 +98,19 @@ impl Application {
     /// us is an error), starts the health and metrics listeners, the authenticator, the change feed
     /// and its pruner, and binds the API listener; it serves once
     /// [`Application::run_until_stopped`] runs. `shutdown` (SIGTERM in the binary) starts the drain.
-    pub async fn build(cfg: ApiConfig, shutdown: CancellationToken) -> Result<Self, StartError> {
+    pub async fn build(cfg: ApiConfig, shutdown: CancellationToken) -> Result<Self, ApiError> {
         telemetry::install_crypto_provider();
         let db = store::pool::serving(&cfg)?;
         match db.acquire().await {
             Ok(conn) => drop(conn),
             Err(source) if store::pool::refuses_us(&source) => {
-                return Err(StartError::Connect { endpoint: store::pool::endpoint(&cfg), source });
+                return Err(ApiError::Connect { endpoint: store::pool::endpoint(&cfg), source });
             }
             Err(e) => {
                 tracing::warn!(error = %e, database = %store::pool::endpoint(&cfg), "database not reachable yet; not ready until it is")
             }
         }
-        let prometheus = ops::install_metrics_recorder().map_err(StartError::Metrics)?;
+        let prometheus = ops::install_metrics_recorder().map_err(ApiError::Metrics)?;
         observe::describe_metrics();
         let probes = probes(&cfg, &db)?;
         let ops = ops::serve(&cfg.health, &cfg.metrics, probes, prometheus, shutdown.clone()).await?;
@@ -137,7 +121,7 @@ impl Application {
         })?;
         let addr = listener.local_addr()?;
         let auth = if cfg.jwt.enabled {
-            Some(auth::Authenticator::new(cfg.jwt.clone(), cfg.authz.clone()).await.map_err(StartError::Auth)?)
+            Some(auth::Authenticator::new(cfg.jwt.clone(), cfg.authz.clone()).await.map_err(ApiError::Auth)?)
         } else {
             tracing::warn!("JWT authentication is off (jwt.enabled / ENABLE_JWT): every caller is trusted");
             None
@@ -185,7 +169,7 @@ impl Application {
     /// still served for `shutdown_drain` — the time endpoints and load balancers take to stop
     /// sending new ones — before the listener closes and the change feeds end; in-flight requests
     /// then get `shutdown_timeout` to finish.
-    pub async fn run_until_stopped(self) -> Result<(), StartError> {
+    pub async fn run_until_stopped(self) -> Result<(), ApiError> {
         let Application { listener, router, db, shutdown, stop, drain, timeout, .. } = self;
         {
             let stop = stop.clone();
@@ -213,7 +197,7 @@ impl Application {
 
 /// `/readyz`: the database answers (on the probe's own connection, within 2 s); before each
 /// `/metrics` render, the gauges read from the database.
-fn probes(cfg: &ApiConfig, db: &PgPool) -> Result<ops::Probes, StartError> {
+fn probes(cfg: &ApiConfig, db: &PgPool) -> Result<ops::Probes, ApiError> {
     let ping_pool = store::pool::probe(cfg)?;
     let check: ops::ReadinessCheck = Arc::new(move || {
         let pool = ping_pool.clone();
@@ -237,7 +221,7 @@ fn probes(cfg: &ApiConfig, db: &PgPool) -> Result<ops::Probes, StartError> {
 }
 
 /// Runs the API until `shutdown` is cancelled, then drains in-flight requests.
-pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<(), ApiError> {
     Application::build(cfg, shutdown).await?.run_until_stopped().await
 }
 

@@ -30,7 +30,6 @@ use hyperfleet_common::{
     broker::BrokerError,
     cloudevent::{self, ObjectRef},
     ops,
-    process::ServiceConfig,
 };
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -135,9 +134,9 @@ impl Health {
     }
 }
 
-/// Runs the sentinel until `shutdown` is cancelled.
+/// Runs the sentinel until `shutdown` is cancelled. `cfg` is validated already
+/// ([`hyperfleet_common::process::start`]).
 pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    cfg.validate().map_err(Error::Start)?;
     cfg.apply_seed_keys();
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
     observe::describe_metrics();

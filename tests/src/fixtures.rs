@@ -1,5 +1,6 @@
-//! Fixtures: the local environment's settings, a database per test, service binaries as child
-//! processes, polling with a deadline, and small request and metric helpers.
+//! Fixtures: the local environment's settings, a claim on its PostgreSQL and RabbitMQ, a database
+//! per test, service binaries as child processes, polling with a deadline, and small request and
+//! metric helpers.
 
 use std::{
     collections::HashMap,
@@ -89,20 +90,104 @@ impl LocalEnv {
     }
 }
 
-/// A database of its own for one test, dropped (best effort) by [`TestDb::drop_db`].
+/// The local PostgreSQL and RabbitMQ are shared by every test of a test binary; the outage tests
+/// stop them. A test that uses them holds a shared [`InfraClaim`] ([`TestDb::create`] takes one, so
+/// every stack holds one); an outage test takes them alone ([`take_infra_alone`]),
+/// which waits until the tests using them are done and holds new ones back until it ends (the
+/// lock is fair: a waiting outage test is not starved).
+static INFRA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+thread_local! {
+    /// The shared claim this thread's test holds, so a test's second claim does not queue behind
+    /// a waiting outage test (which waits for the first: a deadlock).
+    static SHARED: std::cell::RefCell<std::sync::Weak<tokio::sync::RwLockReadGuard<'static, ()>>> =
+        const { std::cell::RefCell::new(std::sync::Weak::new()) };
+    /// Whether this thread's test holds the infrastructure alone (its own claims are then free).
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A test's shared claim on the local PostgreSQL and RabbitMQ; released when the last copy drops.
+#[derive(Clone)]
+pub struct InfraClaim(#[allow(dead_code)] Option<std::sync::Arc<tokio::sync::RwLockReadGuard<'static, ()>>>);
+
+/// A shared claim on the local infrastructure for the calling test (see [`INFRA`]). Tests run on
+/// a thread each (`#[tokio::test]`'s current-thread runtime); a second claim of the same test is a
+/// copy of the first.
+pub async fn share_infra() -> InfraClaim {
+    if ALONE.with(|a| a.get()) {
+        return InfraClaim(None);
+    }
+    if let Some(held) = SHARED.with(|s| s.borrow().upgrade()) {
+        return InfraClaim(Some(held));
+    }
+    let held = std::sync::Arc::new(INFRA.read().await);
+    SHARED.with(|s| *s.borrow_mut() = std::sync::Arc::downgrade(&held));
+    InfraClaim(Some(held))
+}
+
+/// The local infrastructure for the calling test alone, until the returned guard drops: for a test
+/// that stops PostgreSQL or RabbitMQ. Take it first, before any other claim.
+pub async fn take_infra_alone() -> Result<InfraAlone> {
+    if SHARED.with(|s| s.borrow().strong_count() > 0) {
+        bail!("take_infra_alone: this test already holds a shared claim (take the exclusive one first)");
+    }
+    let guard = INFRA.write().await;
+    ALONE.with(|a| a.set(true));
+    Ok(InfraAlone(guard))
+}
+
+/// See [`take_infra_alone`].
+pub struct InfraAlone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>);
+
+impl Drop for InfraAlone {
+    fn drop(&mut self) {
+        ALONE.with(|a| a.set(false));
+    }
+}
+
+/// Runs `tests/env/run <action>` on the environment `env` belongs to (`pg-stop`, `mq-start`, …).
+pub fn env_run(env: &LocalEnv, action: &str) -> Result<()> {
+    let out = std::process::Command::new(workspace_root().join("tests/env/run"))
+        .arg(action)
+        .env("HYPERFLEET_LOCAL_DIR", env.get("HF_LOCAL_DIR")?)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "tests/env/run {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `tests/env/run <action>` when dropped: an outage test starts what it stopped whatever
+/// happens, a failing assertion included.
+pub struct RunOnDrop(pub LocalEnv, pub &'static str);
+
+impl Drop for RunOnDrop {
+    fn drop(&mut self) {
+        let _ = env_run(&self.0, self.1);
+    }
+}
+
+/// A database of its own for one test, dropped (best effort) by [`TestDb::drop_db`]; it holds the
+/// test's claim on the local infrastructure ([`share_infra`]).
 pub struct TestDb {
     pub name: String,
     env: LocalEnv,
+    _infra: InfraClaim,
 }
 
 impl TestDb {
     pub async fn create(env: &LocalEnv) -> Result<Self> {
+        let infra = share_infra().await;
         let name = format!("hf_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn =
             PgConnection::connect_with(&env.pg_options("postgres")?).await.context("connect to PostgreSQL")?;
         conn.execute(sqlx::AssertSqlSafe(format!("create database {name}"))).await?;
         conn.close().await?;
-        Ok(TestDb { name, env: env.clone() })
+        Ok(TestDb { name, env: env.clone(), _infra: infra })
     }
 
     pub async fn drop_db(self) {
@@ -306,8 +391,26 @@ pub async fn seed_clusters(conn: &mut PgConnection, n: i64) -> Result<()> {
     Ok(())
 }
 
-/// POSTs a cluster named `name` with `labels` to the API at `api_url` with `http` (e.g. a client
-/// that sends a bearer token); returns its id.
+/// POSTs the cluster `body` describes to the API at `api_url` with `http` (e.g. a client that
+/// sends a bearer token); fails unless it is created; returns the created resource.
+pub async fn post_cluster(
+    http: &reqwest::Client,
+    api_url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let resp = http
+        .post(format!("{api_url}/api/hyperfleet/v1/clusters"))
+        .timeout(Duration::from_secs(10))
+        .json(body)
+        .send()
+        .await?;
+    if resp.status() != 201 {
+        bail!("POST cluster {}: {} {}", body["name"], resp.status(), resp.text().await.unwrap_or_default());
+    }
+    Ok(resp.json().await?)
+}
+
+/// [`post_cluster`] of a cluster named `name` with `labels` and an empty spec; returns its id.
 pub async fn post_cluster_with(
     http: &reqwest::Client,
     api_url: &str,
@@ -315,16 +418,7 @@ pub async fn post_cluster_with(
     labels: serde_json::Value,
 ) -> Result<String> {
     let body = serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": labels});
-    let resp = http
-        .post(format!("{api_url}/api/hyperfleet/v1/clusters"))
-        .timeout(Duration::from_secs(10))
-        .json(&body)
-        .send()
-        .await?;
-    if resp.status() != 201 {
-        bail!("POST cluster {name}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
-    }
-    let v: serde_json::Value = resp.json().await?;
+    let v = post_cluster(http, api_url, &body).await?;
     Ok(v["id"].as_str().context("id")?.to_string())
 }
 

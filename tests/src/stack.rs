@@ -1,5 +1,6 @@
-//! Stacks: the API alone on its own database ([`ApiStack`]), or the three services with the
-//! chart's authentication ([`Stack`]).
+//! Stacks: the API alone on its own database ([`ApiStack`]), and the three services with the
+//! chart's authentication ([`Stack`]: an [`ApiStack`] plus the sentinel, the adapter and their
+//! identities).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,15 +9,12 @@ use sqlx::{Connection, PgConnection};
 
 use crate::*;
 
-/// The three services wired together for one test: own database, exchange and queue.
+/// The three services wired together for one test: an [`ApiStack`] (own database and exchange;
+/// its fields and methods are the stack's through `Deref`) plus the sentinel and the adapter with
+/// a queue of their own.
 pub struct Stack {
-    pub env: LocalEnv,
-    /// Unique per test; names the database, exchange, queue and log files.
-    pub tag: String,
-    pub api_url: String,
-    pub exchange: String,
+    base: ApiStack,
     pub queue: String,
-    pub api: Service,
     pub sentinel: Service,
     pub adapter: Service,
     adapter_vars: Vec<(&'static str, String)>,
@@ -27,7 +25,19 @@ pub struct Stack {
     identities: Option<Identities>,
     /// Clusters created through [`Stack::create_cluster`]; their Namespaces are removed at stop.
     created: std::sync::Mutex<Vec<String>>,
-    db: TestDb,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = ApiStack;
+    fn deref(&self) -> &ApiStack {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut ApiStack {
+        &mut self.base
+    }
 }
 
 /// Extra settings for a [`Stack`]'s workers (they win over the defaults).
@@ -69,12 +79,9 @@ pub fn jwt_api_vars(env: &LocalEnv) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
-/// What [`Stack::launch`] started.
-struct Launched {
-    api_url: String,
-    exchange: String,
+/// The workers [`Stack::launch_workers`] started, and the test's client.
+struct Workers {
     queue: String,
-    api: Service,
     sentinel: Service,
     adapter: Service,
     adapter_vars: Vec<(&'static str, String)>,
@@ -154,32 +161,9 @@ impl Identities {
     }
 }
 
-/// A stack's API: `db` migrated, the binary started on a free loopback port with `extra` settings
-/// (not yet waited for). Returns it, its URL and every setting it was started with.
-async fn start_api(
-    env: &LocalEnv,
-    db: &TestDb,
-    tag: &str,
-    extra: Vec<(&'static str, String)>,
-) -> Result<(Service, String, Vec<(&'static str, String)>)> {
-    migrate(env, db).await?;
-    let port = free_port();
-    let mut vars = api_db_vars(env, db)?;
-    vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
-    vars.push(("HYPERFLEET_SERVER_PORT", port.to_string()));
-    vars.extend(extra);
-    let api = Service::start(env, tag, "api", &["serve"], &vars)?;
-    Ok((api, format!("http://127.0.0.1:{port}"), vars))
-}
-
-/// The broker and API settings a stack's sentinel or adapter needs.
-fn worker_vars(env: &LocalEnv, exchange: &str, api_url: &str) -> Result<Vec<(&'static str, String)>> {
-    Ok(vec![
-        ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
-        ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
-        ("HYPERFLEET_BROKER_EXCHANGE", exchange.to_string()),
-        ("HYPERFLEET_HYPERFLEET_API_BASE_URL", api_url.to_string()),
-    ])
+/// A tag unique per test: names the database, exchange, queue and log files.
+fn new_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 impl Stack {
@@ -187,61 +171,14 @@ impl Stack {
         Stack::start_with(StackOptions::default()).await
     }
 
-    pub async fn start_with(opts: StackOptions) -> Result<Self> {
+    pub async fn start_with(mut opts: StackOptions) -> Result<Self> {
         let mut env = LocalEnv::load()?;
         env.bin_dir = opts.bin_dir.clone();
-        let db = TestDb::create(&env).await?;
-        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut identities = None;
-        let launched = Stack::launch(&env, &db, &tag, &mut identities, opts).await;
-        let Launched { api_url, exchange, queue, api, sentinel, adapter, adapter_vars, http, api_token } =
-            match launched {
-                Ok(l) => l,
-                Err(e) => {
-                    // What a failed start created goes again: the identities' namespace, the database.
-                    if let Some(ids) = &identities {
-                        ids.remove(&env).await;
-                    }
-                    db.drop_db().await;
-                    return Err(e);
-                }
-            };
-        Ok(Stack {
-            env,
-            tag,
-            api_url,
-            exchange,
-            queue,
-            api,
-            sentinel,
-            adapter,
-            adapter_vars,
-            adapter_runs: 1,
-            http,
-            api_token,
-            identities,
-            created: Default::default(),
-            db,
-        })
-    }
-
-    /// Migrates `db`, creates the identities (into `identities`, so a failure after it can remove
-    /// them) and starts the three services.
-    async fn launch(
-        env: &LocalEnv,
-        db: &TestDb,
-        tag: &str,
-        identities: &mut Option<Identities>,
-        opts: StackOptions,
-    ) -> Result<Launched> {
-        let exchange = format!("hf-test-{tag}");
-        let queue = format!("hf-test-{tag}-landing-zone");
-        if !opts.jwt_off {
-            *identities = Some(Identities::create(env, tag).await?);
-        }
+        let tag = new_tag();
+        let identities = if opts.jwt_off { None } else { Some(Identities::create(&env, &tag).await?) };
         let mut api_vars = Vec::new();
-        if let Some(ids) = &*identities {
-            api_vars.extend(jwt_api_vars(env)?);
+        if let Some(ids) = &identities {
+            api_vars.extend(jwt_api_vars(&env)?);
             // The chart's rules: the sentinel reads, the adapter reads and reports as landing-zone
             // only, the test (as the chart's operator) may do everything.
             let who = |name: &str| format!("system:serviceaccount:{}:{name}", ids.namespace);
@@ -252,28 +189,64 @@ impl Stack {
             ]);
             api_vars.push(("HYPERFLEET_AUTHZ_RULES", rules.to_string()));
         }
-        api_vars.extend(opts.api);
-        let (mut api, api_url, _) = start_api(env, db, tag, api_vars).await?;
-        let broker = worker_vars(env, &exchange, &api_url)?;
+        api_vars.extend(std::mem::take(&mut opts.api));
+        let base = match ApiStack::launch(env.clone(), tag, api_vars).await {
+            Ok(base) => base,
+            Err(e) => {
+                // What a failed start created goes again (the API stack removed its database).
+                if let Some(ids) = &identities {
+                    ids.remove(&env).await;
+                }
+                return Err(e);
+            }
+        };
+        match Stack::launch_workers(&base, identities.as_ref(), opts).await {
+            Ok(Workers { queue, sentinel, adapter, adapter_vars, http, api_token }) => Ok(Stack {
+                base,
+                queue,
+                sentinel,
+                adapter,
+                adapter_vars,
+                adapter_runs: 1,
+                http,
+                api_token,
+                identities,
+                created: Default::default(),
+            }),
+            Err(e) => {
+                if let Some(ids) = &identities {
+                    ids.remove(&env).await;
+                }
+                base.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the sentinel and the adapter against `base` (with the identities' tokens) and waits
+    /// until they are ready.
+    async fn launch_workers(base: &ApiStack, identities: Option<&Identities>, opts: StackOptions) -> Result<Workers> {
+        let queue = format!("hf-test-{}-landing-zone", base.tag);
+        let broker = base.worker_vars()?;
         let mut sentinel_vars = broker.clone();
         if !opts.default_poll_interval {
             sentinel_vars.push(("HYPERFLEET_POLL_INTERVAL", "500ms".into()));
         }
         let mut adapter_vars = broker;
-        if let Some(ids) = &*identities {
+        if let Some(ids) = identities {
             let file = |p: &PathBuf| ("HYPERFLEET_HYPERFLEET_API_TOKEN_FILE", p.display().to_string());
             sentinel_vars.push(file(&ids.sentinel));
             adapter_vars.push(file(&ids.adapter));
         }
         adapter_vars.push(("HYPERFLEET_QUEUE", queue.clone()));
-        adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", env.get("KUBECONFIG")?.to_string()));
+        adapter_vars.push(("HYPERFLEET_KUBERNETES_KUBECONFIG", base.env.get("KUBECONFIG")?.to_string()));
         sentinel_vars.extend(opts.sentinel);
         adapter_vars.extend(opts.adapter);
 
-        let mut sentinel = Service::start(env, tag, "sentinel", &[], &sentinel_vars)?;
-        let mut adapter = Service::start(env, tag, "adapter", &[], &adapter_vars)?;
+        let mut sentinel = Service::start(&base.env, &base.tag, "sentinel", &[], &sentinel_vars)?;
+        let mut adapter = Service::start(&base.env, &base.tag, "adapter", &[], &adapter_vars)?;
         let mut headers = reqwest::header::HeaderMap::new();
-        let api_token = opts.api_token.clone().or_else(|| identities.as_ref().map(|i| i.tester.clone()));
+        let api_token = opts.api_token.clone().or_else(|| identities.map(|i| i.tester.clone()));
         if let Some(token) = &api_token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
             value.set_sensitive(true);
@@ -281,10 +254,9 @@ impl Stack {
         }
         let http = reqwest::Client::builder().default_headers(headers).build()?;
         let ready = Duration::from_secs(60);
-        api.wait_ready(ready).await?;
         sentinel.wait_ready(ready).await?;
         adapter.wait_ready(ready).await?;
-        Ok(Launched { api_url, exchange, queue, api, sentinel, adapter, adapter_vars, http, api_token })
+        Ok(Workers { queue, sentinel, adapter, adapter_vars, http, api_token })
     }
 
     /// The bearer token the test's own requests send (none with [`StackOptions::jwt_off`]).
@@ -301,11 +273,6 @@ impl Stack {
             _ => return None,
         };
         std::fs::read_to_string(path).ok()
-    }
-
-    /// A connection to the stack's own database.
-    pub async fn db_connection(&self) -> Result<PgConnection> {
-        Ok(PgConnection::connect_with(&self.env.pg_options(&self.db.name)?).await?)
     }
 
     /// Kills the adapter with SIGKILL (no chance to finish or ack anything).
@@ -329,11 +296,18 @@ impl Stack {
         &self.http
     }
 
-    /// POSTs a cluster; returns its id.
+    /// POSTs a cluster with an empty spec and no labels; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
         let id = post_cluster_with(&self.http, &self.api_url, name, serde_json::json!({})).await?;
         self.track_created(&id);
         Ok(id)
+    }
+
+    /// POSTs the cluster `body` describes; returns the created resource.
+    pub async fn post_cluster(&self, body: serde_json::Value) -> Result<serde_json::Value> {
+        let created = post_cluster(&self.http, &self.api_url, &body).await?;
+        self.track_created(created["id"].as_str().context("id in the create response")?);
+        Ok(created)
     }
 
     /// Records a cluster created by other means, so that [`Stack::stop`] removes its Namespace.
@@ -388,33 +362,28 @@ impl Stack {
         format!("{}\n{}\n{}", self.api.log_tail(), self.sentinel.log_tail(), self.adapter.log_tail())
     }
 
-    /// A broker configuration for the test's own connections (AMQPS, local CA, this exchange).
-    pub fn broker(&self) -> Result<hyperfleet_common::broker::BrokerConfig> {
-        self.env.broker(&self.exchange)
-    }
-
     /// Stops the services, removes the database, exchange, queues and the Namespaces of the
     /// clusters it created, and checks that none of them is left behind.
     pub async fn stop(self) {
         let broker = self.broker();
         self.adapter.stop().await;
         self.sentinel.stop().await;
-        self.api.stop().await;
         if let Some(ids) = &self.identities {
-            ids.remove(&self.env).await;
+            ids.remove(&self.base.env).await;
         }
         let created = self.created.lock().map(|c| c.clone()).unwrap_or_default();
         if !created.is_empty()
-            && let Err(e) = remove_namespaces(&self.env, &created).await
+            && let Err(e) = remove_namespaces(&self.base.env, &created).await
         {
             panic!("test left Namespaces behind: {e}");
         }
         if let Ok(cfg) = broker
             && let Ok(conn) = cfg.connect("hyperfleet-test-cleanup").await
-            && let Ok(ch) = conn.create_channel().await
         {
             for q in [self.queue.clone(), format!("{}.dead-letter", self.queue)] {
-                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                }
                 // A passive declare of a deleted queue fails (and closes its channel).
                 if let Ok(probe) = conn.create_channel().await {
                     let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
@@ -423,10 +392,9 @@ impl Stack {
                     }
                 }
             }
-            let _ = ch.exchange_delete(self.exchange.as_str().into(), Default::default()).await;
             let _ = conn.close(200, "done".into()).await;
         }
-        self.db.drop_db().await;
+        self.base.stop().await;
     }
 }
 
@@ -434,6 +402,7 @@ impl Stack {
 /// test with [`ApiStack::sentinel`] and observed through [`Tap`]s.
 pub struct ApiStack {
     pub env: LocalEnv,
+    /// Unique per test; names the database, exchange, queue and log files.
     pub tag: String,
     pub api_url: String,
     pub exchange: String,
@@ -444,12 +413,34 @@ pub struct ApiStack {
 
 impl ApiStack {
     pub async fn start() -> Result<Self> {
-        let env = LocalEnv::load()?;
+        ApiStack::launch(LocalEnv::load()?, new_tag(), Vec::new()).await
+    }
+
+    /// A database of its own, migrated, and the API binary on a free loopback port with `extra`
+    /// settings (they win over the defaults), ready; on failure the database is removed again.
+    async fn launch(env: LocalEnv, tag: String, extra: Vec<(&'static str, String)>) -> Result<Self> {
         let db = TestDb::create(&env).await?;
-        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let (mut api, api_url, api_vars) = start_api(&env, &db, &tag, Vec::new()).await?;
-        api.wait_ready(Duration::from_secs(60)).await?;
-        Ok(ApiStack { env, exchange: format!("hf-test-{tag}"), tag, api_url, api, api_vars, db })
+        let started = async {
+            migrate(&env, &db).await?;
+            let port = free_port();
+            let mut vars = api_db_vars(&env, &db)?;
+            vars.push(("HYPERFLEET_SERVER_HOST", "127.0.0.1".into()));
+            vars.push(("HYPERFLEET_SERVER_PORT", port.to_string()));
+            vars.extend(extra);
+            let mut api = Service::start(&env, &tag, "api", &["serve"], &vars)?;
+            api.wait_ready(Duration::from_secs(60)).await?;
+            Ok::<_, anyhow::Error>((api, format!("http://127.0.0.1:{port}"), vars))
+        }
+        .await;
+        match started {
+            Ok((api, api_url, api_vars)) => {
+                Ok(ApiStack { exchange: format!("hf-test-{tag}"), env, tag, api_url, api, api_vars, db })
+            }
+            Err(e) => {
+                db.drop_db().await;
+                Err(e)
+            }
+        }
     }
 
     /// A direct connection to the stack's database (for seeding).
@@ -468,7 +459,12 @@ impl ApiStack {
 
     /// The broker and API settings a sentinel or adapter of this stack needs.
     pub fn worker_vars(&self) -> Result<Vec<(&'static str, String)>> {
-        worker_vars(&self.env, &self.exchange, &self.api_url)
+        Ok(vec![
+            ("HYPERFLEET_BROKER_URL", self.env.get("HF_AMQPS_URL")?.to_string()),
+            ("HYPERFLEET_BROKER_CA_FILE", self.env.get("HF_AMQPS_CA_FILE")?.to_string()),
+            ("HYPERFLEET_BROKER_EXCHANGE", self.exchange.clone()),
+            ("HYPERFLEET_HYPERFLEET_API_BASE_URL", self.api_url.clone()),
+        ])
     }
 
     /// Starts a sentinel (log `target/e2e/<tag>-<suffix>-sentinel.log`) and waits until it is ready.

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{ApiConfig, StartError};
+use crate::{ApiConfig, ApiError};
 
 /// A connection idle at least this long is pinged before it is handed out.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
@@ -54,23 +54,23 @@ pub(crate) use trouble::note as note_db_trouble;
 /// is discarded when released.
 ///
 /// Its connections carry `database.statement_timeout` and `database.lock_timeout`.
-pub fn serving(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+pub fn serving(cfg: &ApiConfig) -> Result<PgPool, ApiError> {
+    let opts = cfg.database.connect_options().map_err(ApiError::DatabaseConfig)?;
     Ok(lazy(opts, cfg.database.max_connections, cfg.database.acquire_timeout, Some(cfg.database.session_setup())))
 }
 
 /// The readiness probe's own connection: a pool saturated by requests (writers queued behind the
 /// write lock) does not turn every replica NotReady at once — the probe asks whether the database
 /// answers, not whether this replica is busy.
-pub fn probe(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+pub fn probe(cfg: &ApiConfig) -> Result<PgPool, ApiError> {
+    let opts = cfg.database.connect_options().map_err(ApiError::DatabaseConfig)?;
     Ok(lazy(opts, 1, Duration::from_secs(2), Some(cfg.database.session_setup())))
 }
 
 /// Two connections without the serving timeouts: a migration may rightly take longer than any
 /// request.
-pub fn migrations(cfg: &ApiConfig) -> Result<PgPool, StartError> {
-    let opts = cfg.database.connect_options().map_err(StartError::DatabaseConfig)?;
+pub fn migrations(cfg: &ApiConfig) -> Result<PgPool, ApiError> {
+    let opts = cfg.database.connect_options().map_err(ApiError::DatabaseConfig)?;
     Ok(lazy(opts, 2, cfg.database.acquire_timeout, None))
 }
 

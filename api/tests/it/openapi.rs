@@ -2,16 +2,14 @@
 //! the routes the server serves — every documented operation answers, every other method on a
 //! documented path is 405.
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use crate::support::{app, header};
 use anyhow::{Context, Result, bail};
 use axum::http::{Method, StatusCode};
 use hyperfleet_api::{API_PREFIX, http};
 use hyperfleet_tests::LocalEnv;
 use serde_json::Value;
-use support::{app, header};
 
 #[tokio::test]
 async fn the_document_is_valid_openapi_3_1_and_matches_the_router() -> Result<()> {
@@ -94,12 +92,13 @@ async fn the_document_is_valid_openapi_3_1_and_matches_the_router() -> Result<()
 async fn generated_requests_get_answers_the_document_describes() -> Result<()> {
     let env = LocalEnv::load()?;
     let app = app().await?;
-    let (status, _, c) = app.call(Method::POST, support::CLUSTERS, Some(&support::cluster("fuzzed"))).await?;
+    let (status, _, c) =
+        app.call(Method::POST, crate::support::CLUSTERS, Some(&crate::support::cluster("fuzzed"))).await?;
     assert_eq!(status, StatusCode::CREATED, "{c}");
     let cluster = c["id"].as_str().context("cluster id")?.to_string();
     let nodepool = serde_json::json!({"kind": "NodePool", "name": "fuzzed", "spec": {}}).to_string();
     let (status, _, n) =
-        app.call(Method::POST, &format!("{}/{cluster}/nodepools", support::CLUSTERS), Some(&nodepool)).await?;
+        app.call(Method::POST, &format!("{}/{cluster}/nodepools", crate::support::CLUSTERS), Some(&nodepool)).await?;
     assert_eq!(status, StatusCode::CREATED, "{n}");
     let nodepool = n["id"].as_str().context("nodepool id")?.to_string();
     let mut app = app;

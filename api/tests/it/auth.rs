@@ -1,13 +1,12 @@
 //! JWT authentication: tokens minted here (RS256 with an openssl-made key, ES256 with ring) against
 //! a JWKS served over HTTP by the test, for every way a token can be wrong.
 
-mod support;
-
 use std::{
     sync::{Arc, RwLock},
     time::Duration,
 };
 
+use crate::support::{App, CLUSTERS, app_with_auth, app_with_authz, cluster};
 use anyhow::{Context, Result, bail};
 use axum::http::{Method, StatusCode};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -17,7 +16,6 @@ use ring::{
     signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents},
 };
 use serde_json::{Value, json};
-use support::{App, CLUSTERS, app_with_auth, app_with_authz, cluster};
 
 const ISSUER: &str = "https://sso.example.test/realms/hyperfleet";
 const AUDIENCE: &str = "hyperfleet-api";

@@ -450,7 +450,7 @@ fn the_dockerfile_and_the_argocd_application_lint_clean() -> Result<()> {
         let stage = text.split(from).nth(1).context("stage")?.split("FROM ").next().unwrap_or("");
         assert!(from.starts_with("FROM ${RUNTIME_BASE} "), "{target} on the runtime base");
         assert!(stage.contains("USER 65532:65532"), "{target} runs as non-root");
-        // The entrypoint tests/env/images.sh gives the local images (tests/tests/pods.rs sees it run).
+        // The entrypoint tests/env/images.sh gives the local images (tests/tests/it/pods.rs sees it run).
         let entrypoint = format!("ENTRYPOINT [\"/usr/local/bin/hyperfleet-{target}\"]");
         assert!(stage.contains(&entrypoint), "{target}: {entrypoint}");
     }

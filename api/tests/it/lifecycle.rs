@@ -1,26 +1,12 @@
 //! Resource lifecycle against a real PostgreSQL: nodepools on flat and nested routes, generation
 //! rules, adapter status reports and their aggregation, deletion with finalization, force-delete.
 
-mod support;
-
+use crate::support::{App, CLUSTERS, app, app_with};
 use anyhow::{Context, Result};
 use axum::http::{Method, StatusCode};
 use chrono::{Duration, SecondsFormat, Utc};
 use hyperfleet_api::config::RequiredAdapters;
 use serde_json::{Value, json};
-use support::{App, CLUSTERS, app, app_with, cluster};
-
-async fn create(app: &App, uri: &str, body: Value) -> Result<Value> {
-    let (status, _, v) = app.call(Method::POST, uri, Some(&body.to_string())).await?;
-    assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
-    Ok(v)
-}
-
-async fn create_cluster(app: &App, name: &str) -> Result<String> {
-    let (status, _, v) = app.call(Method::POST, CLUSTERS, Some(&cluster(name))).await?;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
-    Ok(v["id"].as_str().context("id")?.to_string())
-}
 
 async fn total(app: &App, uri: &str) -> Result<Value> {
     Ok(app.call(Method::GET, uri, None).await?.2["total"].clone())
@@ -59,9 +45,9 @@ fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
 #[tokio::test]
 async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
     let app = app().await?;
-    let a = create_cluster(&app, "alpha").await?;
-    let b = create_cluster(&app, "beta").await?;
-    let np = create(&app, &format!("{CLUSTERS}/{a}/nodepools"), nodepool("pool-1")).await?;
+    let a = app.create_cluster("alpha").await?;
+    let b = app.create_cluster("beta").await?;
+    let np = app.create(&format!("{CLUSTERS}/{a}/nodepools"), nodepool("pool-1")).await?;
     let id = np["id"].as_str().context("id")?;
     assert_eq!(np["href"], format!("{CLUSTERS}/{a}/nodepools/{id}"));
     assert_eq!(np["owner_references"], json!({"id": a, "kind": "Cluster", "href": format!("{CLUSTERS}/{a}")}));
@@ -95,7 +81,7 @@ async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
     let (status, _, body) =
         app.call(Method::POST, &format!("{CLUSTERS}/{a}/nodepools"), Some(&nodepool("pool-1").to_string())).await?;
     assert_eq!((status, body["detail"].as_str()), (StatusCode::CONFLICT, Some("This NodePool already exists")));
-    create(&app, &format!("{CLUSTERS}/{b}/nodepools"), nodepool("pool-1")).await?;
+    app.create(&format!("{CLUSTERS}/{b}/nodepools"), nodepool("pool-1")).await?;
     let (status, _, _) = app
         .call(Method::POST, &format!("{CLUSTERS}/{a}/nodepools"), Some(&nodepool("a-too-long-name").to_string()))
         .await?;
@@ -116,7 +102,7 @@ async fn nodepools_on_flat_and_nested_routes() -> Result<()> {
 #[tokio::test]
 async fn a_labels_patch_never_rewrites_the_spec() -> Result<()> {
     let app = app().await?;
-    let id = create_cluster(&app, "odd-spec").await?;
+    let id = app.create_cluster("odd-spec").await?;
     let uuid: uuid::Uuid = id.parse()?;
     sqlx::query("update resources set spec = '{\"n\": 1e400, \"k\": \"v\"}' where id = $1")
         .bind(uuid)
@@ -140,7 +126,7 @@ async fn a_labels_patch_never_rewrites_the_spec() -> Result<()> {
 #[tokio::test]
 async fn generation_counts_effective_changes_and_delete_once() -> Result<()> {
     let app = app().await?;
-    let id = create_cluster(&app, "gen").await?;
+    let id = app.create_cluster("gen").await?;
     let uri = format!("{CLUSTERS}/{id}");
     let patch = |body: Value| {
         let uri = uri.clone();
@@ -192,8 +178,8 @@ async fn generation_counts_effective_changes_and_delete_once() -> Result<()> {
 
 #[tokio::test]
 async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
-    let app = support::app_with_optional(&["audit"]).await?;
-    let id = create_cluster(&app, "reported").await?;
+    let app = crate::support::app_with_optional(&["audit"]).await?;
+    let id = app.create_cluster("reported").await?;
     let uri = format!("{CLUSTERS}/{id}");
     let statuses = format!("{uri}/statuses");
     let put = |body: String| {
@@ -276,7 +262,7 @@ async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, headers, _) = app.call(Method::POST, &statuses, Some("{}")).await?;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(support::header(&headers, "allow").is_some_and(|a| a.contains("PUT")));
+    assert!(crate::support::header(&headers, "allow").is_some_and(|a| a.contains("PUT")));
     app.done().await;
     Ok(())
 }
@@ -284,9 +270,9 @@ async fn status_reports_are_validated_discarded_or_aggregated() -> Result<()> {
 #[tokio::test]
 async fn deletion_is_finalized_by_the_adapters() -> Result<()> {
     let app = app().await?;
-    let id = create_cluster(&app, "doomed").await?;
+    let id = app.create_cluster("doomed").await?;
     let uri = format!("{CLUSTERS}/{id}");
-    let np = create(&app, &format!("{uri}/nodepools"), nodepool("pool")).await?;
+    let np = app.create(&format!("{uri}/nodepools"), nodepool("pool")).await?;
     let np_uri = format!("/api/hyperfleet/v1/nodepools/{}", np["id"].as_str().context("id")?);
 
     let (_, _, deleted) = app.call(Method::DELETE, &uri, None).await?;
@@ -308,7 +294,7 @@ async fn deletion_is_finalized_by_the_adapters() -> Result<()> {
     assert_eq!(app.call(Method::GET, &uri, None).await?.0, StatusCode::NOT_FOUND, "hard-deleted once finalized");
     assert_eq!(app.call(Method::GET, &statuses, None).await?.0, StatusCode::NOT_FOUND);
 
-    let again = create_cluster(&app, "doomed").await?;
+    let again = app.create_cluster("doomed").await?;
     assert_ne!(again, id, "the name is free again, under a new id");
     app.done().await;
     Ok(())
@@ -318,9 +304,9 @@ async fn deletion_is_finalized_by_the_adapters() -> Result<()> {
 async fn a_cluster_waits_for_its_nodepools_to_be_finalized() -> Result<()> {
     let app =
         app_with(RequiredAdapters { clusters: vec!["landing-zone".into()], nodepools: vec!["pools".into()] }).await?;
-    let id = create_cluster(&app, "parent").await?;
+    let id = app.create_cluster("parent").await?;
     let uri = format!("{CLUSTERS}/{id}");
-    let np = create(&app, &format!("{uri}/nodepools"), nodepool("child")).await?;
+    let np = app.create(&format!("{uri}/nodepools"), nodepool("child")).await?;
     let np_uri = format!("{uri}/nodepools/{}", np["id"].as_str().context("id")?);
 
     let (_, _, cluster) = app.call(Method::DELETE, &uri, None).await?;
@@ -347,9 +333,9 @@ async fn a_cluster_waits_for_its_nodepools_to_be_finalized() -> Result<()> {
 async fn force_delete_removes_a_finalizing_cluster_and_its_nodepools() -> Result<()> {
     let app =
         app_with(RequiredAdapters { clusters: vec!["landing-zone".into()], nodepools: vec!["pools".into()] }).await?;
-    let id = create_cluster(&app, "stuck").await?;
+    let id = app.create_cluster("stuck").await?;
     let uri = format!("{CLUSTERS}/{id}");
-    let np = create(&app, &format!("{uri}/nodepools"), nodepool("pool")).await?;
+    let np = app.create(&format!("{uri}/nodepools"), nodepool("pool")).await?;
     let force = format!("{uri}/force-delete");
 
     let (status, _, v) = app.call(Method::POST, &force, Some(r#"{"reason": "stuck"}"#)).await?;
@@ -364,7 +350,7 @@ async fn force_delete_removes_a_finalizing_cluster_and_its_nodepools() -> Result
     let np_uri = format!("/api/hyperfleet/v1/nodepools/{}", np["id"].as_str().context("id")?);
     assert_eq!(app.call(Method::GET, &np_uri, None).await?.0, StatusCode::NOT_FOUND);
     assert_eq!(app.call(Method::POST, &force, Some(r#"{"reason": "again"}"#)).await?.0, StatusCode::NOT_FOUND);
-    let again = create_cluster(&app, "stuck").await?;
+    let again = app.create_cluster("stuck").await?;
     let (_, _, fresh) = app.call(Method::GET, &format!("{CLUSTERS}/{again}"), None).await?;
     assert_eq!(fresh["generation"], 1);
     app.done().await;

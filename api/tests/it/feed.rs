@@ -1,10 +1,9 @@
 //! Optimistic concurrency (ETag, If-Match, If-None-Match) and the change feed (`?watch=true`)
 //! against a real PostgreSQL.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{App, CLUSTERS, app, app_configured, cluster};
 use anyhow::{Context, Result, bail};
 use axum::{
     body::Bytes,
@@ -13,7 +12,6 @@ use axum::{
 use futures_util::{Stream, StreamExt};
 use hyperfleet_api::config::{RequiredAdapters, WatchConfig};
 use serde_json::{Value, json};
-use support::{App, CLUSTERS, app, app_configured, cluster};
 
 fn etag(resp: &axum::response::Response) -> String {
     resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()

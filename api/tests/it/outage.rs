@@ -1,36 +1,20 @@
 //! PostgreSQL stopped under a running API: `/readyz` turns 503 and the API answers 503
 //! problem+json; once PostgreSQL is back, both recover without restarting the API.
 //!
-//! This stops the shared local PostgreSQL, so it is the only test in its binary (cargo runs test
-//! binaries one at a time) and restarts PostgreSQL whatever happens.
+//! This stops the shared local PostgreSQL, so it takes the local infrastructure alone (waiting for
+//! the tests that use it, holding new ones back) and restarts PostgreSQL whatever happens.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
-use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, eventually, free_port, migrate, workspace_root};
+use anyhow::Result;
+use hyperfleet_tests::{
+    LocalEnv, RunOnDrop, Service, TestDb, api_db_vars, env_run, eventually, free_port, migrate, take_infra_alone,
+};
 use serde_json::json;
-
-fn local_pg(env: &LocalEnv, action: &str) -> Result<()> {
-    let out = Command::new(workspace_root().join("tests/env/run"))
-        .arg(action)
-        .env("HYPERFLEET_LOCAL_DIR", env.get("HF_LOCAL_DIR")?)
-        .output()?;
-    if !out.status.success() {
-        bail!("tests/env/run {action}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// Starts PostgreSQL again when dropped, so a failing assertion cannot leave it down.
-struct Restart(LocalEnv);
-impl Drop for Restart {
-    fn drop(&mut self) {
-        let _ = local_pg(&self.0, "pg-start");
-    }
-}
 
 #[tokio::test]
 async fn readiness_follows_the_database_and_recovers_without_a_restart() -> Result<()> {
+    let _alone = take_infra_alone().await?;
     let env = LocalEnv::load()?;
     let db = TestDb::create(&env).await?;
     migrate(&env, &db).await?;
@@ -44,8 +28,8 @@ async fn readiness_follows_the_database_and_recovers_without_a_restart() -> Resu
     let readyz = format!("http://127.0.0.1:{}/readyz", api.health_port);
     let clusters = format!("http://127.0.0.1:{port}/api/hyperfleet/v1/clusters");
 
-    let guard = Restart(env.clone());
-    local_pg(&env, "pg-stop")?;
+    let guard = RunOnDrop(env.clone(), "pg-start");
+    env_run(&env, "pg-stop")?;
     let reason = eventually(Duration::from_secs(30), || async {
         let r = http.get(&readyz).send().await?;
         Ok((r.status() == 503).then_some(r.json::<serde_json::Value>().await?))
@@ -60,7 +44,7 @@ async fn readiness_follows_the_database_and_recovers_without_a_restart() -> Resu
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert_eq!(r.json::<serde_json::Value>().await?["code"], "HYPERFLEET-SVC-001");
 
-    local_pg(&env, "pg-start")?;
+    env_run(&env, "pg-start")?;
     drop(guard);
     eventually(Duration::from_secs(30), || async {
         Ok((http.get(&readyz).send().await?.status() == 200).then_some(()))

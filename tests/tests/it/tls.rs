@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use hyperfleet_common::{broker::BrokerConfig, config::Secret};
-use hyperfleet_tests::LocalEnv;
+use hyperfleet_tests::{LocalEnv, share_infra};
 use sqlx::{Connection, PgConnection};
 
 fn broker(env: &LocalEnv, ca: Option<&str>) -> Result<BrokerConfig> {
@@ -12,6 +12,7 @@ fn broker(env: &LocalEnv, ca: Option<&str>) -> Result<BrokerConfig> {
 
 #[tokio::test]
 async fn amqps_connects_with_the_right_ca() -> Result<()> {
+    let _infra = share_infra().await;
     let env = LocalEnv::load()?;
     let conn = broker(&env, Some(env.get("HF_AMQPS_CA_FILE")?))?.connect("hyperfleet-tls-test").await?;
     assert!(conn.status().connected());
@@ -21,6 +22,7 @@ async fn amqps_connects_with_the_right_ca() -> Result<()> {
 
 #[tokio::test]
 async fn amqps_refuses_a_server_signed_by_another_ca() -> Result<()> {
+    let _infra = share_infra().await;
     let env = LocalEnv::load()?;
     for ca in [Some(env.get("HF_WRONG_CA_FILE")?), None] {
         let err = broker(&env, ca)?.connect("hyperfleet-tls-test").await.err();
@@ -38,6 +40,7 @@ async fn amqps_refuses_a_server_signed_by_another_ca() -> Result<()> {
 
 #[tokio::test]
 async fn amqps_presents_a_client_certificate_when_configured() -> Result<()> {
+    let _infra = share_infra().await;
     let env = LocalEnv::load()?;
     let cfg = BrokerConfig {
         cert_file: Some(env.get("HF_AMQPS_CLIENT_CERT")?.into()),
@@ -52,6 +55,7 @@ async fn amqps_presents_a_client_certificate_when_configured() -> Result<()> {
 
 #[tokio::test]
 async fn postgres_verify_full_checks_the_server_certificate() -> Result<()> {
+    let _infra = share_infra().await;
     let env = LocalEnv::load()?;
     let mut ok = PgConnection::connect_with(&env.pg_options("postgres")?).await?;
     let tls: bool =

@@ -1,13 +1,11 @@
 //! Lists against a real PostgreSQL: the search language (every operator and field family, and
 //! hostile inputs), ordering, field projection and paging edges.
 
-mod support;
-
+use crate::support::{App, CLUSTERS, app};
 use anyhow::{Context, Result};
 use axum::http::{Method, StatusCode};
 use chrono::{Duration, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use support::{App, CLUSTERS, app};
 
 fn enc(s: &str) -> String {
     serde_urlencoded::to_string([("search", s)]).unwrap_or_default()
@@ -175,7 +173,7 @@ async fn hostile_or_malformed_searches_are_400s_and_change_nothing() -> Result<(
         let shown: String = query.chars().take(60).collect();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{shown:?}: {v}");
         assert_eq!(v["code"], "HYPERFLEET-VAL-005", "{shown:?}");
-        assert_eq!(support::header(&headers, "content-type"), Some("application/problem+json"));
+        assert_eq!(crate::support::header(&headers, "content-type"), Some("application/problem+json"));
         let detail = v["detail"].as_str().unwrap_or_default();
         assert!(detail.starts_with("failed to parse search query: "), "{shown:?}: {detail}");
         assert!(detail.contains(expected), "{shown:?}: {detail} should mention {expected:?}");

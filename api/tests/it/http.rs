@@ -1,12 +1,10 @@
 //! The API's HTTP contract against a real PostgreSQL (a fresh database per test, migrated with the
 //! embedded migrations), driven through the router without a socket.
 
-mod support;
-
+use crate::support::{CLUSTERS, app, cluster, header};
 use anyhow::Result;
 use axum::http::{Method, StatusCode};
 use serde_json::json;
-use support::{CLUSTERS, app, cluster, header};
 
 #[tokio::test]
 async fn create_get_and_list() -> Result<()> {

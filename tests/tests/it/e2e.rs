@@ -17,20 +17,6 @@ use serde_json::{Value, json};
 
 const LAND: Duration = Duration::from_secs(60);
 
-/// POSTs a cluster and returns its id.
-async fn create_cluster(stack: &Stack, name: &str) -> Result<String> {
-    let resp = stack
-        .client()
-        .post(format!("{}/api/hyperfleet/v1/clusters", stack.api_url))
-        .json(&json!({"kind": "Cluster", "name": name, "spec": {"region": "local"}, "labels": {"team": "e2e"}}))
-        .send()
-        .await?;
-    assert_eq!(resp.status(), 201, "create: {}", resp.text().await?);
-    let created: Value = resp.json().await?;
-    assert_eq!(created["generation"], 1);
-    Ok(created["id"].as_str().context("id in create response")?.to_string())
-}
-
 /// Waits until the cluster's Namespace and ServiceAccount exist.
 async fn wait_landed(stack: &Stack, id: &str) -> Result<(Namespace, ServiceAccount)> {
     let kube = stack.env.kube().await?;
@@ -56,7 +42,11 @@ async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     let stack = Stack::start().await?;
     let name = format!("e2e-{}", stack.tag);
     let posted = Instant::now();
-    let id = create_cluster(&stack, &name).await?;
+    let created = stack
+        .post_cluster(json!({"kind": "Cluster", "name": name, "spec": {"region": "local"}, "labels": {"team": "e2e"}}))
+        .await?;
+    assert_eq!(created["generation"], 1);
+    let id = created["id"].as_str().context("id in create response")?.to_string();
 
     // It is readable and listed.
     let http = stack.client().clone();
@@ -174,7 +164,12 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
     }
 
     batch.extend(stack.create_clusters("after-poison", 5).await?);
-    let id = create_cluster(&stack, &format!("poison-{}", stack.tag)).await?;
+    let name = format!("poison-{}", stack.tag);
+    let created = stack
+        .post_cluster(json!({"kind": "Cluster", "name": name, "spec": {"region": "local"}, "labels": {"team": "e2e"}}))
+        .await?;
+    assert_eq!(created["generation"], 1);
+    let id = created["id"].as_str().context("id in create response")?.to_string();
     wait_landed(&stack, &id).await?;
     stack.wait_all_reconciled(&batch, LAND).await?;
 

@@ -5,17 +5,15 @@
 //! past `database.statement_timeout` is cancelled inside PostgreSQL; SIGTERM drains (not ready at
 //! once, still serving for `shutdown_drain`, then gone).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{CLUSTERS, app_bounded, cluster, header};
 use anyhow::{Context, Result};
 use axum::http::{Method, StatusCode};
 use hyperfleet_api::config::{LimitsConfig, WatchConfig};
 use hyperfleet_tests::{LocalEnv, Service, TestDb, api_db_vars, eventually, free_port, migrate};
 use serde_json::{Map, Value, json};
 use sqlx::{Connection, PgConnection};
-use support::{CLUSTERS, app_bounded, cluster, header};
 
 /// A spec of `n` small keys — the shape that costs the most memory per byte.
 fn wide_spec(n: usize) -> Value {

@@ -132,6 +132,19 @@ impl App {
         Ok(Served { url, task })
     }
 
+    /// POSTs `body` to `uri` and asserts 201; returns the created resource.
+    pub async fn create(&self, uri: &str, body: Value) -> Result<Value> {
+        let (status, _, v) = self.call(Method::POST, uri, Some(&body.to_string())).await?;
+        assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
+        Ok(v)
+    }
+
+    /// POSTs the cluster [`cluster`] describes and asserts 201; returns its id.
+    pub async fn create_cluster(&self, name: &str) -> Result<String> {
+        let v = self.create(CLUSTERS, serde_json::from_str(&cluster(name))?).await?;
+        Ok(v["id"].as_str().context("id")?.to_string())
+    }
+
     /// The app's database pool, for setting up states the API cannot reach by itself.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.pool
