@@ -80,6 +80,9 @@ pub struct KubernetesConfig {
     /// `Finalized=False` (CleanupInProgress) and leaving the rest to the next event.
     #[serde(with = "duration")]
     pub deletion_timeout: Duration,
+    /// Connect, read and write timeout of every Kubernetes API call.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -88,6 +91,7 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             field_manager: "hyperfleet-adapter".into(),
             deletion_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use futures_util::StreamExt;
 use hyperfleet_common::cloudevent::EventError;
 use lapin::{
-    BasicProperties, Channel, Connection,
+    BasicProperties, Channel, Confirmation, Connection,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -135,12 +135,14 @@ async fn pause() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// Publishes the dead-letter copy `mandatory` and waits for the broker's confirm: `Ok` only once
+/// the copy is in `<queue>.dead-letter` (a returned copy — the queue deleted — is an error).
 async fn dead_letter(
     dlq: &Channel,
     cfg: &AdapterConfig,
     delivery: &Delivery,
     reason: &EventError,
-) -> Result<(), lapin::Error> {
+) -> Result<(), Error> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert("x-hyperfleet-dead-letter-reason".into(), AMQPValue::LongString(reason.to_string().into()));
     headers.insert("x-hyperfleet-dead-letter-code".into(), AMQPValue::LongString(reason.label().into()));
@@ -153,14 +155,20 @@ async fn dead_letter(
     if let Some(ct) = delivery.properties.content_type() {
         props = props.with_content_type(ct.clone());
     }
-    dlq.basic_publish(
-        "".into(),
-        dead_letter_queue(cfg).as_str().into(),
-        BasicPublishOptions::default(),
-        &delivery.data,
-        props,
-    )
-    .await?
-    .await?;
-    Ok(())
+    let queue = dead_letter_queue(cfg);
+    let confirm = dlq
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &delivery.data,
+            props,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable(format!("the dead-letter queue {queue} does not exist"))),
+        _ => Err(Error::Unroutable(format!("the broker did not confirm the dead-letter copy in {queue}"))),
+    }
 }

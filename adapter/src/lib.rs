@@ -7,7 +7,9 @@
 //! acknowledging the event. For a resource being deleted it deletes the objects and reports
 //! `Finalized=True` once they are gone, so the API can delete the resource.
 //!
-//! Transient failures are retried in process with backoff; a failure that outlasts the retries is
+//! Events for one resource are worked on one at a time (`PerResource`), each reading the resource
+//! afresh, so an older event cannot undo what a newer one applied. Transient failures are retried
+//! in process with backoff; a failure that outlasts the retries is
 //! reported as `Health=False` and acknowledged — the sentinel re-announces resources that are not
 //! reconciled, which drives the next try. Messages that are not reconcile CloudEvents go to
 //! `<queue>.dead-letter` with the reason in a header.
@@ -66,6 +68,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A publish the broker returned or did not confirm (a dead-letter copy).
+    #[error("{0}")]
+    Unroutable(String),
     /// An API call (a refusal is counted and warned about once per streak where it is made, see
     /// [`api_error`]).
     #[error(transparent)]
@@ -86,6 +91,7 @@ impl Error {
             Error::KubeConfig(_) => "kube_config_error",
             Error::Broker(_) => "broker_error",
             Error::Kube { .. } => "kubernetes_error",
+            Error::Unroutable(_) => "unroutable",
             Error::Api(e) if e.is_refused() => "auth_error",
             Error::Api(CallError { failure: api_client::Failure::Token, .. }) => "token_error",
             Error::Api(_) => "api_error",
@@ -129,6 +135,30 @@ struct Worker {
     objects: Objects,
     /// The API with the bearer token (if configured).
     api: ApiClient,
+    /// One event per resource at a time.
+    turns: PerResource,
+}
+
+/// Serialises the work on one resource: events for the same id wait for each other (each then
+/// reads the resource afresh, so a slow, older event cannot overwrite what a newer one applied);
+/// events for different ids run side by side. An id's entry goes once nobody holds or waits for it.
+#[derive(Default)]
+struct PerResource(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl PerResource {
+    async fn turn(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            ids.retain(|_, l| Arc::strong_count(l) > 1);
+            ids.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map(|ids| ids.len()).unwrap_or_default()
+    }
 }
 
 /// Runs the adapter until `shutdown` is cancelled; in-flight events finish first.
@@ -158,7 +188,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     let objects = Objects::new(kube, &cfg.kubernetes.field_manager);
     metrics::gauge!("hyperfleet_adapter_build_info", "component" => "adapter", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
-    let worker = Arc::new(Worker { cfg, task, objects, api });
+    let worker = Arc::new(Worker { cfg, task, objects, api, turns: PerResource::default() });
     tracing::info!(
         adapter = %worker.cfg.name,
         api = %worker.cfg.hyperfleet_api.base_url,
@@ -173,8 +203,11 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
 
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
+        let started = std::time::Instant::now();
         match consume(&worker, &consuming, &shutdown).await {
-            Ok(()) => backoff = Duration::from_millis(500),
+            // A connection that lasted starts the backoff afresh; one dropped at once does not.
+            Ok(()) if started.elapsed() > Duration::from_secs(30) => backoff = Duration::from_millis(500),
+            Ok(()) => {}
             Err(e) => {
                 metrics::counter!("hyperfleet_adapter_broker_errors_total").increment(1);
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost or refused");
@@ -184,7 +217,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
         metrics::gauge!("hyperfleet_adapter_up").set(0.0);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(hyperfleet_common::process::jitter(backoff)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
@@ -193,7 +226,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
 }
 
 async fn kube_client(cfg: &AdapterConfig) -> Result<Client, Error> {
-    let config = match &cfg.kubernetes.kubeconfig {
+    let mut config = match &cfg.kubernetes.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
@@ -203,6 +236,8 @@ async fn kube_client(cfg: &AdapterConfig) -> Result<Client, Error> {
         }
         None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
+    let within = Some(cfg.kubernetes.request_timeout);
+    (config.connect_timeout, config.read_timeout, config.write_timeout) = (within, within, within);
     Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
 }
 
@@ -244,6 +279,8 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
     if data.kind != wanted {
         return Outcome::Done("skipped");
     }
+    // The resource is read only once the events before this one for it are done.
+    let _turn = worker.turns.turn(&data.id).await;
     let resource = match with_retry(worker, "fetch", || fetch(worker, &data.id)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -346,3 +383,25 @@ async fn fetch(worker: &Worker, id: &str) -> Result<Option<ResourceView>, Error>
 }
 
 hyperfleet_common::readme_documents_every_env_var!(crate::AdapterConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_for_one_resource_take_turns_and_others_do_not_wait() {
+        let turns = PerResource::default();
+        let first = turns.turn("a").await;
+        let other = tokio::time::timeout(Duration::from_secs(1), turns.turn("b")).await;
+        assert!(other.is_ok(), "another resource does not wait");
+        drop(other);
+        let waiting = tokio::time::timeout(Duration::from_millis(100), turns.turn("a")).await;
+        assert!(waiting.is_err(), "the same resource waits for its turn");
+        drop(first);
+        let next = tokio::time::timeout(Duration::from_secs(1), turns.turn("a")).await;
+        assert!(next.is_ok(), "and gets it once the first is done");
+        drop(next);
+        let _c = turns.turn("c").await;
+        assert_eq!(turns.len(), 1, "ids nobody holds are forgotten");
+    }
+}

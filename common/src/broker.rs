@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     pub exchange: String,
     /// Exchange type: `topic` (default), `direct`, `fanout` or `headers`.
     pub exchange_type: String,
+    /// How long a connection attempt (TCP, TLS and the AMQP handshake) may take.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             key_file: None,
             exchange: "hyperfleet-clusters".into(),
             exchange_type: "topic".into(),
+            connect_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum BrokerError {
     ExchangeType(String),
     #[error("cannot connect to the broker at {endpoint}: {source}")]
     Connect { endpoint: String, source: Box<lapin::Error> },
+    #[error("cannot connect to the broker at {endpoint}: no connection within {within:?} (broker.connect_timeout)")]
+    ConnectTimeout { endpoint: String, within: std::time::Duration },
     #[error("cannot declare exchange {exchange:?} as {kind}: {source}")]
     Declare { exchange: String, kind: String, source: Box<lapin::Error> },
     #[error("broker error: {0}")]
@@ -168,7 +174,7 @@ impl BrokerError {
     /// (`PRECONDITION_FAILED - inequivalent arg 'type' … received 'topic' but current is 'fanout'`).
     pub fn is_permanent(&self) -> bool {
         match self {
-            BrokerError::Connect { .. } | BrokerError::Amqp(_) => false,
+            BrokerError::Connect { .. } | BrokerError::ConnectTimeout { .. } | BrokerError::Amqp(_) => false,
             BrokerError::Declare { source, .. } => source.to_string().contains("PRECONDITION_FAILED"),
             _ => true,
         }
@@ -242,9 +248,13 @@ impl BrokerConfig {
         let (uri, tls) = self.tls_config()?;
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let runtime = lapin::runtime::default_runtime()?;
-        Connection::connect_uri_with_config(uri, props, tls, runtime)
-            .await
-            .map_err(|source| BrokerError::Connect { endpoint: self.endpoint(), source: Box::new(source) })
+        let connecting = Connection::connect_uri_with_config(uri, props, tls, runtime);
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(connected) => {
+                connected.map_err(|source| BrokerError::Connect { endpoint: self.endpoint(), source: Box::new(source) })
+            }
+            Err(_) => Err(BrokerError::ConnectTimeout { endpoint: self.endpoint(), within: self.connect_timeout }),
+        }
     }
 
     /// Declares the configured exchange, durable. If it exists with another type the broker's
@@ -287,6 +297,29 @@ mod tests {
 
     fn cfg(url: &str) -> BrokerConfig {
         BrokerConfig { url: Secret::new(url), ..Default::default() }
+    }
+
+    /// A broker that accepts the TCP connection and then says nothing (a hung peer) is given up
+    /// on after `connect_timeout`, as a transient error naming the setting.
+    #[tokio::test]
+    async fn a_silent_broker_times_out_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let broker = BrokerConfig {
+            connect_timeout: std::time::Duration::from_millis(300),
+            ..cfg(&format!("amqp://guest:guest@127.0.0.1:{port}/"))
+        };
+        let Err(err) = broker.connect("timeout-test").await else { panic!("no broker answers, yet it connected") };
+        assert!(matches!(err, BrokerError::ConnectTimeout { .. }), "{err}");
+        assert!(!err.is_permanent());
+        assert!(err.to_string().contains("broker.connect_timeout"), "{err}");
+        held.abort();
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl ServiceConfig for SentinelConfig {
             return Err(format!("hyperfleet_api.base_url {url:?} must be an http(s) URL without a query"));
         }
         self.hyperfleet_api.credentials()?;
+        self.leader_election.validate()?;
         self.broker.validate().map_err(|e| e.to_string())
     }
 }

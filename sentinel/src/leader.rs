@@ -2,14 +2,21 @@
 //! twice: only the holder publishes; the others poll (staying ready) and take over once the
 //! holder has not renewed for `lease_duration`. Every write is a compare-and-swap on the Lease's
 //! `resourceVersion`, so two replicas cannot both win.
+//!
+//! Time is only ever measured on this process's monotonic clock, never compared with another
+//! replica's: the leader leads until `renew_deadline` after the start of its last successful
+//! renewal (shorter than `lease_duration`, so it stops publishing before anyone may take over,
+//! even while its apiserver calls hang), and a follower counts a holder's lease as expired once
+//! the Lease record has not changed for `lease_duration` since it first saw it. A round's apiserver
+//! calls are bounded by the renew deadline; on shutdown the lease is released and the release
+//! awaited ([`Leadership::stopped`]).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -35,6 +42,10 @@ pub struct LeaderElectionConfig {
     /// A leader that has not renewed for this long is replaced.
     #[serde(with = "hyperfleet_common::config::duration")]
     pub lease_duration: Duration,
+    /// A leader stops publishing this long after the start of its last successful renewal unless
+    /// it renews again; shorter than `lease_duration`. `0s`: two thirds of `lease_duration`.
+    #[serde(with = "hyperfleet_common::config::duration")]
+    pub renew_deadline: Duration,
     /// How often the leader renews and the others check.
     #[serde(with = "hyperfleet_common::config::duration")]
     pub retry_period: Duration,
@@ -49,29 +60,80 @@ impl Default for LeaderElectionConfig {
             lease_name: "hyperfleet-sentinel".into(),
             namespace: String::new(),
             lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::ZERO,
             retry_period: Duration::from_secs(2),
             kubeconfig: None,
         }
     }
 }
 
-/// Whether this process may publish.
+impl LeaderElectionConfig {
+    /// The renew deadline in effect (see [`LeaderElectionConfig::renew_deadline`]).
+    pub fn renew_deadline(&self) -> Duration {
+        if self.renew_deadline.is_zero() { self.lease_duration * 2 / 3 } else { self.renew_deadline }
+    }
+
+    /// `retry_period` < `renew_deadline` < `lease_duration`: a leader gets more than one try to
+    /// renew, and stops before its lease can expire for the others.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.renew_deadline() >= self.lease_duration {
+            return Err("leader_election.renew_deadline must be shorter than leader_election.lease_duration".into());
+        }
+        if self.retry_period.is_zero() || self.retry_period >= self.renew_deadline() {
+            return Err(
+                "leader_election.retry_period must be above 0 and shorter than leader_election.renew_deadline".into()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether this process may publish: always (election off), or until the renew deadline of the
+/// last successful renewal.
 #[derive(Clone)]
-pub struct Leadership(Arc<AtomicBool>);
+pub struct Leadership(Arc<State>);
+
+struct State {
+    alone: bool,
+    /// Leader until then (monotonic); `None` while following.
+    until: Mutex<Option<Instant>>,
+    /// The campaign, which releases the lease when it ends.
+    campaign: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
 
 impl Leadership {
     /// Always the leader (election off).
     pub fn alone() -> Self {
-        Leadership(Arc::new(AtomicBool::new(true)))
+        Leadership(Arc::new(State { alone: true, until: Mutex::new(None), campaign: Mutex::new(None) }))
     }
     pub fn is_leader(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.alone || self.until().is_some_and(|until| Instant::now() < until)
     }
-    fn set(&self, leader: bool) {
-        if self.0.swap(leader, Ordering::Relaxed) != leader {
+    fn until(&self) -> Option<Instant> {
+        *self.0.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Leads until `until` (a renewal succeeded), or not at all (`None`).
+    fn set(&self, until: Option<Instant>) {
+        let was = self.is_leader();
+        *self.0.until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        let leader = self.is_leader();
+        if was != leader {
             tracing::info!(leader, "leadership changed");
         }
         metrics::gauge!("hyperfleet_sentinel_leader").set(if leader { 1.0 } else { 0.0 });
+    }
+    /// Waits (at most `within`) until the campaign has ended and released the lease; call after
+    /// the shutdown token was cancelled.
+    pub async fn stopped(&self, within: Duration) {
+        let campaign = self.0.campaign.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(campaign) = campaign
+            && tokio::time::timeout(within, campaign).await.is_err()
+        {
+            tracing::warn!("the lease was not released in time; the other replicas take over when it expires");
+        }
     }
 }
 
@@ -107,19 +169,29 @@ pub async fn start(cfg: &LeaderElectionConfig, shutdown: CancellationToken) -> R
     let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "sentinel".into());
     let me = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
-    let leadership = Leadership(Arc::new(AtomicBool::new(false)));
-    leadership.set(false);
+    let leadership = Leadership(Arc::new(State { alone: false, until: Mutex::new(None), campaign: Mutex::new(None) }));
+    leadership.set(None);
     let (cfg, handle) = (cfg.clone(), leadership.clone());
     tracing::info!(lease = %cfg.lease_name, %namespace, identity = %me, "campaigning for leadership");
-    tokio::spawn(async move {
+    let deadline = cfg.renew_deadline();
+    let campaign = tokio::spawn(async move {
+        let mut seen = Observed::default();
         loop {
-            match round(&leases, &cfg, &me).await {
-                Ok(leader) => handle.set(leader),
-                Err(e) => {
-                    // Without a successful renewal the lease lapses: stop publishing before someone
-                    // else may start.
+            let started = Instant::now();
+            // A round is bounded by the renew deadline: a hung apiserver cannot keep this loop
+            // waiting, and the deadline has ended the leadership by then anyway.
+            match tokio::time::timeout(deadline, round(&leases, &cfg, &me, &mut seen)).await {
+                Ok(Ok(true)) => handle.set(Some(started + deadline)),
+                Ok(Ok(false)) => handle.set(None),
+                // Still the leader until the renew deadline of the last renewal: the next round
+                // may renew in time (the gauge follows the deadline).
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "leader election round failed");
-                    handle.set(false);
+                    handle.set(handle.until());
+                }
+                Err(_) => {
+                    tracing::warn!(within = ?deadline, "leader election round timed out");
+                    handle.set(handle.until());
                 }
             }
             tokio::select! {
@@ -127,14 +199,37 @@ pub async fn start(cfg: &LeaderElectionConfig, shutdown: CancellationToken) -> R
                 _ = tokio::time::sleep(cfg.retry_period) => {}
             }
         }
-        if handle.is_leader() {
-            handle.set(false);
-            if let Err(e) = release(&leases, &cfg, &me).await {
-                tracing::debug!(error = %e, "lease not released");
+        let led = handle.is_leader();
+        handle.set(None);
+        if led {
+            match tokio::time::timeout(deadline, release(&leases, &cfg, &me)).await {
+                Ok(Ok(())) => tracing::info!("lease released"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease not released"),
+                Err(_) => tracing::warn!("lease release timed out"),
             }
         }
     });
+    *leadership.0.campaign.lock().unwrap_or_else(|e| e.into_inner()) = Some(campaign);
     Ok(leadership)
+}
+
+/// What a replica last saw of the Lease and when (its own monotonic clock).
+#[derive(Default)]
+struct Observed {
+    record: Option<(String, Option<MicroTime>)>,
+    at: Option<Instant>,
+}
+
+impl Observed {
+    /// Notes the holder and renew time read now; returns how long they have been unchanged.
+    fn unchanged_for(&mut self, holder: &str, renewed: Option<MicroTime>) -> Duration {
+        let record = Some((holder.to_string(), renewed));
+        if self.record != record || self.at.is_none() {
+            self.record = record;
+            self.at = Some(Instant::now());
+        }
+        self.at.map(|at| at.elapsed()).unwrap_or_default()
+    }
 }
 
 fn lease_seconds(cfg: &LeaderElectionConfig) -> i32 {
@@ -142,7 +237,12 @@ fn lease_seconds(cfg: &LeaderElectionConfig) -> i32 {
 }
 
 /// One election round: acquire, renew or observe. Returns whether this process holds the lease.
-async fn round(leases: &Api<Lease>, cfg: &LeaderElectionConfig, me: &str) -> Result<bool, kube::Error> {
+async fn round(
+    leases: &Api<Lease>,
+    cfg: &LeaderElectionConfig,
+    me: &str,
+    seen: &mut Observed,
+) -> Result<bool, kube::Error> {
     let Some(mut lease) = leases.get_opt(&cfg.lease_name).await? else {
         let lease = Lease {
             metadata: ObjectMeta { name: Some(cfg.lease_name.clone()), ..Default::default() },
@@ -164,13 +264,9 @@ async fn round(leases: &Api<Lease>, cfg: &LeaderElectionConfig, me: &str) -> Res
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().unwrap_or_default();
     let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
-    let expired = match &spec.renew_time {
-        None => true,
-        Some(MicroTime(t)) => {
-            let age = Timestamp::now().duration_since(*t);
-            age.as_secs_f64() > duration.as_secs_f64()
-        }
-    };
+    // Expired when nobody renewed it for `lease_duration` as this process's clock counts, from
+    // when it first saw the current record (the holder's clock may be off).
+    let expired = spec.renew_time.is_none() || seen.unchanged_for(&holder, spec.renew_time.clone()) > duration;
     if holder != me && !holder.is_empty() && !expired {
         return Ok(false);
     }
@@ -208,4 +304,52 @@ async fn release(leases: &Api<Lease>, cfg: &LeaderElectionConfig, me: &str) -> R
     spec.renew_time = None;
     lease.spec = Some(spec);
     leases.replace(&cfg.lease_name, &PostParams::default(), &lease).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(lease: u64, renew: u64, retry: u64) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            enabled: true,
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(renew),
+            retry_period: Duration::from_secs(retry),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_renew_deadline_defaults_to_two_thirds_of_the_lease_and_must_be_shorter() {
+        assert_eq!(LeaderElectionConfig::default().renew_deadline(), Duration::from_secs(10));
+        assert!(enabled(15, 0, 2).validate().is_ok());
+        let e = enabled(15, 15, 2).validate().expect_err("deadline = lease");
+        assert!(e.contains("renew_deadline"), "{e}");
+        let e = enabled(15, 10, 10).validate().expect_err("retry = deadline");
+        assert!(e.contains("retry_period"), "{e}");
+        assert!(enabled(1, 5, 9).validate().is_err());
+        assert!(LeaderElectionConfig { enabled: false, ..enabled(1, 5, 9) }.validate().is_ok(), "unchecked when off");
+    }
+
+    #[tokio::test]
+    async fn leadership_ends_at_its_deadline_without_another_round() {
+        let l = Leadership(Arc::new(State { alone: false, until: Mutex::new(None), campaign: Mutex::new(None) }));
+        assert!(!l.is_leader());
+        l.set(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(l.is_leader());
+        l.set(Some(Instant::now() - Duration::from_millis(1)));
+        assert!(!l.is_leader(), "a deadline in the past is no leadership");
+        assert!(Leadership::alone().is_leader());
+    }
+
+    #[test]
+    fn a_lease_record_ages_only_while_it_is_unchanged() {
+        let mut seen = Observed::default();
+        let t = Some(MicroTime(Timestamp::now()));
+        assert!(seen.unchanged_for("a", t.clone()) < Duration::from_secs(1));
+        seen.at = Some(Instant::now() - Duration::from_secs(20));
+        assert!(seen.unchanged_for("a", t.clone()) >= Duration::from_secs(20), "same record: it ages");
+        assert!(seen.unchanged_for("b", t) < Duration::from_secs(1), "a new holder starts the count afresh");
+    }
 }

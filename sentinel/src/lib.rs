@@ -48,6 +48,9 @@ pub enum Error {
     Broker(#[from] BrokerError),
     #[error("broker did not confirm event {0}")]
     NotConfirmed(String),
+    /// The broker returned a mandatory event: no queue is bound for its routing key.
+    #[error("event {event_id} is unroutable: no queue is bound to exchange {exchange} for routing key {routing_key}")]
+    Unroutable { event_id: String, exchange: String, routing_key: String },
     #[error("cannot build event: {0}")]
     Event(#[from] cloudevent::EventError),
     #[error("{0}")]
@@ -62,6 +65,7 @@ impl Error {
             Error::Api { .. } => "fetch_error",
             Error::Broker(_) => "broker_error",
             Error::NotConfirmed(_) => "not_confirmed",
+            Error::Unroutable { .. } => "unroutable",
             Error::Event(_) => "event_error",
             Error::Start(_) => "start_error",
         }
@@ -108,6 +112,8 @@ impl Resource {
 /// Liveness and readiness inputs shared with the health listener.
 struct Health {
     broker_up: AtomicBool,
+    /// The last publish came back unroutable (no queue bound); cleared by the next routed one.
+    unroutable: AtomicBool,
     /// Milliseconds since `started` of the last successful poll; -1 before the first.
     last_poll_ms: AtomicI64,
     /// Milliseconds since `started` of the last poll the API refused (401/403); -1 if none since
@@ -142,18 +148,27 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     observe::describe_metrics();
     let health = Arc::new(Health {
         broker_up: AtomicBool::new(false),
+        unroutable: AtomicBool::new(false),
         last_poll_ms: AtomicI64::new(-1),
         refused_ms: AtomicI64::new(-1),
         started: Instant::now(),
     });
     let h = health.clone();
+    let unroutable = format!(
+        "events are unroutable: no queue is bound to exchange {} for routing key {}",
+        cfg.broker.exchange,
+        cfg.routing_key()
+    );
     let ready: ops::ReadinessCheck = Arc::new(move || {
         let (broker, polled) = (h.broker_up.load(Ordering::Relaxed), h.since_last_poll().is_some());
+        let routed = !h.unroutable.load(Ordering::Relaxed);
+        let unroutable = unroutable.clone();
         Box::pin(async move {
-            match (broker, polled) {
-                (true, true) => Ok(()),
-                (false, _) => Err("broker not connected".into()),
-                (_, false) => Err("no successful poll yet".into()),
+            match (broker, polled, routed) {
+                (true, true, true) => Ok(()),
+                (false, _, _) => Err("broker not connected".into()),
+                (_, false, _) => Err("no successful poll yet".into()),
+                (_, _, false) => Err(unroutable),
             }
         })
     });
@@ -229,6 +244,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     if let Some(p) = sentinel.publisher.take() {
         p.close().await;
     }
+    sentinel.leadership.stopped(Duration::from_secs(5)).await;
     tracing::info!("sentinel stopped");
     Ok(())
 }
@@ -336,16 +352,24 @@ impl Sentinel {
             }
             if attempt > 1 {
                 metrics::counter!("hyperfleet_sentinel_publish_retries_total", &labels).increment(due.len() as u64);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(hyperfleet_common::process::jitter(backoff)).await;
                 backoff *= 2;
             }
+            if !self.leadership.is_leader() {
+                return Ok(());
+            }
             let routing_key = self.cfg.routing_key();
+            let leadership = self.leadership.clone();
             let Some(publisher) = self.connected_publisher().await? else { continue };
-            let results = publisher.publish_all(&due, &routing_key).await;
+            let results = publisher.publish_all(&due, &routing_key, &leadership).await;
             let mut failed = Vec::new();
+            let mut broken = false;
             for ((r, reason), result) in due.into_iter().zip(results) {
                 match result {
                     Ok(event_id) => {
+                        if self.health.unroutable.swap(false, Ordering::Relaxed) {
+                            tracing::info!(exchange = %self.cfg.broker.exchange, %routing_key, "events are routed again");
+                        }
                         self.published.insert(r.id.clone(), Published { generation: r.generation, at: now });
                         metrics::counter!("hyperfleet_sentinel_events_published_total",
                             "resource_type" => labels[0].1.clone(), "resource_selector" => labels[1].1.clone(),
@@ -353,19 +377,31 @@ impl Sentinel {
                         .increment(1);
                         tracing::info!(resource_id = %r.id, generation = r.generation, reason = reason.as_str(), %event_id, "event published");
                     }
+                    Err(e @ Error::Unroutable { .. }) => {
+                        // Not published: left due, retried like a failure, but the connection is fine.
+                        metrics::counter!("hyperfleet_sentinel_unroutable_total", &labels).increment(1);
+                        if !self.health.unroutable.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(exchange = %self.cfg.broker.exchange, %routing_key, error = %e,
+                                "events are unroutable: no queue is bound for them; retrying (not logged again until one is routed)");
+                        }
+                        failed.push((r, reason));
+                    }
                     Err(e) => {
                         metrics::counter!("hyperfleet_sentinel_broker_errors_total", &labels).increment(1);
                         tracing::warn!(resource_id = %r.id, attempt, error = %e, "publish failed; will retry");
                         failed.push((r, reason));
+                        broken = true;
                     }
                 }
             }
-            if !failed.is_empty() {
+            if broken {
                 self.drop_publisher().await;
             }
             due = failed;
         }
-        if !due.is_empty() {
+        if !due.is_empty() && self.health.unroutable.load(Ordering::Relaxed) {
+            tracing::debug!(unpublished = due.len(), "unroutable events left for the next pass");
+        } else if !due.is_empty() {
             tracing::warn!(unpublished = due.len(), "events left for the next pass");
         }
         Ok(())

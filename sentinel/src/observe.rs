@@ -27,6 +27,10 @@ pub fn describe_metrics() {
     describe_counter!("hyperfleet_sentinel_resources_skipped_total", "Resources that needed no event, by reason.");
     describe_counter!("hyperfleet_sentinel_publish_retries_total", "Events published again after a failed attempt.");
     describe_counter!("hyperfleet_sentinel_broker_errors_total", "Broker connections refused and publishes failed.");
+    describe_counter!(
+        "hyperfleet_sentinel_unroutable_total",
+        "Events the broker returned because no queue is bound for their routing key (not published; retried)."
+    );
     describe_counter!("hyperfleet_sentinel_api_errors_total", "Polls that failed to list resources from the API.");
     describe_counter!(
         "hyperfleet_sentinel_api_errors_by_type_total",

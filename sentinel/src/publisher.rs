@@ -1,5 +1,6 @@
-//! The publisher: reconcile CloudEvents to the exchange on a confirm-mode channel, pipelined; an
-//! event counts as published only once the broker confirmed it.
+//! The publisher: reconcile CloudEvents to the exchange on a confirm-mode channel, pipelined,
+//! `mandatory`; an event counts as published only once the broker confirmed it and routed it to a
+//! queue (a returned event is [`Error::Unroutable`]).
 
 use cloudevents::AttributesReader;
 use hyperfleet_common::cloudevent::{self, ReconcileData};
@@ -8,7 +9,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 
-use crate::{Error, Resource, SentinelConfig, decision::Reason};
+use crate::{Error, Resource, SentinelConfig, decision::Reason, leader::Leadership};
 
 /// The reconcile CloudEvent announcing `r`.
 pub fn event_for(r: &Resource) -> Result<cloudevents::Event, cloudevent::EventError> {
@@ -49,10 +50,20 @@ impl Publisher {
 
     /// Publishes one reconcile event per resource, pipelined: up to [`PIPELINE`] events are sent
     /// before their confirms are awaited. One result per input, in order; `Ok` only once the
-    /// broker confirmed.
-    pub async fn publish_all(&self, due: &[(&Resource, Reason)], routing_key: &str) -> Vec<Result<String, Error>> {
+    /// broker confirmed and did not return it. Leadership is checked before every batch: once it
+    /// is lost, the rest is not published and has no result (the results are fewer than `due`).
+    pub async fn publish_all(
+        &self,
+        due: &[(&Resource, Reason)],
+        routing_key: &str,
+        leadership: &Leadership,
+    ) -> Vec<Result<String, Error>> {
         let mut results = Vec::with_capacity(due.len());
         for chunk in due.chunks(PIPELINE) {
+            if !leadership.is_leader() {
+                tracing::info!(left = due.len() - results.len(), "leadership lost; not publishing the rest");
+                break;
+            }
             let mut inflight = Vec::with_capacity(chunk.len());
             for (r, _) in chunk {
                 inflight.push(self.send(r, routing_key).await);
@@ -60,7 +71,12 @@ impl Publisher {
             for sent in inflight {
                 results.push(match sent {
                     Ok((id, confirm)) => match confirm.await {
-                        Ok(Confirmation::Ack(_)) => Ok(id),
+                        Ok(Confirmation::Ack(None)) => Ok(id),
+                        Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
+                            event_id: id,
+                            exchange: self.exchange.clone(),
+                            routing_key: routing_key.to_string(),
+                        }),
                         Ok(_) => Err(Error::NotConfirmed(id)),
                         Err(e) => Err(e.into()),
                     },
@@ -80,7 +96,7 @@ impl Publisher {
             .basic_publish(
                 self.exchange.as_str().into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 &body,
                 props,
             )

@@ -6,9 +6,11 @@
 
 mod fixtures;
 pub mod node;
+mod proxy;
 mod stack;
 mod tap;
 
 pub use fixtures::*;
+pub use proxy::KubeProxy;
 pub use stack::*;
 pub use tap::Tap;

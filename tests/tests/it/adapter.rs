@@ -2,10 +2,10 @@
 //! controller-manager: re-apply on PATCH, duplicate deliveries, SIGKILL mid-work, Kubernetes
 //! outages (through a TCP proxy the test can cut), and the queue topology it declares.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{LocalEnv, Stack, StackOptions, condition, eventually, free_port, metric_sum};
+use hyperfleet_tests::{KubeProxy, LocalEnv, Stack, StackOptions, condition, eventually, metric_sum};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, api::ListParams};
 use lapin::{
@@ -13,7 +13,6 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
 };
 use serde_json::json;
-use tokio::{net::TcpListener, sync::Mutex, task::JoinHandle};
 
 const LAND: Duration = Duration::from_secs(60);
 
@@ -152,64 +151,14 @@ async fn the_queue_and_binding_are_exactly_as_configured() -> Result<()> {
     Ok(())
 }
 
-/// A TCP forwarder in front of the kube-apiserver that the test can cut and restore; TLS passes
-/// through untouched (the proxy listens on 127.0.0.1, which the server certificate names).
-struct Proxy {
-    port: u16,
-    upstream: String,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str) -> Result<Self> {
-        let mut p = Proxy { port: free_port(), upstream: upstream.into(), tasks: Default::default(), accept: None };
-        p.up().await?;
-        Ok(p)
-    }
-
-    async fn up(&mut self) -> Result<()> {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
-        let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
-        self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tasks.lock().await.push(conn);
-            }
-        }));
-        Ok(())
-    }
-
-    /// Closes the listener and every forwarded connection.
-    async fn down(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-            let _ = a.await;
-        }
-        for t in self.tasks.lock().await.drain(..) {
-            t.abort();
-        }
-    }
-}
-
 #[tokio::test]
 async fn kubernetes_unreachable_is_reported_as_health_false_and_recovers() -> Result<()> {
     let env = LocalEnv::load()?;
-    let upstream = env.get("HF_KUBE_URL")?.trim_start_matches("https://").to_string();
-    let mut proxy = Proxy::start(&upstream).await?;
-    let kubeconfig = std::fs::read_to_string(env.get("KUBECONFIG")?)?
-        .replace(&format!("https://{upstream}"), &format!("https://127.0.0.1:{}", proxy.port));
-    let path = std::env::temp_dir().join(format!("hyperfleet-kubeconfig-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, kubeconfig)?;
+    let mut proxy = KubeProxy::start(&env).await?;
     let stack = Stack::start_with(StackOptions {
         sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1s".into())],
         adapter: vec![
-            ("HYPERFLEET_KUBERNETES_KUBECONFIG", path.display().to_string()),
+            ("HYPERFLEET_KUBERNETES_KUBECONFIG", proxy.kubeconfig.display().to_string()),
             ("HYPERFLEET_RETRY_ATTEMPTS", "2".into()),
             ("HYPERFLEET_RETRY_BASE_DELAY", "100ms".into()),
         ],
@@ -241,8 +190,7 @@ async fn kubernetes_unreachable_is_reported_as_health_false_and_recovers() -> Re
     eventually(LAND, || async { Ok((reqwest::get(&readyz).await?.status() == 200).then_some(())) }).await?;
     assert_eq!(namespaces_of(&env, &id).await?.len(), 1);
     stack.stop().await;
-    proxy.down().await;
-    let _ = std::fs::remove_file(&path);
+    proxy.stop().await;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{ApiStack, Service, Tap, eventually, metric_sum};
+use hyperfleet_tests::{ApiStack, KubeProxy, Service, Tap, eventually, metric_sum};
 use serde_json::json;
 
 /// Waits until the sentinel has completed `passes` more polls than now.
@@ -15,6 +15,32 @@ async fn passes(sentinel: &Service, passes: f64) -> Result<()> {
         Ok((metric_sum(&sentinel.metrics().await?, count) >= start + passes).then_some(()))
     })
     .await
+}
+
+/// Leader election on Lease `lease` (namespace `default`) through `kubeconfig`: a 3 s lease, a 2 s
+/// renew deadline, a round every 300 ms.
+fn election(lease: &str, kubeconfig: &str) -> [(&'static str, String); 8] {
+    [
+        ("HYPERFLEET_LEADER_ELECTION_ENABLED", "true".into()),
+        ("HYPERFLEET_LEADER_ELECTION_LEASE_NAME", lease.into()),
+        ("HYPERFLEET_LEADER_ELECTION_NAMESPACE", "default".into()),
+        ("HYPERFLEET_LEADER_ELECTION_LEASE_DURATION", "3s".into()),
+        ("HYPERFLEET_LEADER_ELECTION_RENEW_DEADLINE", "2s".into()),
+        ("HYPERFLEET_LEADER_ELECTION_RETRY_PERIOD", "300ms".into()),
+        ("HYPERFLEET_LEADER_ELECTION_KUBECONFIG", kubeconfig.into()),
+        ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()),
+    ]
+}
+
+fn leader_gauge(metrics: &str) -> f64 {
+    metric_sum(metrics, "hyperfleet_sentinel_leader")
+}
+
+async fn delete_lease(stack: &ApiStack, lease: &str) -> Result<()> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(stack.env.kube().await?, "default");
+    let _ = leases.delete(lease, &Default::default()).await;
+    Ok(())
 }
 
 async fn all_seen(tap: &Tap, ids: &[String]) -> Result<()> {
@@ -237,18 +263,9 @@ async fn two_replicas_publish_once_and_the_survivor_takes_over() -> Result<()> {
     let stack = ApiStack::start().await?;
     let tap = stack.tap("#").await?;
     let lease = format!("hf-test-{}", stack.tag);
-    let election = [
-        ("HYPERFLEET_LEADER_ELECTION_ENABLED", "true".to_string()),
-        ("HYPERFLEET_LEADER_ELECTION_LEASE_NAME", lease.clone()),
-        ("HYPERFLEET_LEADER_ELECTION_NAMESPACE", "default".into()),
-        ("HYPERFLEET_LEADER_ELECTION_LEASE_DURATION", "3s".into()),
-        ("HYPERFLEET_LEADER_ELECTION_RETRY_PERIOD", "300ms".into()),
-        ("HYPERFLEET_LEADER_ELECTION_KUBECONFIG", stack.env.get("KUBECONFIG")?.to_string()),
-        ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()),
-    ];
+    let election = election(&lease, stack.env.get("KUBECONFIG")?);
     let mut replicas =
         vec![stack.sentinel("replica-a", &election).await?, stack.sentinel("replica-b", &election).await?];
-    let leader_gauge = |m: &str| metric_sum(m, "hyperfleet_sentinel_leader");
     let leader = eventually(Duration::from_secs(30), || async {
         let a = leader_gauge(&replicas[0].metrics().await?);
         let b = leader_gauge(&replicas[1].metrics().await?);
@@ -285,9 +302,7 @@ async fn two_replicas_publish_once_and_the_survivor_takes_over() -> Result<()> {
     all_seen(&tap, std::slice::from_ref(&late)).await?;
 
     survivor.stop().await;
-    let kube = stack.env.kube().await?;
-    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(kube, "default");
-    let _ = leases.delete(&lease, &Default::default()).await;
+    delete_lease(&stack, &lease).await?;
     tap.close().await;
     stack.stop().await;
     Ok(())
@@ -311,6 +326,80 @@ async fn liveness_fails_when_polls_go_stale_and_recovers() -> Result<()> {
         .await
         .with_context(|| sentinel.log_tail())?;
     sentinel.stop().await;
+    stack.stop().await;
+    Ok(())
+}
+
+/// Events are published `mandatory`: one that no queue takes is not "published" — it is counted,
+/// `/readyz` says why, and it is retried until a queue is bound, then it arrives.
+#[tokio::test]
+async fn an_unroutable_event_is_reported_and_retried_until_a_queue_is_bound() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let sentinel = stack.sentinel("unroutable", &[]).await?;
+    let readyz = format!("http://127.0.0.1:{}/readyz", sentinel.health_port);
+    let id = stack.create_cluster("nobody-listens", json!({})).await?;
+    let body = eventually(Duration::from_secs(30), || async {
+        let r = reqwest::get(&readyz).await?;
+        Ok((r.status() == 503).then_some(r.json::<serde_json::Value>().await?))
+    })
+    .await
+    .with_context(|| sentinel.log_tail())?;
+    let reason = body["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("unroutable") && reason.contains(&stack.exchange), "{body}");
+    let unroutable = metric_sum(&sentinel.metrics().await?, "hyperfleet_sentinel_unroutable_total");
+    assert!(unroutable >= 1.0, "unroutable_total = {unroutable}");
+    let published = metric_sum(&sentinel.metrics().await?, "hyperfleet_sentinel_events_published_total");
+    assert_eq!(published, 0.0, "nothing was routed, so nothing counts as published");
+
+    let tap = stack.tap("#").await?;
+    all_seen(&tap, std::slice::from_ref(&id)).await.with_context(|| sentinel.log_tail())?;
+    eventually(Duration::from_secs(30), || async { Ok((reqwest::get(&readyz).await?.status() == 200).then_some(())) })
+        .await
+        .with_context(|| sentinel.log_tail())?;
+    sentinel.stop().await;
+    stack.stop().await;
+    Ok(())
+}
+
+/// A leader whose apiserver calls hang (a frozen proxy) stops publishing at its renew deadline,
+/// before its lease can lapse for the other replica, which then takes over: no event is
+/// published by both.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_apiserver_stops_before_the_other_takes_over() -> Result<()> {
+    let stack = ApiStack::start().await?;
+    let tap = stack.tap("#").await?;
+    let proxy = KubeProxy::start(&stack.env).await?;
+    let lease = format!("hf-test-{}", stack.tag);
+    let cut = stack.sentinel("cut", &election(&lease, &proxy.kubeconfig.display().to_string())).await?;
+    eventually(Duration::from_secs(30), || async { Ok((leader_gauge(&cut.metrics().await?) == 1.0).then_some(())) })
+        .await
+        .with_context(|| cut.log_tail())?;
+    let other = stack.sentinel("other", &election(&lease, stack.env.get("KUBECONFIG")?)).await?;
+    passes(&other, 2.0).await?;
+    assert_eq!(leader_gauge(&other.metrics().await?), 0.0, "one leader while both reach the apiserver");
+
+    proxy.freeze();
+    eventually(Duration::from_secs(30), || async { Ok((leader_gauge(&other.metrics().await?) == 1.0).then_some(())) })
+        .await
+        .with_context(|| other.log_tail())?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(stack.create_cluster(&format!("cut-off-{i}"), json!({})).await?);
+    }
+    all_seen(&tap, &ids).await?;
+    passes(&cut, 2.0).await?;
+    passes(&other, 2.0).await?;
+    for id in &ids {
+        assert_eq!(tap.count(id).await?, 1, "{id} published by both replicas\n{}", cut.log_tail());
+    }
+    assert_eq!(leader_gauge(&cut.metrics().await?), 0.0, "the cut-off replica no longer leads");
+
+    proxy.thaw();
+    cut.stop().await;
+    other.stop().await;
+    proxy.stop().await;
+    delete_lease(&stack, &lease).await?;
+    tap.close().await;
     stack.stop().await;
     Ok(())
 }
