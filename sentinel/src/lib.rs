@@ -196,6 +196,7 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
             .map_err(Error::Start)?,
     );
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(&cfg)).increment(0);
+    metrics::counter!("hyperfleet_sentinel_unroutable_total", &metric_labels(&cfg)).increment(0);
     let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
     let mut sentinel = Sentinel {
         cfg,
