@@ -107,6 +107,14 @@ async fn handle(worker: &Worker, dlq: &Channel, delivery: Delivery) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot dead-letter; requeueing");
+                    if matches!(e, Error::Unroutable(_)) {
+                        // Someone deleted the dead-letter queue: declare it again.
+                        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+                        let queue = dead_letter_queue(&worker.cfg);
+                        if let Err(e) = dlq.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await {
+                            tracing::warn!(error = %e, %queue, "cannot declare the dead-letter queue");
+                        }
+                    }
                     pause().await;
                     let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 }

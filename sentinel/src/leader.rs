@@ -232,8 +232,11 @@ impl Observed {
     }
 }
 
+/// The Lease's `leaseDurationSeconds`: whole seconds, rounded up, so the others never wait less
+/// than `lease_duration` (which the renew deadline is checked against).
 fn lease_seconds(cfg: &LeaderElectionConfig) -> i32 {
-    i32::try_from(cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    let secs = cfg.lease_duration.as_secs() + u64::from(cfg.lease_duration.subsec_nanos() > 0);
+    i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
 }
 
 /// One election round: acquire, renew or observe. Returns whether this process holds the lease.

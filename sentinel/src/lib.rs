@@ -197,7 +197,8 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     );
     metrics::counter!("hyperfleet_sentinel_api_auth_failures_total", &metric_labels(&cfg)).increment(0);
     metrics::counter!("hyperfleet_sentinel_unroutable_total", &metric_labels(&cfg)).increment(0);
-    let leadership = leader::start(&cfg.leader_election, shutdown.clone()).await.map_err(Error::Start)?;
+    let campaign = shutdown.child_token();
+    let leadership = leader::start(&cfg.leader_election, campaign.clone()).await.map_err(Error::Start)?;
     let mut sentinel = Sentinel {
         cfg,
         api: api.clone(),
@@ -225,29 +226,31 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     }
     let mut tick = tokio::time::interval(sentinel.cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break Ok(()),
             _ = tick.tick() => {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    res = sentinel.pass() => res?,
+                    _ = shutdown.cancelled() => break Ok(()),
+                    res = sentinel.pass() => if let Err(e) = res { break Err(e) },
                 }
             }
             Some(change) = changes.recv() => {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    res = sentinel.react(change) => res?,
+                    _ = shutdown.cancelled() => break Ok(()),
+                    res = sentinel.react(change) => if let Err(e) = res { break Err(e) },
                 }
             }
         }
-    }
+    };
     if let Some(p) = sentinel.publisher.take() {
         p.close().await;
     }
+    // Also after a fatal error: the lease goes at once rather than after lease_duration.
+    campaign.cancel();
     sentinel.leadership.stopped(Duration::from_secs(5)).await;
     tracing::info!("sentinel stopped");
-    Ok(())
+    result
 }
 
 struct Sentinel {
@@ -308,6 +311,7 @@ impl Sentinel {
         if !self.leadership.is_leader() {
             // A follower keeps polling (and stays ready) but leaves publishing to the leader.
             self.published.clear();
+            self.health.unroutable.store(false, Ordering::Relaxed);
             metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
                 .record(started.elapsed().as_secs_f64());
             return Ok(());
@@ -317,6 +321,10 @@ impl Sentinel {
 
         let due = self.due(&resources, now);
         metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(due.len() as f64);
+        if due.is_empty() {
+            // Nothing left to publish (what was unroutable was deleted, say): nothing is unroutable.
+            self.health.unroutable.store(false, Ordering::Relaxed);
+        }
         self.deliver(due, now).await?;
         metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
             .record(started.elapsed().as_secs_f64());

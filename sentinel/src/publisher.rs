@@ -2,6 +2,8 @@
 //! `mandatory`; an event counts as published only once the broker confirmed it and routed it to a
 //! queue (a returned event is [`Error::Unroutable`]).
 
+use std::collections::HashSet;
+
 use cloudevents::AttributesReader;
 use hyperfleet_common::cloudevent::{self, ReconcileData};
 use lapin::{
@@ -50,8 +52,8 @@ impl Publisher {
 
     /// Publishes one reconcile event per resource, pipelined: up to [`PIPELINE`] events are sent
     /// before their confirms are awaited. One result per input, in order; `Ok` only once the
-    /// broker confirmed and did not return it. Leadership is checked before every batch: once it
-    /// is lost, the rest is not published and has no result (the results are fewer than `due`).
+    /// broker confirmed and did not return it. Leadership is checked before every send: once it is
+    /// lost, the rest is not published and has no result (the results are fewer than `due`).
     pub async fn publish_all(
         &self,
         due: &[(&Resource, Reason)],
@@ -60,28 +62,45 @@ impl Publisher {
     ) -> Vec<Result<String, Error>> {
         let mut results = Vec::with_capacity(due.len());
         for chunk in due.chunks(PIPELINE) {
-            if !leadership.is_leader() {
-                tracing::info!(left = due.len() - results.len(), "leadership lost; not publishing the rest");
-                break;
-            }
             let mut inflight = Vec::with_capacity(chunk.len());
             for (r, _) in chunk {
+                if !leadership.is_leader() {
+                    break;
+                }
                 inflight.push(self.send(r, routing_key).await);
             }
+            let lost = inflight.len() < chunk.len();
+            // Every confirm first: lapin hands a returned message to whichever confirm completes
+            // next, so returned events are told apart by their message id (the event id).
+            let mut returned = HashSet::new();
+            let mut confirmed = Vec::with_capacity(inflight.len());
             for sent in inflight {
-                results.push(match sent {
+                confirmed.push(match sent {
                     Ok((id, confirm)) => match confirm.await {
-                        Ok(Confirmation::Ack(None)) => Ok(id),
-                        Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
-                            event_id: id,
-                            exchange: self.exchange.clone(),
-                            routing_key: routing_key.to_string(),
-                        }),
+                        Ok(Confirmation::Ack(back)) => {
+                            if let Some(back) = back {
+                                let back_id = back.properties.message_id().as_ref().map(|m| m.to_string());
+                                returned.insert(back_id.unwrap_or_else(|| id.clone()));
+                            }
+                            Ok(id)
+                        }
                         Ok(_) => Err(Error::NotConfirmed(id)),
                         Err(e) => Err(e.into()),
                     },
                     Err(e) => Err(e),
                 });
+            }
+            results.extend(confirmed.into_iter().map(|c| match c {
+                Ok(id) if returned.contains(&id) => Err(Error::Unroutable {
+                    event_id: id,
+                    exchange: self.exchange.clone(),
+                    routing_key: routing_key.to_string(),
+                }),
+                other => other,
+            }));
+            if lost {
+                tracing::info!(left = due.len() - results.len(), "leadership lost; not publishing the rest");
+                break;
             }
         }
         results
