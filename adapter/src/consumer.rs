@@ -35,8 +35,8 @@ pub(crate) async fn consume(
     let conn = cfg.broker.connect(&format!("hyperfleet-adapter-{}", cfg.name)).await?;
     let channel = conn.create_channel().await?;
     cfg.broker.declare_exchange(&channel).await?;
+    declare_dead_letter_queue(&channel, cfg).await?;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(dead_letter_queue(cfg).as_str().into(), durable, FieldTable::default()).await?;
     channel.queue_declare(cfg.queue.as_str().into(), durable, FieldTable::default()).await?;
     channel
         .queue_bind(
@@ -88,6 +88,12 @@ pub fn dead_letter_queue(cfg: &AdapterConfig) -> String {
     format!("{}.dead-letter", cfg.queue)
 }
 
+/// Declares `<queue>.dead-letter`, durable (idempotent).
+async fn declare_dead_letter_queue(channel: &Channel, cfg: &AdapterConfig) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(dead_letter_queue(cfg).as_str().into(), durable, FieldTable::default()).await.map(|_| ())
+}
+
 async fn handle(worker: &Worker, dlq: &Channel, delivery: Delivery) {
     let started = std::time::Instant::now();
     let outcome = process(worker, &delivery).await;
@@ -107,13 +113,11 @@ async fn handle(worker: &Worker, dlq: &Channel, delivery: Delivery) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot dead-letter; requeueing");
-                    if matches!(e, Error::Unroutable(_)) {
-                        // Someone deleted the dead-letter queue: declare it again.
-                        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-                        let queue = dead_letter_queue(&worker.cfg);
-                        if let Err(e) = dlq.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await {
-                            tracing::warn!(error = %e, %queue, "cannot declare the dead-letter queue");
-                        }
+                    // Someone deleted the dead-letter queue: declare it again.
+                    if matches!(e, Error::Unroutable(_))
+                        && let Err(e) = declare_dead_letter_queue(dlq, &worker.cfg).await
+                    {
+                        tracing::warn!(error = %e, "cannot declare the dead-letter queue");
                     }
                     pause().await;
                     let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;

@@ -107,7 +107,10 @@ struct State {
 impl Leadership {
     /// Always the leader (election off).
     pub fn alone() -> Self {
-        Leadership(Arc::new(State { alone: true, until: Mutex::new(None), campaign: Mutex::new(None) }))
+        Leadership::new(true)
+    }
+    fn new(alone: bool) -> Self {
+        Leadership(Arc::new(State { alone, until: Mutex::new(None), campaign: Mutex::new(None) }))
     }
     pub fn is_leader(&self) -> bool {
         self.0.alone || self.until().is_some_and(|until| Instant::now() < until)
@@ -169,7 +172,7 @@ pub async fn start(cfg: &LeaderElectionConfig, shutdown: CancellationToken) -> R
     let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "sentinel".into());
     let me = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let leases: Api<Lease> = Api::namespaced(client, &namespace);
-    let leadership = Leadership(Arc::new(State { alone: false, until: Mutex::new(None), campaign: Mutex::new(None) }));
+    let leadership = Leadership::new(false);
     leadership.set(None);
     let (cfg, handle) = (cfg.clone(), leadership.clone());
     tracing::info!(lease = %cfg.lease_name, %namespace, identity = %me, "campaigning for leadership");
@@ -180,17 +183,17 @@ pub async fn start(cfg: &LeaderElectionConfig, shutdown: CancellationToken) -> R
             let started = Instant::now();
             // A round is bounded by the renew deadline: a hung apiserver cannot keep this loop
             // waiting, and the deadline has ended the leadership by then anyway.
-            match tokio::time::timeout(deadline, round(&leases, &cfg, &me, &mut seen)).await {
-                Ok(Ok(true)) => handle.set(Some(started + deadline)),
-                Ok(Ok(false)) => handle.set(None),
+            let outcome = tokio::time::timeout(deadline, round(&leases, &cfg, &me, &mut seen))
+                .await
+                .map_err(|_| format!("no answer within {deadline:?}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match outcome {
+                Ok(true) => handle.set(Some(started + deadline)),
+                Ok(false) => handle.set(None),
                 // Still the leader until the renew deadline of the last renewal: the next round
                 // may renew in time (the gauge follows the deadline).
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "leader election round failed");
-                    handle.set(handle.until());
-                }
-                Err(_) => {
-                    tracing::warn!(within = ?deadline, "leader election round timed out");
                     handle.set(handle.until());
                 }
             }
@@ -213,22 +216,21 @@ pub async fn start(cfg: &LeaderElectionConfig, shutdown: CancellationToken) -> R
     Ok(leadership)
 }
 
-/// What a replica last saw of the Lease and when (its own monotonic clock).
+/// What a replica last saw of the Lease (holder, renew time) and when, on its own monotonic clock.
 #[derive(Default)]
-struct Observed {
-    record: Option<(String, Option<MicroTime>)>,
-    at: Option<Instant>,
-}
+struct Observed(Option<((String, Option<MicroTime>), Instant)>);
 
 impl Observed {
     /// Notes the holder and renew time read now; returns how long they have been unchanged.
     fn unchanged_for(&mut self, holder: &str, renewed: Option<MicroTime>) -> Duration {
-        let record = Some((holder.to_string(), renewed));
-        if self.record != record || self.at.is_none() {
-            self.record = record;
-            self.at = Some(Instant::now());
+        let record = (holder.to_string(), renewed);
+        match &self.0 {
+            Some((seen, at)) if *seen == record => at.elapsed(),
+            _ => {
+                self.0 = Some((record, Instant::now()));
+                Duration::ZERO
+            }
         }
-        self.at.map(|at| at.elapsed()).unwrap_or_default()
     }
 }
 
@@ -337,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn leadership_ends_at_its_deadline_without_another_round() {
-        let l = Leadership(Arc::new(State { alone: false, until: Mutex::new(None), campaign: Mutex::new(None) }));
+        let l = Leadership::new(false);
         assert!(!l.is_leader());
         l.set(Some(Instant::now() + Duration::from_secs(60)));
         assert!(l.is_leader());
@@ -351,7 +353,9 @@ mod tests {
         let mut seen = Observed::default();
         let t = Some(MicroTime(Timestamp::now()));
         assert!(seen.unchanged_for("a", t.clone()) < Duration::from_secs(1));
-        seen.at = Some(Instant::now() - Duration::from_secs(20));
+        if let Some((_, at)) = &mut seen.0 {
+            *at = Instant::now() - Duration::from_secs(20);
+        }
         assert!(seen.unchanged_for("a", t.clone()) >= Duration::from_secs(20), "same record: it ages");
         assert!(seen.unchanged_for("b", t) < Duration::from_secs(1), "a new holder starts the count afresh");
     }

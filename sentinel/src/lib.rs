@@ -161,14 +161,13 @@ pub async fn run(mut cfg: SentinelConfig, shutdown: CancellationToken) -> Result
     );
     let ready: ops::ReadinessCheck = Arc::new(move || {
         let (broker, polled) = (h.broker_up.load(Ordering::Relaxed), h.since_last_poll().is_some());
-        let routed = !h.unroutable.load(Ordering::Relaxed);
-        let unroutable = unroutable.clone();
+        let unroutable = h.unroutable.load(Ordering::Relaxed).then(|| unroutable.clone());
         Box::pin(async move {
-            match (broker, polled, routed) {
-                (true, true, true) => Ok(()),
+            match (broker, polled, unroutable) {
+                (true, true, None) => Ok(()),
                 (false, _, _) => Err("broker not connected".into()),
                 (_, false, _) => Err("no successful poll yet".into()),
-                (_, _, false) => Err(unroutable),
+                (_, _, Some(why)) => Err(why),
             }
         })
     });
@@ -364,9 +363,6 @@ impl Sentinel {
                 tokio::time::sleep(hyperfleet_common::process::jitter(backoff)).await;
                 backoff *= 2;
             }
-            if !self.leadership.is_leader() {
-                return Ok(());
-            }
             let routing_key = self.cfg.routing_key();
             let leadership = self.leadership.clone();
             let Some(publisher) = self.connected_publisher().await? else { continue };
@@ -408,10 +404,12 @@ impl Sentinel {
             }
             due = failed;
         }
-        if !due.is_empty() && self.health.unroutable.load(Ordering::Relaxed) {
-            tracing::debug!(unpublished = due.len(), "unroutable events left for the next pass");
-        } else if !due.is_empty() {
-            tracing::warn!(unpublished = due.len(), "events left for the next pass");
+        if !due.is_empty() {
+            if self.health.unroutable.load(Ordering::Relaxed) {
+                tracing::debug!(unpublished = due.len(), "unroutable events left for the next pass");
+            } else {
+                tracing::warn!(unpublished = due.len(), "events left for the next pass");
+            }
         }
         Ok(())
     }

@@ -298,9 +298,8 @@ impl Stack {
 
     /// POSTs a cluster with an empty spec and no labels; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
-        let id = post_cluster_with(&self.http, &self.api_url, name, serde_json::json!({})).await?;
-        self.track_created(&id);
-        Ok(id)
+        let created = self.post_cluster(serde_json::json!({"kind": "Cluster", "name": name, "spec": {}, "labels": {}}));
+        Ok(created.await?["id"].as_str().context("id in the create response")?.to_string())
     }
 
     /// POSTs the cluster `body` describes; returns the created resource.

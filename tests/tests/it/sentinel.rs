@@ -43,6 +43,15 @@ async fn delete_lease(stack: &ApiStack, lease: &str) -> Result<()> {
     Ok(())
 }
 
+/// Polls a health `url` until it answers `status` (within `within`); returns the body (JSON, or null).
+async fn until_status(url: &str, status: u16, within: Duration) -> Result<serde_json::Value> {
+    eventually(within, || async {
+        let r = reqwest::get(url).await?;
+        Ok(if r.status() == status { Some(r.json().await.unwrap_or_default()) } else { None })
+    })
+    .await
+}
+
 async fn all_seen(tap: &Tap, ids: &[String]) -> Result<()> {
     for id in ids {
         eventually(Duration::from_secs(30), || async { Ok((tap.count(id).await? > 0).then_some(())) })
@@ -315,16 +324,10 @@ async fn liveness_fails_when_polls_go_stale_and_recovers() -> Result<()> {
     let healthz = format!("http://127.0.0.1:{}/healthz", sentinel.health_port);
     assert_eq!(reqwest::get(&healthz).await?.status(), 200);
     stack.api.kill().await?;
-    let body = eventually(Duration::from_secs(30), || async {
-        let r = reqwest::get(&healthz).await?;
-        Ok((r.status() == 503).then_some(r.json::<serde_json::Value>().await?))
-    })
-    .await?;
+    let body = until_status(&healthz, 503, Duration::from_secs(30)).await?;
     assert!(body["reason"].as_str().unwrap_or("").contains("poll stale"), "{body}");
     stack.restart_api().await?;
-    eventually(Duration::from_secs(60), || async { Ok((reqwest::get(&healthz).await?.status() == 200).then_some(())) })
-        .await
-        .with_context(|| sentinel.log_tail())?;
+    until_status(&healthz, 200, Duration::from_secs(60)).await.with_context(|| sentinel.log_tail())?;
     sentinel.stop().await;
     stack.stop().await;
     Ok(())
@@ -338,12 +341,7 @@ async fn an_unroutable_event_is_reported_and_retried_until_a_queue_is_bound() ->
     let sentinel = stack.sentinel("unroutable", &[]).await?;
     let readyz = format!("http://127.0.0.1:{}/readyz", sentinel.health_port);
     let id = stack.create_cluster("nobody-listens", json!({})).await?;
-    let body = eventually(Duration::from_secs(30), || async {
-        let r = reqwest::get(&readyz).await?;
-        Ok((r.status() == 503).then_some(r.json::<serde_json::Value>().await?))
-    })
-    .await
-    .with_context(|| sentinel.log_tail())?;
+    let body = until_status(&readyz, 503, Duration::from_secs(30)).await.with_context(|| sentinel.log_tail())?;
     let reason = body["reason"].as_str().unwrap_or("");
     assert!(reason.contains("unroutable") && reason.contains(&stack.exchange), "{body}");
     let unroutable = metric_sum(&sentinel.metrics().await?, "hyperfleet_sentinel_unroutable_total");
@@ -353,10 +351,9 @@ async fn an_unroutable_event_is_reported_and_retried_until_a_queue_is_bound() ->
 
     let tap = stack.tap("#").await?;
     all_seen(&tap, std::slice::from_ref(&id)).await.with_context(|| sentinel.log_tail())?;
-    eventually(Duration::from_secs(30), || async { Ok((reqwest::get(&readyz).await?.status() == 200).then_some(())) })
-        .await
-        .with_context(|| sentinel.log_tail())?;
+    until_status(&readyz, 200, Duration::from_secs(30)).await.with_context(|| sentinel.log_tail())?;
     sentinel.stop().await;
+    tap.close().await;
     stack.stop().await;
     Ok(())
 }

@@ -134,15 +134,19 @@ impl App {
 
     /// POSTs `body` to `uri` and asserts 201; returns the created resource.
     pub async fn create(&self, uri: &str, body: Value) -> Result<Value> {
-        let (status, _, v) = self.call(Method::POST, uri, Some(&body.to_string())).await?;
-        assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
-        Ok(v)
+        self.created(uri, &body.to_string()).await
     }
 
     /// POSTs the cluster [`cluster`] describes and asserts 201; returns its id.
     pub async fn create_cluster(&self, name: &str) -> Result<String> {
-        let v = self.create(CLUSTERS, serde_json::from_str(&cluster(name))?).await?;
+        let v = self.created(CLUSTERS, &cluster(name)).await?;
         Ok(v["id"].as_str().context("id")?.to_string())
+    }
+
+    async fn created(&self, uri: &str, body: &str) -> Result<Value> {
+        let (status, _, v) = self.call(Method::POST, uri, Some(body)).await?;
+        assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
+        Ok(v)
     }
 
     /// The app's database pool, for setting up states the API cannot reach by itself.
