@@ -94,7 +94,7 @@ open(p, "w").write(s2)
 PY
   whats=(); for c in "${want[@]}"; do whats+=("cmd/$c"); done
   GOFLAGS='' GOPROXY=off CGO_ENABLED=0 make WHAT="${whats[*]}" >"$BUILD_DIR/make.log" 2>&1 ||
-    { tail -30 "$BUILD_DIR/make.log" >&2; exit 1; }
+    { tail -n 30 "$BUILD_DIR/make.log" >&2; exit 1; }
   for c in "${want[@]}"; do $SUDO install -m 0755 "_output/bin/$c" "$K8S_BIN/"; done
   cd / && rm -rf "$BUILD_DIR"
 fi

@@ -311,7 +311,7 @@ node_up() {
     # Nothing may be pulled from outside: every registry request goes to a port nobody listens on.
     HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY='' \
       node_start containerd containerd --config "$d/containerd.toml"
-    wait_for containerd 30 ctr --address "$CTR_SOCK" version || { tail -20 "$d/logs/containerd.log" >&2; die "containerd did not start"; }
+    wait_for containerd 30 ctr --address "$CTR_SOCK" version || { tail -n 20 "$d/logs/containerd.log" >&2; die "containerd did not start"; }
   fi
   node_own
   images_up
@@ -336,7 +336,7 @@ node_up() {
     --container-runtime=remote --container-runtime-endpoint="unix://$CTR_SOCK" \
     --root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --volume-plugin-dir="$d/kubelet/volume-plugins" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
-  wait_for "node Ready" 90 node_ready || { tail -30 "$d/logs/kubelet.log" >&2; die "the node did not become Ready (log: $d/logs/kubelet.log)"; }
+  wait_for "node Ready" 90 node_ready || { tail -n 30 "$d/logs/kubelet.log" >&2; die "the node did not become Ready (log: $d/logs/kubelet.log)"; }
   wait_for "kubernetes Service in DNS" 30 grep -q "kubernetes.default.svc.cluster.local" "$d/dns/hosts" ||
     die "the DNS stand-in has no records (log: $d/logs/dns-sync.log)"
   say "node $NODE_NAME Ready in $(( $(now_ms) - t0 ))ms (pods on $NODE_NET.0/24, DNS and relays on $NODE_IP)"

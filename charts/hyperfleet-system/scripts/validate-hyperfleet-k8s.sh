@@ -33,7 +33,7 @@ why_not_ready() {
   for pod in $(k get pods -l "app.kubernetes.io/name=$1" -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | awk '$2 != "True" {print $1}'); do
     states=$(k get pod "$pod" -o jsonpath='{range .status.initContainerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason} {end}{range .status.containerStatuses[*]}{.name}={.state.waiting.reason}{.state.terminated.reason}{.state.running.startedAt} {end}')
     event=$(k get events --field-selector "involvedObject.name=$pod,type=Warning" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' |
-      awk 'NF && !seen[$0]++' | tail -3 | sed ':a;N;$!ba;s/\n/; /g')
+      awk 'NF && !seen[$0]++' | tail -n 3 | sed ':a;N;$!ba;s/\n/; /g')
     printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warnings: $event}"
   done
 }
