@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdapterConfig {
-    /// Adapter name, used in logs and as the consumer-tag prefix.
+    /// Adapter name: the `adapter` of its status reports, the consumer-tag prefix, and the value of
+    /// the `hyperfleet.io/adapter` label on every object it applies (its watches select on it), so
+    /// it must be a valid label value.
     pub name: String,
     pub hyperfleet_api: ApiClientConfig,
     pub broker: BrokerConfig,
@@ -76,10 +78,6 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Field manager of the server-side applies.
     pub field_manager: String,
-    /// How long one event waits for a deleted Namespace to disappear before reporting
-    /// `Finalized=False` (CleanupInProgress) and leaving the rest to the next event.
-    #[serde(with = "duration")]
-    pub deletion_timeout: Duration,
     /// Connect, read and write timeout of every Kubernetes API call.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
@@ -90,7 +88,6 @@ impl Default for KubernetesConfig {
         KubernetesConfig {
             kubeconfig: None,
             field_manager: "hyperfleet-adapter".into(),
-            deletion_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -132,6 +129,18 @@ impl ServiceConfig for AdapterConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let label_ok = |s: &str| {
+            s.len() <= 63
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        if !label_ok(&self.name) {
+            return Err(format!(
+                "name {:?} must be a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                self.name
+            ));
+        }
         if self.queue.is_empty() {
             return Err("queue must not be empty".into());
         }

@@ -4,11 +4,13 @@
 //! from the API, server-side applies the objects of its task ([`task`]; the landing-zone task — a
 //! Namespace named after the cluster id and a ServiceAccount in it — is built in), and reports
 //! `Applied`/`Available`/`Health`/`Finalized` back to the API at the resource's generation before
-//! acknowledging the event. For a resource being deleted it deletes the objects and reports
-//! `Finalized=True` once they are gone, so the API can delete the resource.
+//! acknowledging the event. For a resource being deleted it asks for the objects to be deleted; the
+//! watch of what it owns ([`watch`]) reports `Finalized=True` once they are gone, so the API can
+//! delete the resource, and restores objects deleted or changed out of band.
 //!
 //! Events for one resource are worked on one at a time (`PerResource`), each reading the resource
-//! afresh, so an older event cannot undo what a newer one applied. Transient failures are retried
+//! afresh, so an older event cannot undo what a newer one applied; an apply whose resource was
+//! deleted meanwhile (the report gets 404) is undone. Transient failures are retried
 //! in process with backoff; a failure that outlasts the retries is
 //! reported as `Health=False` and acknowledged — the sentinel re-announces resources that are not
 //! reconciled, which drives the next try. Messages that are not reconcile CloudEvents go to
@@ -26,6 +28,7 @@ pub mod consumer;
 pub mod observe;
 pub mod report;
 pub mod task;
+mod watch;
 
 use std::{
     sync::{
@@ -137,6 +140,20 @@ struct Worker {
     api: ApiClient,
     /// One event per resource at a time.
     turns: PerResource,
+    /// The resources worked on, for the watch of their objects.
+    known: watch::Known,
+}
+
+impl Worker {
+    /// The task's objects for `resource`, marked as this adapter's.
+    fn render(&self, resource: &ResourceView) -> Vec<serde_json::Value> {
+        let vars = Vars { resource, adapter: &self.cfg.name };
+        let mut objects: Vec<serde_json::Value> = self.task.objects.iter().map(|o| task::render(o, &vars)).collect();
+        for obj in &mut objects {
+            task::own(obj, &self.cfg.name, &resource.id);
+        }
+        objects
+    }
 }
 
 /// Serialises the work on one resource: events for the same id wait for each other (each then
@@ -168,7 +185,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     let creds = cfg.hyperfleet_api.credentials().map_err(Error::Start)?;
     let prometheus = ops::install_metrics_recorder().map_err(Error::Start)?;
     observe::describe_metrics();
-    let kube = kube_client(&cfg).await?;
+    let (kube, watch_client) = kube_clients(&cfg).await?;
     let consuming = Arc::new(AtomicBool::new(false));
     let (flag, probe) = (consuming.clone(), kube.clone());
     let check: ops::ReadinessCheck = Arc::new(move || {
@@ -188,7 +205,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
     let objects = Objects::new(kube, &cfg.kubernetes.field_manager);
     metrics::gauge!("hyperfleet_adapter_build_info", "component" => "adapter", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
-    let worker = Arc::new(Worker { cfg, task, objects, api, turns: PerResource::default() });
+    let worker = Arc::new(Worker { cfg, task, objects, api, turns: PerResource::default(), known: Default::default() });
     tracing::info!(
         adapter = %worker.cfg.name,
         api = %worker.cfg.hyperfleet_api.base_url,
@@ -201,6 +218,7 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
         "adapter started"
     );
 
+    let watching = tokio::spawn(watch::run(worker.clone(), watch_client, shutdown.clone()));
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
         let started = std::time::Instant::now();
@@ -221,11 +239,15 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+    let _ = watching.await;
     tracing::info!("adapter stopped");
     Ok(())
 }
 
-async fn kube_client(cfg: &AdapterConfig) -> Result<Client, Error> {
+/// The Kubernetes clients: one for requests (every call bounded by `kubernetes.request_timeout`)
+/// and one for watches, whose streams are long-lived (the watcher bounds them by their own idle
+/// timeout).
+async fn kube_clients(cfg: &AdapterConfig) -> Result<(Client, Client), Error> {
     let mut config = match &cfg.kubernetes.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -237,8 +259,12 @@ async fn kube_client(cfg: &AdapterConfig) -> Result<Client, Error> {
         None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
     let within = Some(cfg.kubernetes.request_timeout);
-    (config.connect_timeout, config.read_timeout, config.write_timeout) = (within, within, within);
-    Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+    (config.connect_timeout, config.write_timeout) = (within, within);
+    let watches = Client::try_from(config.clone()).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    // Counted from when a request is sent, not from when its pooled connection went idle.
+    (config.read_timeout, config.reset_reader_on_write) = (within, true);
+    let requests = Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    Ok((requests, watches))
 }
 
 /// Runs `step` up to `retry.attempts` times while it fails transiently.
@@ -285,6 +311,7 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
         Ok(Some(r)) => r,
         Ok(None) => {
             tracing::info!(resource_id = %data.id, "resource is gone; nothing to do");
+            worker.known.forget(&data.id);
             return Outcome::Done("skipped");
         }
         Err(e) if e.requeues() => return requeue(&data.id, &e),
@@ -293,24 +320,23 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
             return Outcome::Done("failed");
         }
     };
-    let vars = Vars { resource: &resource, adapter: &worker.cfg.name };
-    let rendered: Vec<serde_json::Value> = worker.task.objects.iter().map(|o| task::render(o, &vars)).collect();
+    let rendered = worker.render(&resource);
+    let objects = &worker.objects;
     let (report, status) = if resource.deleted_time.is_some() {
-        let started = std::time::Instant::now();
-        metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").increment(1.0);
-        let within = worker.cfg.kubernetes.deletion_timeout;
-        let removed = with_retry(worker, "delete", || async {
-            worker.objects.remove(&rendered, within).await.map_err(|source| Error::Kube { step: "delete", source })
+        // Ask for the deletion and report; the watch of the objects reports Finalized=True
+        // once they are gone (watch.rs), so the event does not wait for the controller-manager.
+        worker.known.deleting(&resource);
+        let deleted = with_retry(worker, "delete", || async {
+            objects.delete(&rendered).await.map_err(kube_err("delete"))?;
+            objects.gone(&rendered).await.map_err(kube_err("delete"))
         })
         .await;
-        metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").decrement(1.0);
-        match removed {
+        match deleted {
             Ok(true) => {
-                metrics::counter!("hyperfleet_adapter_resources_deleted_total").increment(rendered.len() as u64);
-                metrics::histogram!("hyperfleet_adapter_resource_deletion_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                tracing::info!(resource_id = %resource.id, "objects removed");
-                (Report::finalized(&resource), "success")
+                return match finalize(worker, &resource, rendered.len()).await {
+                    Ok(()) => Outcome::Done("success"),
+                    Err(e) => report_failed(&resource.id, &e),
+                };
             }
             Ok(false) => (Report::cleanup_in_progress(&resource), "success"),
             Err(e) => {
@@ -319,13 +345,12 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
             }
         }
     } else {
-        match with_retry(worker, "apply", || async {
-            worker.objects.apply(&rendered).await.map_err(|source| Error::Kube { step: "apply", source })
-        })
-        .await
+        worker.known.live(&resource);
+        match with_retry(worker, "apply", || async { objects.apply(&rendered).await.map_err(kube_err("apply")) }).await
         {
             Ok(()) => {
                 tracing::info!(resource_id = %resource.id, generation = resource.generation, "objects applied");
+                let vars = Vars { resource: &resource, adapter: &worker.cfg.name };
                 let spec = &worker.task.report;
                 let applied = task::render_str(&spec.applied_message, &vars);
                 (Report::applied(applied, task::render_str(&spec.available_message, &vars)), "success")
@@ -336,15 +361,65 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
             }
         }
     };
-    let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
-    match with_retry(worker, "report", || put_status(worker, &resource, &report, &data)).await {
-        Ok(()) => Outcome::Done(status),
-        Err(e) if e.requeues() => requeue(&resource.id, &e),
+    match send_report(worker, &resource, &report).await {
+        Ok(404) if resource.deleted_time.is_none() => {
+            remove_orphans(worker, &resource, &rendered).await;
+            Outcome::Done(status)
+        }
+        Ok(_) => Outcome::Done(status),
+        Err(e) => report_failed(&resource.id, &e),
+    }
+}
+
+/// A report that could not be sent: put back for the credentials, else left to the sentinel.
+fn report_failed(resource_id: &str, e: &Error) -> Outcome {
+    if e.requeues() {
+        return requeue(resource_id, e);
+    }
+    tracing::warn!(resource_id, error = %e, "cannot report; the sentinel will announce it again");
+    Outcome::Done("failed")
+}
+
+/// The objects were applied for a resource that was deleted meanwhile (the API answered the report
+/// with 404) — by another replica, or before this event's turn: remove them, or nothing would.
+async fn remove_orphans(worker: &Worker, resource: &ResourceView, rendered: &[serde_json::Value]) {
+    worker.known.forget(&resource.id);
+    match with_retry(worker, "delete", || async { worker.objects.delete(rendered).await.map_err(kube_err("delete")) })
+        .await
+    {
+        Ok(()) => {
+            metrics::counter!("hyperfleet_adapter_orphans_removed_total").increment(rendered.len() as u64);
+            tracing::info!(resource_id = %resource.id, "the resource was deleted while its objects were applied; removed them");
+        }
         Err(e) => {
-            tracing::warn!(resource_id = %resource.id, error = %e, "cannot report; the sentinel will announce it again");
-            Outcome::Done("failed")
+            tracing::warn!(resource_id = %resource.id, error = %e, "cannot remove the objects of a deleted resource")
         }
     }
+}
+
+/// Reports `Finalized=True` for a resource whose objects are gone and forgets it.
+async fn finalize(worker: &Worker, resource: &ResourceView, objects: usize) -> Result<(), Error> {
+    send_report(worker, resource, &Report::finalized(resource)).await?;
+    metrics::counter!("hyperfleet_adapter_resources_deleted_total").increment(objects as u64);
+    if let Some(since) = worker.known.forget(&resource.id) {
+        metrics::histogram!("hyperfleet_adapter_resource_deletion_duration_seconds")
+            .record(since.elapsed().as_secs_f64());
+    }
+    tracing::info!(resource_id = %resource.id, "objects removed");
+    Ok(())
+}
+
+/// PUTs `report` for `resource` (with the task's `data`), retrying transient failures; the API's
+/// answer (201 stored, 204 stale, 404 the resource is gone).
+async fn send_report(worker: &Worker, resource: &ResourceView, report: &Report) -> Result<u16, Error> {
+    let vars = Vars { resource, adapter: &worker.cfg.name };
+    let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
+    with_retry(worker, "report", || put_status(worker, resource, report, &data)).await
+}
+
+/// A Kubernetes failure of `step` as the adapter's error.
+fn kube_err(step: &'static str) -> impl Fn(kube::Error) -> Error {
+    move |source| Error::Kube { step, source }
 }
 
 /// An event put back because of the credentials: a refusal was already warned about once per

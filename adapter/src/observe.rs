@@ -38,7 +38,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         "hyperfleet_adapter_resource_deletions_in_progress",
         Unit::Count,
-        "Resources whose Kubernetes objects are being deleted now."
+        "Resources whose Kubernetes objects this adapter has asked to delete and that are not gone yet."
     );
     describe_counter!(
         "hyperfleet_adapter_resources_deleted_total",
@@ -47,9 +47,23 @@ pub fn describe_metrics() {
     describe_histogram!(
         "hyperfleet_adapter_resource_deletion_duration_seconds",
         Unit::Seconds,
-        "Time to delete a resource's Kubernetes objects until they are gone."
+        "Time from asking for a resource's Kubernetes objects to be deleted until they are gone."
+    );
+    describe_counter!(
+        "hyperfleet_adapter_drift_repairs_total",
+        "Objects of live resources restored after being deleted or changed out of band, by kind and change."
+    );
+    describe_counter!(
+        "hyperfleet_adapter_watch_errors_total",
+        "Failures of the watches of owned objects (retried with backoff), by kind."
+    );
+    describe_counter!(
+        "hyperfleet_adapter_orphans_removed_total",
+        "Objects removed because their resource was deleted while they were being applied."
     );
     metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(0);
+    metrics::counter!("hyperfleet_adapter_orphans_removed_total").increment(0);
+    metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").set(0.0);
     for status in EVENT_STATUSES {
         metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => status).increment(0);
     }

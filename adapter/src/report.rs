@@ -28,6 +28,18 @@ impl Report {
             ],
         }
     }
+    /// Objects restored after a change out of band (`what`: which, and what happened to them).
+    pub(crate) fn restored(what: &str) -> Self {
+        let message: String = format!("restored after a change out of band: {what}").chars().take(1000).collect();
+        Report {
+            conditions: [
+                ("Applied", "True", "ResourcesRestored", message.clone()),
+                ("Available", "True", "ResourcesAvailable", "the objects exist again".into()),
+                ("Health", "True", "Healthy", message),
+                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
+            ],
+        }
+    }
     pub(crate) fn cleanup_in_progress(resource: &ResourceView) -> Self {
         Report {
             conditions: [
@@ -53,14 +65,14 @@ impl Report {
     }
 }
 
-/// PUTs the report at the resource's generation. 201 (stored), 204 (discarded as stale) and 404
-/// (the resource is gone) all end the work.
+/// PUTs the report at the resource's generation; the API's answer: 201 (stored), 204 (discarded
+/// as stale) or 404 (the resource is gone).
 pub(crate) async fn put_status(
     worker: &Worker,
     resource: &ResourceView,
     report: &Report,
     data: &serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<u16, Error> {
     let conditions: Vec<serde_json::Value> = report
         .conditions
         .iter()
@@ -75,10 +87,5 @@ pub(crate) async fn put_status(
         "conditions": conditions,
         "data": data,
     });
-    worker
-        .api
-        .put_status(&worker.task.resource, &resource.id, &body)
-        .await
-        .map(|_| ())
-        .map_err(|e| api_error(&worker.api, e))
+    worker.api.put_status(&worker.task.resource, &resource.id, &body).await.map_err(|e| api_error(&worker.api, e))
 }

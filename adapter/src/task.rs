@@ -5,7 +5,7 @@
 //! Strings in the file are templates over a fixed set of variables ([`VARIABLES`]); an unknown
 //! variable, a malformed object or an unknown key is refused when the adapter starts.
 
-use std::{collections::HashMap, path::Path, sync::Mutex, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Mutex};
 
 use kube::{
     Api, Client,
@@ -175,7 +175,8 @@ impl Task {
     }
 }
 
-fn gvk(obj: &Value) -> GroupVersionKind {
+/// The group, version and kind of a rendered object.
+pub fn gvk(obj: &Value) -> GroupVersionKind {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default())
@@ -193,21 +194,22 @@ impl Objects {
         Objects { client, field_manager: field_manager.into(), kinds: Mutex::new(HashMap::new()) }
     }
 
+    /// The API resource of a kind and whether it is namespaced (discovery, once per kind).
+    pub async fn resource(&self, gvk: &GroupVersionKind) -> Result<(ApiResource, bool), kube::Error> {
+        if let Some(hit) = self.kinds.lock().ok().and_then(|k| k.get(gvk).cloned()) {
+            return Ok(hit);
+        }
+        let (ar, caps) = discovery::pinned_kind(&self.client, gvk).await?;
+        let entry = (ar, caps.scope == Scope::Namespaced);
+        if let Ok(mut k) = self.kinds.lock() {
+            k.insert(gvk.clone(), entry.clone());
+        }
+        Ok(entry)
+    }
+
     /// The API of a rendered object and its name.
     async fn api(&self, obj: &Value) -> Result<(Api<DynamicObject>, String), kube::Error> {
-        let gvk = gvk(obj);
-        let cached = self.kinds.lock().ok().and_then(|k| k.get(&gvk).cloned());
-        let (resource, namespaced) = match cached {
-            Some(hit) => hit,
-            None => {
-                let (ar, caps) = discovery::pinned_kind(&self.client, &gvk).await?;
-                let entry = (ar, caps.scope == Scope::Namespaced);
-                if let Ok(mut k) = self.kinds.lock() {
-                    k.insert(gvk, entry.clone());
-                }
-                entry
-            }
-        };
+        let (resource, namespaced) = self.resource(&gvk(obj)).await?;
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
         let api = match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
             Some(ns) if namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
@@ -227,10 +229,9 @@ impl Objects {
         Ok(())
     }
 
-    /// Deletes the rendered objects in reverse order and waits up to `within` until all are gone
-    /// (a Namespace is finalized by the controller-manager). Returns whether they are gone.
-    pub async fn remove(&self, objects: &[Value], within: Duration) -> Result<bool, kube::Error> {
-        let mut apis = Vec::with_capacity(objects.len());
+    /// Asks for the rendered objects to be deleted, in reverse order (one already gone is fine);
+    /// does not wait for them to go — a Namespace is emptied by the controller-manager first.
+    pub async fn delete(&self, objects: &[Value]) -> Result<(), kube::Error> {
         for obj in objects.iter().rev() {
             let (api, name) = self.api(obj).await?;
             match api.delete(&name, &DeleteParams::background()).await {
@@ -238,26 +239,80 @@ impl Objects {
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
-            apis.push((api, name));
         }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let mut all_gone = true;
-            for (api, name) in &apis {
-                if api.get_opt(name).await?.is_some() {
-                    all_gone = false;
-                    break;
-                }
-            }
-            if all_gone {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() >= deadline {
+        Ok(())
+    }
+
+    /// The live state of each rendered object (`None`: it does not exist).
+    pub async fn observe(&self, objects: &[Value]) -> Result<Vec<Option<Value>>, kube::Error> {
+        let mut live = Vec::with_capacity(objects.len());
+        for obj in objects {
+            let (api, name) = self.api(obj).await?;
+            live.push(api.get_opt(&name).await?.map(|o| serde_json::to_value(o).unwrap_or_default()));
+        }
+        Ok(live)
+    }
+
+    /// Whether every rendered object is gone.
+    pub async fn gone(&self, objects: &[Value]) -> Result<bool, kube::Error> {
+        for obj in objects {
+            let (api, name) = self.api(obj).await?;
+            if api.get_opt(&name).await?.is_some() {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(true)
+    }
+}
+
+/// The label naming the adapter that owns an object; its watches select on it.
+pub const ADAPTER_LABEL: &str = "hyperfleet.io/adapter";
+/// The label naming the API resource an object belongs to.
+pub const RESOURCE_LABEL: &str = "hyperfleet.io/resource-id";
+
+/// Marks a rendered object as the adapter's, for the resource `id` (labels [`ADAPTER_LABEL`] and
+/// [`RESOURCE_LABEL`]), whatever the task says.
+pub fn own(obj: &mut Value, adapter: &str, id: &str) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta.entry("labels").or_insert_with(|| Value::Object(Map::new()));
+        if !labels.is_object() {
+            *labels = Value::Object(Map::new());
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(ADAPTER_LABEL.into(), Value::String(adapter.into()));
+            labels.insert(RESOURCE_LABEL.into(), Value::String(id.into()));
         }
     }
+}
+
+/// The kind and name of an object, for messages (`Namespace 0194-x`).
+pub fn describe(obj: &Value) -> String {
+    let field = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    match field("/metadata/namespace") {
+        "" => format!("{} {}", field("/kind"), field("/metadata/name")),
+        ns => format!("{} {ns}/{}", field("/kind"), field("/metadata/name")),
+    }
+}
+
+/// Whether the live object `live` still holds everything the adapter applied (`wanted`): every
+/// field of `wanted` is in `live` with the same value; what others add is not drift.
+pub fn holds(live: &Value, wanted: &Value) -> bool {
+    match (live, wanted) {
+        (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, v)| l.get(k).is_some_and(|x| holds(x, v))),
+        (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(x, v)| holds(x, v)),
+        (l, w) => l == w,
+    }
+}
+
+/// Whether `live` (a watched object) is the one `wanted` renders: same kind and name, and the
+/// same namespace when `wanted` names one.
+pub fn same_object(live: &Value, wanted: &Value) -> bool {
+    let field = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    field(live, "/kind") == field(wanted, "/kind")
+        && field(live, "/apiVersion") == field(wanted, "/apiVersion")
+        && field(live, "/metadata/name") == field(wanted, "/metadata/name")
+        && (field(wanted, "/metadata/namespace").is_none()
+            || field(live, "/metadata/namespace") == field(wanted, "/metadata/namespace"))
 }
 
 #[cfg(test)]

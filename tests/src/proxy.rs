@@ -3,7 +3,13 @@
 //! TLS passes through untouched (it listens on 127.0.0.1, which the server certificate names).
 //! It writes a kubeconfig of its own that points at it.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use anyhow::Result;
 use tokio::{
@@ -21,6 +27,8 @@ pub struct KubeProxy {
     /// A kubeconfig like the environment's, with the server at this proxy.
     pub kubeconfig: PathBuf,
     frozen: watch::Sender<bool>,
+    /// Chunks from clients held by a freeze so far.
+    held: Arc<AtomicUsize>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: Option<JoinHandle<()>>,
 }
@@ -39,6 +47,7 @@ impl KubeProxy {
             upstream,
             kubeconfig,
             frozen: watch::channel(false).0,
+            held: Default::default(),
             tasks: Default::default(),
             accept: None,
         };
@@ -49,15 +58,19 @@ impl KubeProxy {
     /// Accepts and forwards again (after [`KubeProxy::down`]).
     pub async fn up(&mut self) -> Result<()> {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
-        let (upstream, tasks, frozen) = (self.upstream.clone(), self.tasks.clone(), self.frozen.clone());
+        let (upstream, tasks, frozen, held) =
+            (self.upstream.clone(), self.tasks.clone(), self.frozen.clone(), self.held.clone());
         self.accept = Some(tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let (upstream, frozen) = (upstream.clone(), frozen.clone());
+                let (upstream, frozen, held) = (upstream.clone(), frozen.clone(), held.clone());
                 let conn = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(&upstream).await {
                         let (ri, wi) = inbound.into_split();
                         let (ro, wo) = outbound.into_split();
-                        tokio::join!(pump(ri, wo, frozen.subscribe()), pump(ro, wi, frozen.subscribe()));
+                        tokio::join!(
+                            pump(ri, wo, frozen.subscribe(), Some(held)),
+                            pump(ro, wi, frozen.subscribe(), None)
+                        );
                     }
                 });
                 tasks.lock().await.push(conn);
@@ -82,6 +95,11 @@ impl KubeProxy {
         self.frozen.send_replace(true);
     }
 
+    /// How many chunks clients sent that a freeze held (a request waiting shows here).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
     /// Forwards again what [`KubeProxy::freeze`] held.
     pub fn thaw(&self) {
         self.frozen.send_replace(false);
@@ -94,11 +112,13 @@ impl KubeProxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while the proxy is frozen.
+/// Copies `from` to `to`, holding each chunk while the proxy is frozen (counted in `held`, if
+/// given).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut frozen: watch::Receiver<bool>,
+    held: Option<Arc<AtomicUsize>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -106,6 +126,9 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(held) = held.as_ref().filter(|_| *frozen.borrow()) {
+            held.fetch_add(1, Ordering::Relaxed);
+        }
         if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
             break;
         }

@@ -333,6 +333,16 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts another adapter on the stack's queue, with `extra` settings over the stack's; the
+    /// caller stops it.
+    pub async fn another_adapter(&self, suffix: &str, extra: &[(&'static str, String)]) -> Result<Service> {
+        let mut vars = self.adapter_vars.clone();
+        vars.extend(extra.iter().cloned());
+        let mut adapter = Service::start(&self.env, &format!("{}-{suffix}", self.tag), "adapter", &[], &vars)?;
+        adapter.wait_ready(Duration::from_secs(60)).await?;
+        Ok(adapter)
+    }
+
     /// Starts the adapter again after [`Stack::kill_adapter`] (or a stop).
     pub async fn start_adapter(&mut self) -> Result<()> {
         self.restart_adapter().await

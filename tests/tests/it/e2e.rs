@@ -31,12 +31,6 @@ async fn wait_landed(stack: &Stack, id: &str) -> Result<(Namespace, ServiceAccou
     .with_context(|| format!("cluster {id} did not land\n{}", stack.logs()))
 }
 
-async fn delete_namespace(stack: &Stack, id: &str) {
-    if let Ok(kube) = stack.env.kube().await {
-        let _ = Api::<Namespace>::all(kube).delete(id, &Default::default()).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lands_reconciles_and_is_cleaned_up_on_delete() -> Result<()> {
     let stack = Stack::start().await?;
@@ -200,7 +194,6 @@ async fn poison_messages_are_dead_lettered_and_the_adapter_carries_on() -> Resul
     );
 
     conn.close(200, "done".into()).await?;
-    delete_namespace(&stack, &id).await;
     stack.stop().await;
     Ok(())
 }

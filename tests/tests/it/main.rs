@@ -8,6 +8,7 @@ mod acceptance;
 mod adapter;
 mod auth;
 mod chart;
+mod controller;
 mod e2e;
 mod monitoring;
 mod outages;

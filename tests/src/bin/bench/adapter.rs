@@ -6,6 +6,13 @@
 //! Both rates are (N − 1) / (last completion − first completion): for the adapter, the first and
 //! last status report as the API stored them; for the loop, its own clock. Start-up is excluded
 //! on both sides.
+//!
+//! Deletes: N landed clusters DELETEd at once until the API has hard-deleted them all (the adapter
+//! asks for the deletion, its watch reports `Finalized=True` once the controller-manager has
+//! emptied the Namespace), beside the controller-manager deleting N Namespace + ServiceAccount
+//! pairs created directly, until they are gone. Drift repair: a landed cluster's Namespace deleted
+//! out of band, one at a time, until a new one exists (beside the time until the old one is gone,
+//! which the repair must wait for); polled every 50 ms.
 
 use std::{
     path::Path,
@@ -26,14 +33,10 @@ const FIELD_MANAGER: &str = "hyperfleet-adapter";
 
 /// The adapter's rate at `prefetch` and its RSS after the run.
 async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f64)> {
-    let mut stack = Stack::start_with(StackOptions {
-        bin_dir: Some(bin_dir.to_path_buf()),
-        // No re-publishing while the events wait for an adapter.
-        sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_LOG_LEVEL", "warn".into())],
-        adapter: vec![("HYPERFLEET_PREFETCH", prefetch.to_string()), ("HYPERFLEET_LOG_LEVEL", "warn".into())],
-        ..Default::default()
-    })
-    .await?;
+    // No re-publishing while the events wait for an adapter.
+    let mut opts = quiet(bin_dir);
+    opts.adapter.push(("HYPERFLEET_PREFETCH", prefetch.to_string()));
+    let mut stack = Stack::start_with(opts).await?;
     let result = async {
         stack.kill_adapter().await?;
         stack.create_clusters("thr", n).await?;
@@ -108,7 +111,109 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<f64> {
     Ok((n - 1) as f64 / span.max(1e-6))
 }
 
-/// Adapter vs raw loop at prefetch 1 and the default (10).
+/// Seconds until N landed clusters, all DELETEd at once, are hard-deleted.
+async fn adapter_delete(bin_dir: &Path, n: usize) -> Result<f64> {
+    let stack = Stack::start_with(quiet(bin_dir)).await?;
+    let result = async {
+        let ids = stack.create_clusters("del", n).await?;
+        stack.wait_all_reconciled(&ids, Duration::from_secs(600)).await?;
+        let started = Instant::now();
+        let stack = &stack;
+        let deletes: Vec<Result<u16>> = stream::iter(ids.iter())
+            .map(|id| async move {
+                let url = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
+                Ok(stack.client().delete(url).send().await?.status().as_u16())
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for status in deletes {
+            anyhow::ensure!(status? == 202, "DELETE not accepted");
+        }
+        eventually(Duration::from_secs(600), || async {
+            let (_, page) = stack.get("clusters?size=1").await?;
+            Ok((page["total"].as_u64() == Some(0)).then_some(()))
+        })
+        .await
+        .with_context(|| format!("clusters not all deleted\n{}", stack.logs()))?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+    .await;
+    stack.stop().await;
+    result
+}
+
+/// Seconds until the controller-manager has deleted N Namespace + ServiceAccount pairs.
+async fn raw_delete(env: &LocalEnv, n: usize) -> Result<f64> {
+    let client = env.kube().await?;
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for id in &ids {
+        let (ns, sa) = objects(id)?;
+        kube::Api::<Namespace>::all(client.clone()).patch(id, &params, &Patch::Apply(&ns)).await?;
+        kube::Api::<ServiceAccount>::namespaced(client.clone(), id)
+            .patch("landing-zone", &params, &Patch::Apply(&sa))
+            .await?;
+    }
+    let started = Instant::now();
+    hyperfleet_tests::remove_namespaces(env, &ids).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// For `n` clusters one after the other: seconds from an out-of-band Namespace delete until the
+/// old one is gone, and until a new one exists.
+async fn drift_repair(bin_dir: &Path, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let stack = Stack::start_with(quiet(bin_dir)).await?;
+    let result = async {
+        let namespaces = kube::Api::<Namespace>::all(stack.env.kube().await?);
+        let ids = stack.create_clusters("drift", n).await?;
+        stack.wait_all_reconciled(&ids, Duration::from_secs(600)).await?;
+        let (mut gone, mut restored) = (Vec::new(), Vec::new());
+        for id in &ids {
+            let old = namespaces.get(id).await?.metadata.uid;
+            let started = Instant::now();
+            namespaces.delete(id, &Default::default()).await?;
+            let gone_after = std::sync::Mutex::new(None);
+            eventually(Duration::from_secs(120), || async {
+                let now = namespaces.get_opt(id).await?;
+                Ok(match now {
+                    Some(ns) if ns.metadata.uid == old => None,
+                    Some(_) => Some(()),
+                    None => {
+                        let mut at = gone_after.lock().unwrap_or_else(|e| e.into_inner());
+                        at.get_or_insert(started.elapsed().as_secs_f64());
+                        None
+                    }
+                })
+            })
+            .await
+            .with_context(|| format!("Namespace {id} was not restored\n{}", stack.logs()))?;
+            let took = started.elapsed().as_secs_f64();
+            restored.push(took);
+            gone.push(gone_after.into_inner().unwrap_or_default().unwrap_or(took));
+        }
+        Ok((gone, restored))
+    }
+    .await;
+    stack.stop().await;
+    result
+}
+
+/// A stack that re-announces nothing during the run, logging warnings only.
+fn quiet(bin_dir: &Path) -> StackOptions {
+    StackOptions {
+        bin_dir: Some(bin_dir.to_path_buf()),
+        sentinel: vec![
+            ("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()),
+            ("HYPERFLEET_MAX_AGE_READY", "1h".into()),
+            ("HYPERFLEET_LOG_LEVEL", "warn".into()),
+        ],
+        adapter: vec![("HYPERFLEET_LOG_LEVEL", "warn".into())],
+        ..Default::default()
+    }
+}
+
+/// Adapter vs raw loop at prefetch 1 and the default (10); deletes; drift repair.
 pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
     let mut out = Vec::new();
     for prefetch in [1u16, 10] {
@@ -121,5 +226,28 @@ pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
         out.push(json!({"prefetch": prefetch, "clusters": n, "adapter_per_s": adapter, "raw_kube_per_s": raw,
                         "ratio": adapter / raw, "adapter_rss_mib": rss}));
     }
-    Ok(Value::Array(out))
+    let adapter = adapter_delete(bin_dir, n).await?;
+    let raw = raw_delete(env, n).await?;
+    println!(
+        "delete {n}: adapter until hard-deleted {adapter:>6.1} s ({:.1}/s) | controller-manager alone {raw:>6.1} s ({:.1}/s) | {:.2}x",
+        n as f64 / adapter,
+        n as f64 / raw,
+        raw / adapter
+    );
+    let deletes = json!({"clusters": n, "adapter_s": adapter, "raw_kcm_s": raw, "ratio": raw / adapter});
+    let k = 20.min(n);
+    let (mut gone, mut restored) = drift_repair(bin_dir, k).await?;
+    gone.sort_by(f64::total_cmp);
+    restored.sort_by(f64::total_cmp);
+    let ms = |v: &[f64], p: f64| crate::percentile(v, p) * 1000.0;
+    println!(
+        "drift repair, {k} Namespaces deleted out of band: restored after median {:.0} ms, p99 {:.0} ms (old one gone after median {:.0} ms, p99 {:.0} ms)",
+        ms(&restored, 0.5),
+        ms(&restored, 0.99),
+        ms(&gone, 0.5),
+        ms(&gone, 0.99)
+    );
+    let drift = json!({"namespaces": k, "restored_ms": {"p50": ms(&restored, 0.5), "p99": ms(&restored, 0.99)},
+                       "old_gone_ms": {"p50": ms(&gone, 0.5), "p99": ms(&gone, 0.99)}});
+    Ok(json!({"landing": out, "delete": deletes, "drift_repair": drift}))
 }
