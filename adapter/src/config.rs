@@ -78,7 +78,8 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Field manager of the server-side applies.
     pub field_manager: String,
-    /// Connect, read and write timeout of every Kubernetes API call.
+    /// Connect, read and write timeout of every Kubernetes API call; the watches' calls last a
+    /// minute, so their reads may wait this plus 60 s.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
 }

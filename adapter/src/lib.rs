@@ -245,8 +245,8 @@ pub async fn run(cfg: AdapterConfig, shutdown: CancellationToken) -> Result<(), 
 }
 
 /// The Kubernetes clients: one for requests (every call bounded by `kubernetes.request_timeout`)
-/// and one for watches, whose streams are long-lived (the watcher bounds them by their own idle
-/// timeout).
+/// and one for watches, whose calls last up to [`watch::WATCH_SECONDS`]: its reads may wait that
+/// long plus the request timeout, so a hung list or watch fails rather than blocking the watch.
 async fn kube_clients(cfg: &AdapterConfig) -> Result<(Client, Client), Error> {
     let mut config = match &cfg.kubernetes.kubeconfig {
         Some(path) => {
@@ -258,11 +258,14 @@ async fn kube_clients(cfg: &AdapterConfig) -> Result<(Client, Client), Error> {
         }
         None => kube::Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
-    let within = Some(cfg.kubernetes.request_timeout);
-    (config.connect_timeout, config.write_timeout) = (within, within);
-    let watches = Client::try_from(config.clone()).map_err(|e| Error::KubeConfig(e.to_string()))?;
-    // Counted from when a request is sent, not from when its pooled connection went idle.
-    (config.read_timeout, config.reset_reader_on_write) = (within, true);
+    let within = cfg.kubernetes.request_timeout;
+    (config.connect_timeout, config.write_timeout) = (Some(within), Some(within));
+    // Read timeouts count from when a request is sent, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+    let mut watching = config.clone();
+    watching.read_timeout = Some(within + Duration::from_secs(u64::from(watch::WATCH_SECONDS)));
+    let watches = Client::try_from(watching).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    config.read_timeout = Some(within);
     let requests = Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
     Ok((requests, watches))
 }

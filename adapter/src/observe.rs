@@ -57,6 +57,10 @@ pub fn describe_metrics() {
         "hyperfleet_adapter_watch_errors_total",
         "Failures of the watches of owned objects (retried with backoff), by kind."
     );
+    describe_gauge!(
+        "hyperfleet_adapter_watching",
+        "1 while the watch of the owned objects of a kind is established, 0 while it is being (re)started or failing."
+    );
     describe_counter!(
         "hyperfleet_adapter_orphans_removed_total",
         "Objects removed because their resource was deleted while they were being applied."

@@ -383,6 +383,30 @@ mod tests {
     }
 
     #[test]
+    fn drift_is_a_field_the_adapter_set_that_differs_or_is_missing() {
+        let task = Task::load(None).expect("built-in task");
+        let c = cluster();
+        let mut want = render(&task.objects[0], &Vars { resource: &c, adapter: "lz" });
+        own(&mut want, "lz", &c.id);
+        assert_eq!(want["metadata"]["labels"][ADAPTER_LABEL], "lz");
+        assert_eq!(want["metadata"]["labels"][RESOURCE_LABEL], "0194-x");
+        let mut live = want.clone();
+        live["metadata"]["labels"]["kubernetes.io/metadata.name"] = "0194-x".into();
+        live["metadata"]["uid"] = "u".into();
+        live["status"] = serde_json::json!({"phase": "Active"});
+        assert!(holds(&live, &want), "fields others add are not drift");
+        assert!(same_object(&live, &want));
+        live["metadata"]["labels"]["hyperfleet.io/cluster-name"] = "tampered".into();
+        assert!(!holds(&live, &want), "a changed label is");
+        live["metadata"]["labels"].as_object_mut().expect("labels").remove("hyperfleet.io/cluster-name");
+        assert!(!holds(&live, &want), "so is a removed one");
+        let mut other = want.clone();
+        other["metadata"]["name"] = "another".into();
+        assert!(!same_object(&other, &want));
+        assert_eq!(describe(&want), "Namespace 0194-x");
+    }
+
+    #[test]
     fn rendering_replaces_every_placeholder() {
         let c = cluster();
         let vars = Vars { resource: &c, adapter: "lz" };

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use kube::{
     Api, Client, ResourceExt,
     api::DynamicObject,
@@ -47,7 +47,14 @@ pub(crate) enum Change {
 struct Entry {
     view: ResourceView,
     deleting_since: Option<Instant>,
+    /// Repairs in the current window ([`REPAIR_WINDOW`]) and when the window started.
+    repairs: (u32, Option<Instant>),
 }
+
+/// At most [`REPAIRS_PER_WINDOW`] repairs of one resource per window: objects someone keeps
+/// changing (another controller, a value the apiserver normalizes) are not fought over.
+const REPAIR_WINDOW: Duration = Duration::from_secs(30);
+const REPAIRS_PER_WINDOW: u32 = 3;
 
 #[derive(Default)]
 struct Resources {
@@ -67,7 +74,8 @@ impl Known {
     /// The resource is live and its objects are (being) applied from `view`.
     pub(crate) fn live(&self, view: &ResourceView) {
         let mut r = self.lock();
-        let old = r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: None });
+        let repairs = r.by_id.get(&view.id).map(|e| e.repairs).unwrap_or_default();
+        let old = r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: None, repairs });
         if old.is_some_and(|e| e.deleting_since.is_some()) {
             r.deleting -= 1;
             Self::gauge(&r);
@@ -84,7 +92,7 @@ impl Known {
                 Instant::now()
             }
         };
-        r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: Some(since) });
+        r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: Some(since), repairs: (0, None) });
         Self::gauge(&r);
     }
 
@@ -101,6 +109,18 @@ impl Known {
 
     fn get(&self, id: &str) -> Option<(ResourceView, bool)> {
         self.lock().by_id.get(id).map(|e| (e.view.clone(), e.deleting_since.is_some()))
+    }
+
+    /// Counts a repair of `id`; false once the resource had its share in the current window.
+    fn may_repair(&self, id: &str) -> bool {
+        let mut r = self.lock();
+        let Some(entry) = r.by_id.get_mut(id) else { return false };
+        let (count, since) = &mut entry.repairs;
+        if since.is_none_or(|t| t.elapsed() > REPAIR_WINDOW) {
+            (*count, *since) = (0, Some(Instant::now()));
+        }
+        *count += 1;
+        *count <= REPAIRS_PER_WINDOW
     }
 
     fn ids(&self) -> Vec<String> {
@@ -161,6 +181,7 @@ pub(crate) async fn run(worker: Arc<Worker>, client: Client, shutdown: Cancellat
                 .increment(0);
         }
         metrics::counter!("hyperfleet_adapter_watch_errors_total", "kind" => kind.kind.clone()).increment(0);
+        metrics::gauge!("hyperfleet_adapter_watching", "kind" => kind.kind.clone()).set(0.0);
     }
     let watches = kinds.into_iter().map(|gvk| watch_kind(&worker, client.clone(), gvk, &queue, &shutdown));
     let work = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|id| (id, rx)) })
@@ -175,6 +196,9 @@ pub(crate) async fn run(worker: Arc<Worker>, client: Client, shutdown: Cancellat
         });
     tokio::join!(futures_util::future::join_all(watches), work);
 }
+
+/// How long one watch call lasts (the server ends it; the watcher makes the next).
+pub(crate) const WATCH_SECONDS: u32 = 60;
 
 /// One kind's watch, restarted with backoff (by the watcher) while the apiserver fails.
 async fn watch_kind(
@@ -201,11 +225,24 @@ async fn watch_kind(
     };
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let selector = format!("{ADAPTER_LABEL}={}", worker.cfg.name);
-    let mut events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    // Each watch call ends after a minute and is made again: the watch client's read timeout
+    // ([`crate::kube_clients`]) then also catches a hung list or watch.
+    let config = watcher::Config::default().labels(&selector).timeout(WATCH_SECONDS);
+    let types = kube::api::TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() };
+    let mut events = watcher(api, config)
+        .default_backoff()
+        // Objects in a list carry no apiVersion and kind; the comparison with the task needs them.
+        .map_ok(move |event| {
+            event.modify(|obj| {
+                obj.types.get_or_insert_with(|| types.clone());
+            })
+        })
+        .boxed();
     // Resource ids listed since the last `Init`: a known resource missing from a fresh list lost
     // its object while the watch was down.
     let mut listed: Option<HashSet<String>> = None;
     let mut failing = false;
+    let watching = metrics::gauge!("hyperfleet_adapter_watching", "kind" => gvk.kind.clone());
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -216,11 +253,13 @@ async fn watch_kind(
             Some(Ok(event)) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!(kind = %gvk.kind, "watching owned objects again");
+                    watching.set(1.0);
                 }
                 event
             }
             Some(Err(e)) => {
                 metrics::counter!("hyperfleet_adapter_watch_errors_total", "kind" => gvk.kind.clone()).increment(1);
+                watching.set(0.0);
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(kind = %gvk.kind, error = %e, "the watch of owned objects failed; retrying with backoff (not logged again until it works)");
                 }
@@ -236,6 +275,7 @@ async fn watch_kind(
                 changed(worker, queue, &obj);
             }
             watcher::Event::InitDone => {
+                watching.set(1.0);
                 let seen = listed.take().unwrap_or_default();
                 for id in worker.known.ids().into_iter().filter(|id| !seen.contains(id)) {
                     queue.push(&id, Change::Deleted);
@@ -272,7 +312,7 @@ fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
 async fn settle(worker: &Worker, id: &str, change: Change) {
     let _turn = worker.turns.turn(id).await;
     if worker.known.get(id).is_none() {
-        return;
+        return; // forgotten while it waited
     }
     let resource = match crate::with_retry(worker, "fetch", || crate::fetch(worker, id)).await {
         Ok(Some(r)) => r,
@@ -285,6 +325,13 @@ async fn settle(worker: &Worker, id: &str, change: Change) {
             return;
         }
     };
+    let Some((known, _)) = worker.known.get(id) else { return };
+    if resource.deleted_time.is_none() && resource.generation != known.generation {
+        // Another generation is being applied (here or by another replica): the change is its
+        // apply, and the event for that generation does the rest.
+        worker.known.live(&resource);
+        return;
+    }
     let rendered = worker.render(&resource);
     let objects = &worker.objects;
     if resource.deleted_time.is_some() {
@@ -334,6 +381,15 @@ async fn settle(worker: &Worker, id: &str, change: Change) {
         tracing::debug!(resource_id = id, ?change, "the objects hold what was applied; nothing to restore");
         return;
     }
+    if !worker.known.may_repair(id) {
+        tracing::warn!(
+            resource_id = id,
+            "objects keep changing out of band ({} repairs within {:?}); not restoring them again until the next event for the resource",
+            REPAIRS_PER_WINDOW,
+            REPAIR_WINDOW
+        );
+        return;
+    }
     worker.known.live(&resource);
     let applied = crate::with_retry(worker, "apply", || async {
         objects.apply(&rendered).await.map_err(crate::kube_err("apply"))
@@ -354,8 +410,11 @@ async fn settle(worker: &Worker, id: &str, change: Change) {
             Report::failed(&e, false)
         }
     };
-    if let Err(e) = crate::send_report(worker, &resource, &report).await {
-        tracing::warn!(resource_id = id, error = %e, "cannot report the restore");
+    match crate::send_report(worker, &resource, &report).await {
+        // Deleted meanwhile (and finalized by another replica): undo the restore.
+        Ok(404) => crate::remove_orphans(worker, &resource, &rendered).await,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(resource_id = id, error = %e, "cannot report the restore"),
     }
 }
 
@@ -377,6 +436,26 @@ mod tests {
         assert_eq!(queue.take("a"), None);
         queue.push("a", Change::Changed);
         assert_eq!(rx.try_recv().ok().as_deref(), Some("a"), "taken ids can be queued again");
+    }
+
+    #[test]
+    fn repairs_of_one_resource_are_limited_per_window() {
+        let known = Known::default();
+        let view = ResourceView {
+            id: "a".into(),
+            kind: "Cluster".into(),
+            name: "n".into(),
+            generation: 1,
+            deleted_time: None,
+        };
+        assert!(!known.may_repair("a"), "unknown resources are not repaired");
+        known.live(&view);
+        for _ in 0..REPAIRS_PER_WINDOW {
+            assert!(known.may_repair("a"));
+        }
+        assert!(!known.may_repair("a"), "one more within the window is refused");
+        known.live(&view);
+        assert!(!known.may_repair("a"), "applying again does not reset the window");
     }
 
     #[test]
