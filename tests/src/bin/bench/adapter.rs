@@ -5,7 +5,9 @@
 //!
 //! Both rates are (N − 1) / (last completion − first completion): for the adapter, the first and
 //! last status report as the API stored them; for the loop, its own clock. Start-up is excluded
-//! on both sides.
+//! on both sides. The loop runs before and after the adapter; the baseline is their mean. The
+//! adapter's mean time per event and the API's own time for the GET and the status PUT are printed
+//! beside it.
 //!
 //! Deletes: N landed clusters DELETEd at once until the API has hard-deleted them all (the adapter
 //! asks for the deletion, its watch reports `Finalized=True` once the controller-manager has
@@ -31,8 +33,27 @@ use crate::rss_mib;
 /// The adapter's default field manager (`kubernetes.field_manager`).
 const FIELD_MANAGER: &str = "hyperfleet-adapter";
 
-/// The adapter's rate at `prefetch` and its RSS after the run.
-async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f64)> {
+/// Mean in ms of histogram `name` over the series whose labels contain every one of `labels`.
+fn mean_ms(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let total = |suffix: &str| -> f64 {
+        let prefix = format!("{name}_{suffix}");
+        let lines = metrics.lines().filter(|l| l.starts_with(&prefix) && labels.iter().all(|x| l.contains(x)));
+        lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    1000.0 * total("sum") / total("count").max(1.0)
+}
+
+/// Where an event's time goes: the adapter's mean processing time, and the API's own time for the
+/// cluster GET and the status PUT (server side), in ms.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct PerEvent {
+    adapter_ms: f64,
+    api_get_ms: f64,
+    api_put_status_ms: f64,
+}
+
+/// The adapter's rate at `prefetch`, its RSS after the run, and where an event's time goes.
+async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f64, PerEvent)> {
     // No re-publishing while the events wait for an adapter.
     let mut opts = quiet(bin_dir);
     opts.adapter.push(("HYPERFLEET_PREFETCH", prefetch.to_string()));
@@ -58,7 +79,21 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
         })
         .await
         .with_context(|| format!("adapter did not report every cluster\n{}", stack.logs()))?;
-        Ok(((n - 1) as f64 / span.max(1e-6), rss_mib(stack.adapter.pid())))
+        let (adapter, api) = (stack.adapter.metrics().await?, stack.api.metrics().await?);
+        let per_event = PerEvent {
+            adapter_ms: mean_ms(&adapter, "hyperfleet_adapter_event_processing_duration_seconds", &[]),
+            api_get_ms: mean_ms(
+                &api,
+                "hyperfleet_api_request_duration_seconds",
+                &["method=\"GET\"", "path=\"/api/hyperfleet/v1/clusters/-\""],
+            ),
+            api_put_status_ms: mean_ms(
+                &api,
+                "hyperfleet_api_request_duration_seconds",
+                &["method=\"PUT\"", "path=\"/api/hyperfleet/v1/clusters/-/statuses\""],
+            ),
+        };
+        Ok(((n - 1) as f64 / span.max(1e-6), rss_mib(stack.adapter.pid()), per_event))
     }
     .await;
     stack.stop().await;
@@ -217,14 +252,23 @@ fn quiet(bin_dir: &Path) -> StackOptions {
 pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
     let mut out = Vec::new();
     for prefetch in [1u16, 10] {
-        let (adapter, rss) = adapter_rate(bin_dir, n, prefetch).await?;
-        let raw = raw_rate(env, n, usize::from(prefetch)).await?;
+        // The raw loop runs before and after the adapter (the box drifts over a run); their mean is
+        // the baseline.
+        let before = raw_rate(env, n, usize::from(prefetch)).await?;
+        let (adapter, rss, per_event) = adapter_rate(bin_dir, n, prefetch).await?;
+        let after = raw_rate(env, n, usize::from(prefetch)).await?;
+        let raw = (before + after) / 2.0;
         println!(
-            "prefetch {prefetch:>2}: adapter {adapter:>6.1} clusters/s | raw kube-rs {raw:>6.1} pairs/s | {:.2}x | adapter RSS {rss:.1} MiB",
+            "prefetch {prefetch:>2}: adapter {adapter:>6.1} clusters/s | raw kube-rs {raw:>6.1} pairs/s ({before:.1} before, {after:.1} after) | {:.2}x | adapter RSS {rss:.1} MiB",
             adapter / raw
         );
+        println!(
+            "            per event {:.1} ms in the adapter; the API's own time: GET {:.1} ms, status PUT {:.1} ms",
+            per_event.adapter_ms, per_event.api_get_ms, per_event.api_put_status_ms
+        );
         out.push(json!({"prefetch": prefetch, "clusters": n, "adapter_per_s": adapter, "raw_kube_per_s": raw,
-                        "ratio": adapter / raw, "adapter_rss_mib": rss}));
+                        "raw_kube_per_s_before_after": [before, after], "ratio": adapter / raw,
+                        "adapter_rss_mib": rss, "per_event": per_event}));
     }
     let adapter = adapter_delete(bin_dir, n).await?;
     let raw = raw_delete(env, n).await?;
