@@ -255,13 +255,7 @@ impl Objects {
 
     /// Whether every rendered object is gone.
     pub async fn gone(&self, objects: &[Value]) -> Result<bool, kube::Error> {
-        for obj in objects {
-            let (api, name) = self.api(obj).await?;
-            if api.get_opt(&name).await?.is_some() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self.observe(objects).await?.iter().all(Option::is_none))
     }
 }
 

@@ -17,7 +17,7 @@
 //! ([`crate::PerResource`]) like an event does, and reads the resource afresh.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -36,13 +36,6 @@ use crate::{
     report::Report,
     task::{self, ADAPTER_LABEL, RESOURCE_LABEL, ResourceView},
 };
-
-/// What a watch saw happen to an owned object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Change {
-    Changed,
-    Deleted,
-}
 
 struct Entry {
     view: ResourceView,
@@ -107,6 +100,10 @@ impl Known {
         since
     }
 
+    fn contains(&self, id: &str) -> bool {
+        self.lock().by_id.contains_key(id)
+    }
+
     fn get(&self, id: &str) -> Option<(ResourceView, bool)> {
         self.lock().by_id.get(id).map(|e| (e.view.clone(), e.deleting_since.is_some()))
     }
@@ -132,34 +129,27 @@ impl Known {
     }
 }
 
-/// Resource ids waiting for a worker, each at most once (a deletion outranks a change).
+/// Resource ids waiting for a worker, each at most once (the worker looks at the objects afresh,
+/// whatever the watch saw).
 pub(crate) struct Queue {
-    pending: Mutex<HashMap<String, Change>>,
+    pending: Mutex<HashSet<String>>,
     tx: mpsc::UnboundedSender<String>,
 }
 
 impl Queue {
     fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Queue { pending: Mutex::new(HashMap::new()), tx }, rx)
+        (Queue { pending: Mutex::new(HashSet::new()), tx }, rx)
     }
 
-    fn push(&self, id: &str, change: Change) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.entry(id.to_string()) {
-            hash_map::Entry::Occupied(mut e) => {
-                if change == Change::Deleted {
-                    e.insert(change);
-                }
-            }
-            hash_map::Entry::Vacant(e) => {
-                e.insert(change);
-                let _ = self.tx.send(id.to_string());
-            }
+    fn push(&self, id: &str) {
+        if self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string()) {
+            let _ = self.tx.send(id.to_string());
         }
     }
 
-    fn take(&self, id: &str) -> Option<Change> {
+    /// Whether `id` was waiting; it may be queued again from now on.
+    fn take(&self, id: &str) -> bool {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
     }
 }
@@ -189,8 +179,8 @@ pub(crate) async fn run(worker: Arc<Worker>, client: Client, shutdown: Cancellat
         .for_each_concurrent(usize::from(worker.cfg.prefetch), |id| {
             let (worker, queue) = (worker.clone(), queue.clone());
             async move {
-                if let Some(change) = queue.take(&id) {
-                    settle(&worker, &id, change).await;
+                if queue.take(&id) {
+                    settle(&worker, &id).await;
                 }
             }
         });
@@ -278,13 +268,13 @@ async fn watch_kind(
                 watching.set(1.0);
                 let seen = listed.take().unwrap_or_default();
                 for id in worker.known.ids().into_iter().filter(|id| !seen.contains(id)) {
-                    queue.push(&id, Change::Deleted);
+                    queue.push(&id);
                 }
             }
             watcher::Event::Apply(obj) => changed(worker, queue, &obj),
             watcher::Event::Delete(obj) => {
-                if let Some(id) = obj.labels().get(RESOURCE_LABEL).filter(|id| worker.known.get(id).is_some()) {
-                    queue.push(id, Change::Deleted);
+                if let Some(id) = obj.labels().get(RESOURCE_LABEL).filter(|id| worker.known.contains(id)) {
+                    queue.push(id);
                 }
             }
         }
@@ -302,18 +292,17 @@ fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
     let live = serde_json::to_value(obj).unwrap_or_default();
     let drifted = worker.render(&view).iter().any(|want| task::same_object(&live, want) && !task::holds(&live, want));
     if drifted {
-        queue.push(id, Change::Changed);
+        queue.push(id);
     }
 }
 
 /// Brings a known resource's objects in line after a watch saw one change: finalizes a deletion
 /// whose objects are gone, restores the objects of a live resource that no longer hold what was
 /// applied, forgets a resource the API no longer has.
-async fn settle(worker: &Worker, id: &str, change: Change) {
+async fn settle(worker: &Worker, id: &str) {
     let _turn = worker.turns.turn(id).await;
-    if worker.known.get(id).is_none() {
-        return; // forgotten while it waited
-    }
+    // Forgotten while it waited? (Whoever forgets holds the resource's turn, so not after this.)
+    let Some((known, _)) = worker.known.get(id) else { return };
     let resource = match crate::with_retry(worker, "fetch", || crate::fetch(worker, id)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -325,7 +314,6 @@ async fn settle(worker: &Worker, id: &str, change: Change) {
             return;
         }
     };
-    let Some((known, _)) = worker.known.get(id) else { return };
     if resource.deleted_time.is_none() && resource.generation != known.generation {
         // Another generation is being applied (here or by another replica): the change is its
         // apply, and the event for that generation does the rest.
@@ -378,7 +366,7 @@ async fn settle(worker: &Worker, id: &str, change: Change) {
         })
         .collect();
     if drift.is_empty() {
-        tracing::debug!(resource_id = id, ?change, "the objects hold what was applied; nothing to restore");
+        tracing::debug!(resource_id = id, "the objects hold what was applied; nothing to restore");
         return;
     }
     if !worker.known.may_repair(id) {
@@ -423,18 +411,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resource_is_queued_once_and_a_deletion_outranks_a_change() {
+    fn a_resource_is_queued_once_until_it_is_taken() {
         let (queue, mut rx) = Queue::new();
-        queue.push("a", Change::Changed);
-        queue.push("a", Change::Deleted);
-        queue.push("a", Change::Changed);
-        queue.push("b", Change::Changed);
+        queue.push("a");
+        queue.push("a");
+        queue.push("a");
+        queue.push("b");
         assert_eq!(rx.try_recv().ok().as_deref(), Some("a"));
         assert_eq!(rx.try_recv().ok().as_deref(), Some("b"));
         assert!(rx.try_recv().is_err(), "each id is sent once");
-        assert_eq!(queue.take("a"), Some(Change::Deleted));
-        assert_eq!(queue.take("a"), None);
-        queue.push("a", Change::Changed);
+        assert!(queue.take("a"));
+        assert!(!queue.take("a"));
+        queue.push("a");
         assert_eq!(rx.try_recv().ok().as_deref(), Some("a"), "taken ids can be queued again");
     }
 

@@ -446,6 +446,16 @@ pub fn condition<'a>(resource: &'a serde_json::Value, kind: &str) -> &'a serde_j
 
 /// The sum of every series of a Prometheus metric whose line starts with `prefix` (a name, optionally
 /// followed by the start of its labels, e.g. `foo_total{reason="new"`).
+/// The sum of metric `name`'s series (Prometheus text) whose labels include every one of
+/// `labels` (`kind="Namespace"`, …), in any order.
+pub fn metric_sum_where(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{', ',']))

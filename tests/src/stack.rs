@@ -283,9 +283,7 @@ impl Stack {
     /// Starts a new adapter process with the same settings (its log gets a run number).
     pub async fn restart_adapter(&mut self) -> Result<()> {
         self.adapter_runs += 1;
-        let tag = format!("{}-run{}", self.tag, self.adapter_runs);
-        let mut adapter = Service::start(&self.env, &tag, "adapter", &[], &self.adapter_vars)?;
-        adapter.wait_ready(Duration::from_secs(60)).await?;
+        let adapter = self.another_adapter(&format!("run{}", self.adapter_runs), &[]).await?;
         let old = std::mem::replace(&mut self.adapter, adapter);
         old.stop().await;
         Ok(())
@@ -346,6 +344,13 @@ impl Stack {
     /// Starts the adapter again after [`Stack::kill_adapter`] (or a stop).
     pub async fn start_adapter(&mut self) -> Result<()> {
         self.restart_adapter().await
+    }
+
+    /// Waits until cluster `id` is gone from the API (hard-deleted).
+    pub async fn wait_gone(&self, id: &str, within: Duration) -> Result<()> {
+        eventually(within, || async { Ok((self.get(&format!("clusters/{id}")).await?.0 == 404).then_some(())) })
+            .await
+            .with_context(|| format!("cluster {id} never went away\n{}", self.logs()))
     }
 
     /// Waits until cluster `id` is `Reconciled=True` at `generation`; returns it.

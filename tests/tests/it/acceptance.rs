@@ -22,13 +22,6 @@ fn cluster_url(stack: &Stack, id: &str) -> String {
     format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url)
 }
 
-/// Waits until the cluster is gone from the API (hard-deleted).
-async fn wait_gone(stack: &Stack, id: &str) -> Result<()> {
-    eventually(LAND, || async { Ok((stack.get(&format!("clusters/{id}")).await?.0 == 404).then_some(())) })
-        .await
-        .with_context(|| format!("cluster {id} never went away\n{}", stack.logs()))
-}
-
 async fn namespace(stack: &Stack, id: &str) -> Result<Option<Namespace>> {
     Ok(Api::<Namespace>::all(stack.env.kube().await?).get_opt(id).await?)
 }
@@ -75,7 +68,7 @@ async fn scenario_3_delete_is_finalized_by_the_adapter() -> Result<()> {
     if status == 200 {
         assert!(finalizing["deleted_time"].is_string());
     }
-    wait_gone(&stack, &id).await?;
+    stack.wait_gone(&id, LAND).await?;
     assert!(namespace(&stack, &id).await?.is_none(), "the Namespace is gone before the cluster is");
     stack.stop().await;
     Ok(())
@@ -87,7 +80,7 @@ async fn scenario_4_a_name_is_reusable_after_hard_delete() -> Result<()> {
     let first = stack.create_cluster("reused").await?;
     stack.wait_reconciled(&first, 1, LAND).await?;
     assert_eq!(send(stack.client().delete(cluster_url(&stack, &first))).await?.0, 202);
-    wait_gone(&stack, &first).await?;
+    stack.wait_gone(&first, LAND).await?;
     let second = stack.create_cluster("reused").await?;
     assert_ne!(first, second, "a new id");
     let c = stack.wait_reconciled(&second, 1, LAND).await?;
@@ -159,7 +152,7 @@ async fn scenario_6_nodepools_list_flat_and_nested_and_cascade() -> Result<()> {
     for np in &pools {
         assert_eq!(stack.get(&format!("nodepools/{np}")).await?.0, 404, "cascade removed nodepool {np}");
     }
-    wait_gone(&stack, &id).await?;
+    stack.wait_gone(&id, LAND).await?;
     stack.stop().await;
     Ok(())
 }

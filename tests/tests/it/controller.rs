@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{KubeProxy, LocalEnv, Stack, StackOptions, condition, eventually, metric_sum};
+use hyperfleet_tests::{KubeProxy, LocalEnv, Stack, StackOptions, condition, eventually, metric_sum, metric_sum_where};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     Api,
@@ -29,12 +29,6 @@ async fn reported(stack: &Stack, id: &str, kind: &str) -> Result<Value> {
     let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
     let conditions = s["items"][0]["conditions"].as_array().cloned().unwrap_or_default();
     Ok(conditions.into_iter().find(|c| c["type"] == kind).unwrap_or(Value::Null))
-}
-
-async fn wait_gone(stack: &Stack, id: &str) -> Result<()> {
-    eventually(WITHIN, || async { Ok((stack.get(&format!("clusters/{id}")).await?.0 == 404).then_some(())) })
-        .await
-        .with_context(|| format!("cluster {id} was never hard-deleted\n{}", stack.logs()))
 }
 
 async fn wait_no_namespace(namespaces: &Api<Namespace>, id: &str, stack: &Stack) -> Result<()> {
@@ -91,9 +85,7 @@ async fn objects_deleted_or_changed_out_of_band_are_restored_without_an_api_writ
 
     let repairs = |metrics: &str, kind: &str, change: &str| {
         let (kind, change) = (format!("kind=\"{kind}\""), format!("change=\"{change}\""));
-        let lines = metrics.lines().filter(|l| l.starts_with("hyperfleet_adapter_drift_repairs_total{"));
-        let ours = lines.filter(|l| l.contains(&kind) && l.contains(&change));
-        ours.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+        metric_sum_where(metrics, "hyperfleet_adapter_drift_repairs_total", &[&kind, &change])
     };
     eventually(WITHIN, || async {
         let m = stack.adapter.metrics().await?;
@@ -136,7 +128,7 @@ async fn a_delete_held_by_someone_elses_finalizer_finishes_when_it_is_released()
     // the watch sees it gone and the cluster is hard-deleted.
     namespaces.patch(&id, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}}))).await?;
     held?;
-    wait_gone(&stack, &id).await?;
+    stack.wait_gone(&id, WITHIN).await?;
     assert!(namespaces.get_opt(&id).await?.is_none());
     eventually(WITHIN, || async {
         let m = stack.adapter.metrics().await?;
@@ -169,7 +161,7 @@ async fn deletes_made_while_the_adapter_is_down_all_finish_once_it_is_back_even_
     // whose Namespace was still terminating.
     stack.start_adapter().await?;
     for id in &ids {
-        wait_gone(&stack, id).await?;
+        stack.wait_gone(id, WITHIN).await?;
         wait_no_namespace(&namespaces, id, &stack).await?;
     }
     stack.stop().await;
@@ -210,7 +202,7 @@ async fn an_apply_that_lands_after_its_cluster_was_deleted_is_removed() -> Resul
     stack.start_adapter().await?;
     let resp = stack.client().delete(format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url)).send().await?;
     assert_eq!(resp.status(), 202);
-    wait_gone(&stack, &id).await?;
+    stack.wait_gone(&id, WITHIN).await?;
     // The slow replica's apply now goes through, for a cluster that is gone, and is undone.
     proxy.thaw();
     eventually(WITHIN, || async {

@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, stream};
-use hyperfleet_tests::{LocalEnv, Stack, StackOptions, eventually, metric_sum};
+use hyperfleet_tests::{LocalEnv, Stack, StackOptions, eventually, metric_sum, metric_sum_where};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -35,11 +35,7 @@ const FIELD_MANAGER: &str = "hyperfleet-adapter";
 
 /// Mean in ms of histogram `name` over the series whose labels contain every one of `labels`.
 fn mean_ms(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    let total = |suffix: &str| -> f64 {
-        let prefix = format!("{name}_{suffix}");
-        let lines = metrics.lines().filter(|l| l.starts_with(&prefix) && labels.iter().all(|x| l.contains(x)));
-        lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-    };
+    let total = |suffix: &str| metric_sum_where(metrics, &format!("{name}_{suffix}"), labels);
     1000.0 * total("sum") / total("count").max(1.0)
 }
 
@@ -115,22 +111,26 @@ fn objects(id: &str) -> Result<(Namespace, ServiceAccount)> {
     Ok((ns, sa))
 }
 
+/// Server-side applies the pair of [`objects`] for `id`, as the adapter would.
+async fn apply_pair(client: &kube::Client, id: &str) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let (ns, sa) = objects(id)?;
+    kube::Api::<Namespace>::all(client.clone()).patch(id, &params, &Patch::Apply(&ns)).await?;
+    kube::Api::<ServiceAccount>::namespaced(client.clone(), id)
+        .patch("landing-zone", &params, &Patch::Apply(&sa))
+        .await?;
+    Ok(())
+}
+
 /// The raw loop's rate at `concurrency`; removes its Namespaces afterwards.
 async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<f64> {
     let client = env.kube().await?;
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let client = &client;
     let done: Vec<Result<Instant>> = stream::iter(ids.iter())
-        .map(|id| {
-            let (client, params) = (client.clone(), params.clone());
-            async move {
-                let (ns, sa) = objects(id)?;
-                kube::Api::<Namespace>::all(client.clone()).patch(id, &params, &Patch::Apply(&ns)).await?;
-                kube::Api::<ServiceAccount>::namespaced(client, id)
-                    .patch("landing-zone", &params, &Patch::Apply(&sa))
-                    .await?;
-                Ok(Instant::now())
-            }
+        .map(|id| async move {
+            apply_pair(client, id).await?;
+            Ok(Instant::now())
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -182,13 +182,8 @@ async fn adapter_delete(bin_dir: &Path, n: usize) -> Result<f64> {
 async fn raw_delete(env: &LocalEnv, n: usize) -> Result<f64> {
     let client = env.kube().await?;
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     for id in &ids {
-        let (ns, sa) = objects(id)?;
-        kube::Api::<Namespace>::all(client.clone()).patch(id, &params, &Patch::Apply(&ns)).await?;
-        kube::Api::<ServiceAccount>::namespaced(client.clone(), id)
-            .patch("landing-zone", &params, &Patch::Apply(&sa))
-            .await?;
+        apply_pair(&client, id).await?;
     }
     let started = Instant::now();
     hyperfleet_tests::remove_namespaces(env, &ids).await?;
