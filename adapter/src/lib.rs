@@ -42,11 +42,12 @@ use hyperfleet_common::{
     api_client::{self, ApiClient, CallError},
     broker::BrokerError,
     cloudevent::{self, EventError},
-    ops,
+    ops, telemetry,
 };
 use kube::Client;
-use lapin::message::Delivery;
+use lapin::{message::Delivery, types::AMQPValue};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use config::AdapterConfig;
 use consumer::consume;
@@ -300,7 +301,9 @@ where
 
 async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
     let content_type = delivery.properties.content_type().as_ref().map(|s| s.as_str());
-    let data = match cloudevent::decode(content_type, &delivery.data).and_then(|e| cloudevent::reconcile_data(&e)) {
+    let decoded = cloudevent::decode(content_type, &delivery.data)
+        .and_then(|e| cloudevent::reconcile_data(&e).map(|data| (trace_context(&e, delivery), data)));
+    let ((traceparent, tracestate), data) = match decoded {
         Ok(d) => d,
         Err(e) => return Outcome::Poison(e),
     };
@@ -308,6 +311,38 @@ async fn process(worker: &Worker, delivery: &Delivery) -> Outcome {
     if data.kind != wanted {
         return Outcome::Done("skipped");
     }
+    let span = hyperfleet_common::trace_span!(
+        "reconcile",
+        otel.name = %format!("reconcile {}", data.kind),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = delivery.exchange.as_str(),
+        hyperfleet.adapter = worker.cfg.name.as_str(),
+        hyperfleet.resource.id = data.id.as_str(),
+        hyperfleet.resource.generation = data.generation,
+    );
+    telemetry::continue_from(&span, traceparent.as_deref(), tracestate.as_deref());
+    reconcile(worker, data).instrument(span).await
+}
+
+/// The event's trace context: its CloudEvents `traceparent`/`tracestate` attributes, else the
+/// AMQP headers of the same names.
+fn trace_context(event: &cloudevent::Event, delivery: &Delivery) -> (Option<String>, Option<String>) {
+    let header = |name: &str| match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        _ => None,
+    };
+    let (parent, state) = match cloudevent::trace_context(event) {
+        (Some(parent), state) => (Some(parent), state),
+        (None, _) => (header(cloudevent::TRACEPARENT), header(cloudevent::TRACESTATE)),
+    };
+    // A traceparent is 55 characters; a tracestate at most 32 members of 256: longer is not one.
+    (parent.filter(|p| p.len() <= 128), state.filter(|s| s.len() <= 8192))
+}
+
+/// The work of one event for one resource: its turn, a fresh read, apply or delete, the report.
+async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome {
     // The resource is read only once the events before this one for it are done.
     let _turn = worker.turns.turn(&data.id).await;
     let resource = match with_retry(worker, "fetch", || fetch(worker, &data.id)).await {
@@ -417,7 +452,8 @@ async fn finalize(worker: &Worker, resource: &ResourceView, objects: usize) -> R
 async fn send_report(worker: &Worker, resource: &ResourceView, report: &Report) -> Result<u16, Error> {
     let vars = Vars { resource, adapter: &worker.cfg.name };
     let data = task::render(&serde_json::Value::Object(worker.task.report.data.clone()), &vars);
-    with_retry(worker, "report", || put_status(worker, resource, report, &data)).await
+    let span = hyperfleet_common::trace_span!("report", hyperfleet.reason = report.reason());
+    with_retry(worker, "report", || put_status(worker, resource, report, &data)).instrument(span).await
 }
 
 /// A Kubernetes failure of `step` as the adapter's error.

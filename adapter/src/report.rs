@@ -8,6 +8,10 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// The reason of its `Applied` condition (what the report says happened).
+    pub(crate) fn reason(&self) -> &'static str {
+        self.conditions[0].2
+    }
     pub(crate) fn applied(applied: String, available: String) -> Self {
         Report {
             conditions: [

@@ -6,6 +6,7 @@
 //! variable, a malformed object or an unknown key is refused when the adapter starts.
 
 use std::{collections::HashMap, path::Path, sync::Mutex};
+use tracing::Instrument;
 
 use kube::{
     Api, Client,
@@ -224,7 +225,7 @@ impl Objects {
         let params = PatchParams::apply(&self.field_manager).force();
         for obj in objects {
             let (api, name) = self.api(obj).await?;
-            api.patch(&name, &params, &Patch::Apply(obj)).await?;
+            api.patch(&name, &params, &Patch::Apply(obj)).instrument(kube_span("apply", obj, &name)).await?;
         }
         Ok(())
     }
@@ -234,7 +235,7 @@ impl Objects {
     pub async fn delete(&self, objects: &[Value]) -> Result<(), kube::Error> {
         for obj in objects.iter().rev() {
             let (api, name) = self.api(obj).await?;
-            match api.delete(&name, &DeleteParams::background()).await {
+            match api.delete(&name, &DeleteParams::background()).instrument(kube_span("delete", obj, &name)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
@@ -257,6 +258,19 @@ impl Objects {
     pub async fn gone(&self, objects: &[Value]) -> Result<bool, kube::Error> {
         Ok(self.observe(objects).await?.iter().all(Option::is_none))
     }
+}
+
+/// The span of one Kubernetes call on a rendered object (none when tracing is off).
+fn kube_span(verb: &'static str, obj: &Value, name: &str) -> tracing::Span {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    hyperfleet_common::trace_span!(
+        "kubernetes",
+        otel.name = %format!("{verb} {kind}"),
+        otel.kind = "client",
+        k8s.verb = verb,
+        k8s.kind = kind,
+        k8s.name = name,
+    )
 }
 
 /// The label naming the adapter that owns an object; its watches select on it.

@@ -180,7 +180,9 @@ pub(crate) async fn run(worker: Arc<Worker>, client: Client, shutdown: Cancellat
             let (worker, queue) = (worker.clone(), queue.clone());
             async move {
                 if queue.take(&id) {
-                    settle(&worker, &id).await;
+                    // Its own trace (a change the adapter saw, not an event it was sent).
+                    let span = hyperfleet_common::trace_span!("settle", hyperfleet.resource.id = id.as_str());
+                    tracing::Instrument::instrument(settle(&worker, &id), span).await;
                 }
             }
         });

@@ -3,8 +3,8 @@
 //! [`ApiError::code`] is also its metric label.
 //!
 //! Handlers return [`ApiError`]; its response carries a [`Problem`] in the response extensions and
-//! [`problem_context`] fills in `instance` (the request path) and `trace_id` (the `X-Request-ID`)
-//! on the way out. Server-side failures are logged with their cause and answered with a generic
+//! [`problem_context`] fills in `instance` (the request path) and `trace_id` (the request's trace
+//! id when tracing is on and the trace is sampled, else its `X-Request-ID`) on the way out. Server-side failures are logged with their cause and answered with a generic
 //! message: database errors never reach clients.
 
 use axum::{
@@ -282,7 +282,7 @@ pub async fn problem_context(req: Request, next: Next) -> Response {
     match resp.extensions().get::<Problem>().cloned() {
         Some(mut problem) if problem.instance.is_none() => {
             problem.instance = Some(path);
-            problem.trace_id = request_id;
+            problem.trace_id = hyperfleet_common::telemetry::current_sampled_trace_id().or(request_id);
             let mut fresh = problem_response(problem);
             for (name, value) in resp.headers() {
                 if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {

@@ -6,6 +6,9 @@
 //! {"type":"BOOKMARK","resource_version":"57"}      ← heartbeat while nothing matches
 //! ```
 //!
+//! When the API traces, a change line also carries `"traceparent"`: the W3C trace context of the
+//! request that made the resource's generation.
+//!
 //! Changes are recorded by triggers in the transaction that makes them and announced with
 //! `NOTIFY` at commit (see the versions migration), so a rolled-back change never appears.
 //! `resource_version=N` resumes after change N: every later change, in order, none twice. A
@@ -340,8 +343,16 @@ fn event_line(c: &Change) -> Bytes {
         kind: &'a str,
         object: crate::domain::model::Resource,
         resource_version: String,
+        /// The `traceparent` of the request that made the resource's generation, when traced.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<&'a str>,
     }
-    let event = Event { kind: &c.change_type, object: c.row.to_resource(), resource_version: c.seq.to_string() };
+    let event = Event {
+        kind: &c.change_type,
+        object: c.row.to_resource(),
+        resource_version: c.seq.to_string(),
+        traceparent: c.row.trace_parent.as_deref(),
+    };
     let mut text = serde_json::to_vec(&event).unwrap_or_default();
     text.push(b'\n');
     Bytes::from(text)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::token::{ApiCredentials, problem_detail};
 
@@ -128,11 +129,39 @@ impl ApiClient {
     /// give past authentication (a success, or a 4xx other than 401, 403 and 408) ends a streak of
     /// refusals.
     async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+        // Inside a trace (an adapter's event, a sentinel's announcement) the call is a client span
+        // whose context the API continues; outside one (the sentinel's poll) it is not traced.
+        let span = match crate::telemetry::current_trace_id() {
+            Some(_) => {
+                // "GET http://host/api/…": the method, and the path without the host (nor any
+                // credentials a base URL may carry).
+                let (method, url) = what.split_once(' ').unwrap_or(("HTTP", what));
+                let path = url.split_once("://").map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+                crate::trace_span!(
+                    "call",
+                    otel.name = method,
+                    otel.kind = "client",
+                    http.request.method = method,
+                    url.path = path,
+                    http.response.status_code = tracing::field::Empty,
+                )
+            }
+            None => tracing::Span::none(),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        span.in_scope(|| crate::telemetry::inject(&mut headers));
         let resp = request
+            .headers(headers)
             .send()
+            .instrument(span.clone())
             .await
-            .map_err(|e| CallError { failure: Failure::Network, message: format!("{what}: {e}") })?;
+            .map_err(|e| CallError { failure: Failure::Network, message: format!("{what}: {e}") });
+        if resp.is_err() {
+            crate::telemetry::fail(&span, "no answer (connection failed or timed out)");
+        }
+        let resp = resp?;
         let status = resp.status();
+        span.record("http.response.status_code", status.as_u16());
         if !matches!(status.as_u16(), 401 | 403) {
             if (status.is_success() || (status.is_client_error() && status.as_u16() != 408)) && self.creds.accepted() {
                 tracing::info!("the API accepts the {}'s credentials again", self.who);

@@ -6,7 +6,8 @@
 //! AMQP `type`, so broker tooling can show them without parsing bodies. Messages are persistent.
 
 use chrono::Utc;
-use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
+pub use cloudevents::Event;
+use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
@@ -80,10 +81,45 @@ impl EventError {
     }
 }
 
-/// Serialises an event for `basic_publish`: body and properties.
+/// The CloudEvents distributed-tracing extension attributes.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// Gives `event` the current span's trace context as its `traceparent` (and `tracestate`)
+/// extension attributes; nothing when tracing is off.
+pub fn add_trace_context(event: &mut Event) {
+    if let Some((parent, state)) = crate::telemetry::current_traceparent() {
+        event.set_extension(TRACEPARENT, parent);
+        if let Some(state) = state {
+            event.set_extension(TRACESTATE, state);
+        }
+    }
+}
+
+/// An event's `traceparent` and `tracestate` extension attributes, when it has them.
+pub fn trace_context(event: &Event) -> (Option<String>, Option<String>) {
+    let get = |name| event.extension(name).map(|v| v.to_string());
+    (get(TRACEPARENT), get(TRACESTATE))
+}
+
+/// Serialises an event for `basic_publish`: body and properties. The trace context, when the
+/// event has one, is also sent as `traceparent`/`tracestate` AMQP headers (for consumers that
+/// read headers rather than the event).
 pub fn encode(event: &Event) -> Result<(Vec<u8>, BasicProperties), EventError> {
     let body = serde_json::to_vec(event).map_err(|e| EventError::Invalid(e.to_string()))?;
-    let props = BasicProperties::default()
+    let (parent, state) = trace_context(event);
+    let mut headers = lapin::types::FieldTable::default();
+    for (name, value) in [(TRACEPARENT, parent), (TRACESTATE, state)] {
+        if let Some(v) = value {
+            headers.insert(name.into(), lapin::types::AMQPValue::LongString(v.into()));
+        }
+    }
+    let props = if headers.inner().is_empty() {
+        BasicProperties::default()
+    } else {
+        BasicProperties::default().with_headers(headers)
+    };
+    let props = props
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(2) // persistent
         .with_message_id(event.id().into())
@@ -130,6 +166,25 @@ pub fn reconcile_data(event: &Event) -> Result<ReconcileData, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_travels_as_extension_attributes_and_headers() {
+        let mut event = reconcile_event(&sample()).expect("event");
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        event.set_extension(TRACEPARENT, parent);
+        event.set_extension(TRACESTATE, "vendor=x");
+        let (body, props) = encode(&event).expect("encode");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["traceparent"], parent, "a top-level extension attribute in the structured format");
+        let headers = props.headers().as_ref().expect("headers");
+        assert!(
+            matches!(headers.inner().get("traceparent"), Some(lapin::types::AMQPValue::LongString(v)) if v.to_string() == parent)
+        );
+        let back = decode(Some(CONTENT_TYPE), &body).expect("decode");
+        assert_eq!(trace_context(&back), (Some(parent.to_string()), Some("vendor=x".to_string())));
+        let plain = reconcile_event(&sample()).expect("event");
+        assert!(encode(&plain).expect("encode").1.headers().is_none(), "no trace, no headers");
+    }
 
     fn sample() -> ReconcileData {
         ReconcileData {

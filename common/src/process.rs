@@ -28,14 +28,14 @@ pub fn overrides<'a>(flags: impl IntoIterator<Item = (&'a str, Option<Value>)>) 
     flags.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
 }
 
-/// Loads, validates and installs logging. On failure prints `bin: reason` to stderr and returns
+/// Loads, validates and installs logging (and the trace exporter, see [`telemetry::init`]). On failure prints `bin: reason` to stderr and returns
 /// exit code 2.
 pub fn start<T: ServiceConfig>(bin: &str, file: Option<&Path>, overrides: &[(&str, Value)]) -> Result<T, ExitCode> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let layers = T::compat_layers(&env).map_err(|e| usage_error(bin, e))?;
     let cfg: T = config::load_layered(file, &layers, overrides, env).map_err(|e| usage_error(bin, e))?;
     cfg.validate().map_err(|e| usage_error(bin, e))?;
-    telemetry::init(cfg.log()).map_err(|e| usage_error(bin, e))?;
+    telemetry::init(cfg.log(), bin).map_err(|e| usage_error(bin, e))?;
     Ok(cfg)
 }
 
@@ -44,14 +44,16 @@ fn usage_error(bin: &str, e: impl Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Logs a failure and maps the service's result to the process exit code.
+/// Logs a failure, sends the traces still buffered, and maps the service's result to the process
+/// exit code.
 pub fn exit<E: Display>(bin: &str, result: Result<(), E>) -> ExitCode {
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "{bin} failed");
+    }
+    telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "{bin} failed");
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

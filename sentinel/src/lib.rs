@@ -91,6 +91,9 @@ pub struct Resource {
     pub created_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub status: StatusView,
+    /// The trace context of the request that made this generation (when the API traces).
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -365,8 +368,14 @@ impl Sentinel {
             }
             let routing_key = self.cfg.routing_key();
             let leadership = self.leadership.clone();
+            // Generations announced before: their re-announcements start traces of their own.
+            let announced: std::collections::HashSet<String> = due
+                .iter()
+                .filter(|(r, _)| self.published.get(&r.id).is_some_and(|p| p.generation == r.generation))
+                .map(|(r, _)| r.id.clone())
+                .collect();
             let Some(publisher) = self.connected_publisher().await? else { continue };
-            let results = publisher.publish_all(&due, &routing_key, &leadership).await;
+            let results = publisher.publish_all(&due, &routing_key, &leadership, &announced).await;
             let mut failed = Vec::new();
             let mut broken = false;
             for ((r, reason), result) in due.into_iter().zip(results) {

@@ -1,6 +1,9 @@
 //! The poll: every matching resource from the API, page by page.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use hyperfleet_common::api_client::{ApiClient, Failure, Page};
 
@@ -8,6 +11,19 @@ use crate::{Error, Resource, SentinelConfig, note_refusal};
 
 /// The fields of [`Resource`], which is all a list page needs to carry.
 const LIST_FIELDS: &str = "id,kind,href,generation,owner_references,created_time,status";
+
+/// Set once the API refused `fields=traceparent` (an API from before tracing, e.g. mid-upgrade):
+/// the sentinel stops asking for it and announces without the API's trace context.
+static NO_TRACEPARENT: AtomicBool = AtomicBool::new(false);
+
+/// [`LIST_FIELDS`], and the resource's trace context when this sentinel traces.
+fn list_fields() -> String {
+    if hyperfleet_common::telemetry::enabled() && !NO_TRACEPARENT.load(Ordering::Relaxed) {
+        format!("{LIST_FIELDS},traceparent")
+    } else {
+        LIST_FIELDS.to_string()
+    }
+}
 
 /// Lists every matching resource, page by page in `id` order, each page starting after the last
 /// id of the one before (keyset paging: every page costs the same however deep the list, where
@@ -28,7 +44,7 @@ pub async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Res
         let mut query = vec![
             ("size", size.to_string()),
             ("order", "id asc".to_string()),
-            ("fields", LIST_FIELDS.to_string()),
+            ("fields", list_fields()),
             ("total", "false".to_string()),
         ];
         if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
@@ -59,10 +75,26 @@ fn page_search(selector: Option<&str>, after: Option<&str>) -> Option<String> {
 async fn fetch_page(api: &ApiClient, cfg: &SentinelConfig, query: &[(&str, String)]) -> Result<Page<Resource>, Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(500);
+    let mut query = query.to_vec();
     loop {
         // The token is read per request: a rotated token file is picked up by the next page.
-        let message = match api.list_page::<Resource>(&cfg.resource_type, query).await {
+        let message = match api.list_page::<Resource>(&cfg.resource_type, &query).await {
             Ok(page) => return Ok(page),
+            Err(e)
+                if e.failure == Failure::Status(400)
+                    && query.iter().any(|(k, v)| *k == "fields" && v.contains("traceparent")) =>
+            {
+                NO_TRACEPARENT.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "the API does not know the list field traceparent (it predates tracing): announcing without the API's trace context"
+                );
+                for (k, v) in &mut query {
+                    if *k == "fields" {
+                        *v = LIST_FIELDS.to_string();
+                    }
+                }
+                continue;
+            }
             Err(e) if e.is_refused() => {
                 note_refusal(api, cfg, "list", &e);
                 return Err(Error::Api { message: e.message, auth: true });

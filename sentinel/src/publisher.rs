@@ -5,11 +5,16 @@
 use std::collections::HashSet;
 
 use cloudevents::AttributesReader;
-use hyperfleet_common::cloudevent::{self, ReconcileData};
+use hyperfleet_common::{
+    cloudevent::{self, ReconcileData},
+    telemetry,
+};
 use lapin::{
     Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
+
+use tracing::Instrument;
 
 use crate::{Error, Resource, SentinelConfig, decision::Reason, leader::Leadership};
 
@@ -22,6 +27,33 @@ pub fn event_for(r: &Resource) -> Result<cloudevents::Event, cloudevent::EventEr
         generation: r.generation,
         owner_references: r.owner_references.clone(),
     })
+}
+
+/// The span of one event, from its send to the broker's confirm (none when tracing is off). The
+/// first announcement of a new generation continues the trace of the request that made it; any
+/// later one (a retry after `max_age_not_ready`, a periodic re-announcement) starts a trace of its
+/// own, linked to that one, so a trace does not grow for as long as adapters lag.
+fn publish_span(r: &Resource, reason: Reason, first: bool, exchange: &str, routing_key: &str) -> tracing::Span {
+    let span = hyperfleet_common::trace_span!(
+        "publish",
+        otel.name = %format!("publish {routing_key}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = tracing::field::Empty,
+        hyperfleet.resource.id = %r.id,
+        hyperfleet.resource.generation = r.generation,
+        hyperfleet.reason = reason.as_str(),
+    );
+    if let Some(parent) = r.traceparent.as_deref() {
+        match reason {
+            Reason::New | Reason::GenerationChanged if first => telemetry::continue_from(&span, Some(parent), None),
+            _ => telemetry::link_to(&span, parent),
+        }
+    }
+    span
 }
 
 /// A confirm-mode channel on its own connection.
@@ -59,24 +91,29 @@ impl Publisher {
         due: &[(&Resource, Reason)],
         routing_key: &str,
         leadership: &Leadership,
+        announced: &HashSet<String>,
     ) -> Vec<Result<String, Error>> {
         let mut results = Vec::with_capacity(due.len());
         for chunk in due.chunks(PIPELINE) {
             let mut inflight = Vec::with_capacity(chunk.len());
-            for (r, _) in chunk {
+            for (r, reason) in chunk {
                 if !leadership.is_leader() {
                     break;
                 }
-                inflight.push(self.send(r, routing_key).await);
+                let first = !announced.contains(&r.id);
+                let span = publish_span(r, *reason, first, &self.exchange, routing_key);
+                inflight.push((self.send(r, routing_key).instrument(span.clone()).await, span));
             }
             let lost = inflight.len() < chunk.len();
             // Every confirm first: lapin hands a returned message to whichever confirm completes
             // next, so returned events are told apart by their message id (the event id).
             let mut returned = HashSet::new();
             let mut confirmed = Vec::with_capacity(inflight.len());
-            for sent in inflight {
+            let mut spans = Vec::with_capacity(inflight.len());
+            for (sent, span) in inflight {
+                spans.push(span.clone());
                 confirmed.push(match sent {
-                    Ok((id, confirm)) => match confirm.await {
+                    Ok((id, confirm)) => match confirm.instrument(span.clone()).await {
                         Ok(Confirmation::Ack(back)) => {
                             if let Some(back) = back {
                                 let back_id = back.properties.message_id().as_ref().map(|m| m.to_string());
@@ -90,13 +127,19 @@ impl Publisher {
                     Err(e) => Err(e),
                 });
             }
-            results.extend(confirmed.into_iter().map(|c| match c {
-                Ok(id) if returned.contains(&id) => Err(Error::Unroutable {
-                    event_id: id,
-                    exchange: self.exchange.clone(),
-                    routing_key: routing_key.to_string(),
-                }),
-                other => other,
+            results.extend(confirmed.into_iter().zip(spans).map(|(c, span)| {
+                let result = match c {
+                    Ok(id) if returned.contains(&id) => Err(Error::Unroutable {
+                        event_id: id,
+                        exchange: self.exchange.clone(),
+                        routing_key: routing_key.to_string(),
+                    }),
+                    other => other,
+                };
+                if let Err(e) = &result {
+                    telemetry::fail(&span, e);
+                }
+                result // the span ends here, with the broker's answer
             }));
             if lost {
                 tracing::info!(left = due.len() - results.len(), "leadership lost; not publishing the rest");
@@ -107,7 +150,9 @@ impl Publisher {
     }
 
     async fn send(&self, r: &Resource, routing_key: &str) -> Result<(String, lapin::PublisherConfirm), Error> {
-        let event = event_for(r)?;
+        let mut event = event_for(r)?;
+        cloudevent::add_trace_context(&mut event);
+        tracing::Span::current().record("messaging.message.id", event.id());
         let (body, props) = cloudevent::encode(&event)?;
         let id = event.id().to_string();
         let confirm = self

@@ -26,6 +26,8 @@ struct Line {
     #[serde(default)]
     object: Option<Resource>,
     resource_version: String,
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 /// No line (not even a heartbeat) for this long means a dead stream: reconnect.
@@ -141,7 +143,10 @@ async fn follow(
                 }
             };
             let change = match (line.kind.as_str(), line.object) {
-                ("ADDED" | "MODIFIED", Some(r)) => Some(Change::Changed(Box::new(r))),
+                ("ADDED" | "MODIFIED", Some(mut r)) => {
+                    r.traceparent = line.traceparent;
+                    Some(Change::Changed(Box::new(r)))
+                }
                 ("DELETED", Some(r)) => Some(Change::Gone(r.id)),
                 _ => None,
             };

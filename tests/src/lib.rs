@@ -6,6 +6,7 @@
 
 mod fixtures;
 pub mod node;
+pub mod otlp;
 mod proxy;
 mod stack;
 mod tap;

@@ -40,7 +40,13 @@ pub const FIELDS: &[&str] = &[
     "updated_by",
     "deleted_time",
     "deleted_by",
+    TRACEPARENT,
 ];
+
+/// A member no representation has unless `fields` names it: the W3C `traceparent` of the request
+/// that made the resource's current generation (when the API traces), for the sentinel to continue
+/// that trace.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// The default list order.
 pub const DEFAULT_ORDER: &str = "created_time desc";

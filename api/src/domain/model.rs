@@ -73,6 +73,8 @@ pub struct Row {
     pub deleted_by: Option<String>,
     /// Bumped by every change (also of the conditions); the ETag and the change feed's position.
     pub version: i64,
+    /// The W3C `traceparent` of the request that made this generation, when it was traced.
+    pub trace_parent: Option<String>,
 }
 
 pub fn href(kind: Kind, id: Uuid, owner: Option<Uuid>) -> String {

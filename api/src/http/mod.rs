@@ -130,9 +130,39 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(observe::track))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, crate::config::REQUEST_TIMEOUT))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(server_span).on_response(
+            |resp: &axum::response::Response, latency: std::time::Duration, span: &tracing::Span| {
+                use tower_http::trace::OnResponse;
+                tower_http::trace::DefaultOnResponse::default().on_response(resp, latency, span);
+                span.record("http.response.status_code", resp.status().as_u16());
+                if resp.status().is_server_error() {
+                    hyperfleet_common::telemetry::fail(span, resp.status());
+                }
+            },
+        ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The request's span in the trace: `METHOD /route/{param}`, a child of the caller's `traceparent`
+/// when it sent one. With tracing off, tower-http's own (a DEBUG span for the logs).
+fn server_span(req: &Request) -> tracing::Span {
+    if !hyperfleet_common::telemetry::enabled() {
+        use tower_http::trace::MakeSpan;
+        return tower_http::trace::DefaultMakeSpan::new().make_span(req);
+    }
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    hyperfleet_common::telemetry::continue_from_headers(&span, req.headers());
+    span
 }
 
 /// `GET /api/hyperfleet`: what this server is.

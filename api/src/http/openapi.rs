@@ -34,6 +34,10 @@ use crate::{
     error::{PROBLEM_JSON, Problem},
 };
 
+/// What `fields` does (lists and single GETs).
+const FIELDS_DOC: &str = "Comma-separated members to keep (plus `id`); `traceparent`, the W3C trace context of the \
+     request that made the current generation when the API traces, appears only when named here";
+
 /// A page of resources.
 #[allow(dead_code)]
 #[derive(ToSchema)]
@@ -238,7 +242,7 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             string(),
             "Comma-separated `<column> [asc|desc]` (default `created_time desc`)",
         ))
-        .parameter(param("fields", ParameterIn::Query, false, string(), "Comma-separated members to keep (plus `id`)"))
+        .parameter(param("fields", ParameterIn::Query, false, string(), FIELDS_DOC))
         .parameter(param(
             "search",
             ParameterIn::Query,
@@ -320,7 +324,7 @@ fn kind_ops(ops: &mut Ops, kind: Kind, base: &str, nested: bool) {
             .operation_id(Some(format!("get{name}{suffix}")))
             .tag(tag)
             .summary(Some(format!("Get a {name}"))))
-        .parameter(param("fields", ParameterIn::Query, false, string(), "Comma-separated members to keep (plus `id`)"))
+        .parameter(param("fields", ParameterIn::Query, false, string(), FIELDS_DOC))
         .parameter(param("If-None-Match", ParameterIn::Header, false, string(), "An ETag: 304 while it is current"))
         .responses(responses(
             vec![

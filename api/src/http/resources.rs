@@ -287,7 +287,13 @@ fn representation(row: &Row, fields: Option<&[String]>) -> Box<serde_json::value
         None => raw(&row.to_resource()),
         Some(fields) => {
             let resource = row.resource(fields.iter().any(|f| f == "spec"));
-            raw(&listing::project(serde_json::to_value(resource).unwrap_or_default(), Some(fields)))
+            let mut value = listing::project(serde_json::to_value(resource).unwrap_or_default(), Some(fields));
+            if let (Some(parent), Some(map)) = (&row.trace_parent, value.as_object_mut())
+                && fields.iter().any(|f| f == listing::TRACEPARENT)
+            {
+                map.insert(listing::TRACEPARENT.into(), parent.clone().into());
+            }
+            raw(&value)
         }
     }
 }

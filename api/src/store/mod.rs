@@ -13,6 +13,7 @@ pub mod resources;
 pub mod statuses;
 
 use sqlx::{Arguments, PgPool, postgres::PgArguments};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{domain::search::Filter, error::ApiError};
@@ -20,15 +21,56 @@ use crate::{domain::search::Filter, error::ApiError};
 /// The advisory lock that orders versions (the versions migration takes the same number).
 pub const VERSION_LOCK: i64 = 7_306_195_426;
 
-/// A write transaction.
-pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+/// A write transaction, and its span in the trace (from `begin` to `commit`; a transaction dropped
+/// without one — rolled back — ends the span where it was last used).
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Postgres>,
+    span: tracing::Span,
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::Transaction<'static, sqlx::Postgres>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let span = hyperfleet_common::trace_span!(parent: &self.span, "db.commit", db.system.name = "postgresql");
+        let result = self.inner.commit().instrument(span).await;
+        if let Err(e) = &result {
+            hyperfleet_common::telemetry::fail(&self.span, e);
+        }
+        // A span ends when it was last left: leave the transaction's now, after its commit.
+        drop(self.span.enter());
+        result
+    }
+}
 
 /// Begins a write transaction. It takes the version lock first (see the versions migration), so
 /// every writer takes row locks after it and writers cannot deadlock on it.
 pub async fn write(db: &PgPool) -> Result<Tx, ApiError> {
-    let mut tx = db.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(VERSION_LOCK).execute(&mut *tx).await?;
-    Ok(tx)
+    let span = hyperfleet_common::trace_span!("db.transaction", db.system.name = "postgresql");
+    let mut inner = db.begin().instrument(span.clone()).await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(VERSION_LOCK)
+        .execute(&mut *inner)
+        .instrument(span.clone())
+        .await?;
+    Ok(Tx { inner, span })
+}
+
+/// The span of one statement that writes a resource or a report (the change-feed row is written
+/// by a trigger in the same statement).
+pub(crate) fn write_span(statement: &'static str) -> tracing::Span {
+    hyperfleet_common::trace_span!("db.write", otel.name = statement, db.system.name = "postgresql")
 }
 
 /// The arguments of a selection of resources: `$1` the kind, `$2` the parent (or null), then the

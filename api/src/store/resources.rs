@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, types::Json as SqlJson};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -14,12 +15,17 @@ use crate::{
         search::Filter,
     },
     error::ApiError,
-    store::{selection_args, selection_sql, statuses},
+    store::{self, selection_args, selection_sql, statuses},
 };
 
 /// Columns in [`Row`] order.
 pub const COLUMNS: &str = "id, kind, name, owner_id, spec, labels, conditions, generation, created_time, updated_time, \
-                           created_by, updated_by, deleted_time, deleted_by, version";
+                           created_by, updated_by, deleted_time, deleted_by, version, trace_parent";
+
+/// The current request's `traceparent`, stored with a new generation (null when not traced).
+fn trace_parent() -> Option<String> {
+    hyperfleet_common::telemetry::current_traceparent().map(|(parent, _)| parent)
+}
 
 /// One resource by id and kind, optionally locked for update.
 pub async fn load(conn: &mut PgConnection, id: Uuid, kind: Kind, lock: bool) -> Result<Option<Row>, ApiError> {
@@ -45,7 +51,7 @@ pub struct NewRow<'a> {
 pub async fn insert(conn: &mut PgConnection, new: NewRow<'_>) -> Result<Row, ApiError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into resources (id, kind, name, owner_id, spec, labels, conditions, created_time, updated_time, \
-         created_by, updated_by) values ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9) returning {COLUMNS}"
+         created_by, updated_by, trace_parent) values ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9, $10) returning {COLUMNS}"
     )))
     .bind(Uuid::now_v7())
     .bind(new.kind.name())
@@ -56,7 +62,9 @@ pub async fn insert(conn: &mut PgConnection, new: NewRow<'_>) -> Result<Row, Api
     .bind(SqlJson(new.conditions))
     .bind(new.at)
     .bind(new.by)
+    .bind(trace_parent())
     .fetch_one(conn)
+    .instrument(store::write_span("insert resources"))
     .await
     .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
         Some("resources_top_level_name_key" | "resources_child_name_key") => {
@@ -78,14 +86,16 @@ pub async fn update(
 ) -> Result<Row, ApiError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update resources set spec = coalesce($2, spec), labels = $3, generation = generation + 1, updated_time = $4, \
-         updated_by = $5 where id = $1 returning {COLUMNS}"
+         updated_by = $5, trace_parent = $6 where id = $1 returning {COLUMNS}"
     )))
     .bind(id)
     .bind(spec.map(SqlJson))
     .bind(SqlJson(labels))
     .bind(at)
     .bind(by)
+    .bind(trace_parent())
     .fetch_one(conn)
+    .instrument(store::write_span("update resources"))
     .await?)
 }
 
@@ -93,12 +103,14 @@ pub async fn update(
 pub async fn mark_deleted(conn: &mut PgConnection, id: Uuid, at: DateTime<Utc>, by: &str) -> Result<Row, ApiError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
-         generation = generation + 1 where id = $1 returning {COLUMNS}"
+         generation = generation + 1, trace_parent = $4 where id = $1 returning {COLUMNS}"
     )))
     .bind(id)
     .bind(at)
     .bind(by)
+    .bind(trace_parent())
     .fetch_one(conn)
+    .instrument(store::write_span("delete resources"))
     .await?)
 }
 
@@ -111,11 +123,12 @@ pub async fn mark_children_deleted(
 ) -> Result<Vec<Row>, ApiError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update resources set deleted_time = $2, deleted_by = $3, updated_time = $2, updated_by = $3, \
-         generation = generation + 1 where owner_id = $1 and deleted_time is null returning {COLUMNS}"
+         generation = generation + 1, trace_parent = $4 where owner_id = $1 and deleted_time is null returning {COLUMNS}"
     )))
     .bind(owner)
     .bind(at)
     .bind(by)
+    .bind(trace_parent())
     .fetch_all(conn)
     .await?)
 }

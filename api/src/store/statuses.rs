@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection, types::Json as SqlJson};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -125,6 +126,7 @@ pub async fn upsert(
     .bind(report.metadata.as_ref().map(SqlJson))
     .bind(observed_time)
     .fetch_one(conn)
+    .instrument(crate::store::write_span("upsert adapter_statuses"))
     .await?)
 }
 

@@ -219,6 +219,9 @@ async fn ordering_projection_and_paging_edges() -> Result<()> {
     assert_eq!(v["items"][0], json!({"id": ids[4], "name": "c-five", "generation": 1}));
     let (_, _, v) = app.call(Method::GET, &format!("{CLUSTERS}/{}?fields=labels", ids[1]), None).await?;
     assert_eq!(v, json!({"id": ids[1], "labels": {"env": "prod", "team": "b"}}));
+    // `traceparent` is known but, with tracing off, nothing is stored to show.
+    let (_, _, v) = list("fields=name,traceparent&order=name").await?;
+    assert_eq!(v["items"][0], json!({"id": ids[4], "name": "c-five"}));
     let (status, _, v) = list("fields=name,secret").await?;
     assert_eq!((status, v["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("fields")));
 

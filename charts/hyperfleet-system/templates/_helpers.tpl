@@ -286,6 +286,23 @@ Mode checks that span several values, each failing with one sentence. Rendered o
 {{- if and .broker.external.enabled .broker.external.clientCertificate.secret }}true{{ end }}
 {{- end }}
 
+{{/* OpenTelemetry settings of global.tracing for one component: (dict "root" $ "service" "hyperfleet-api"). */}}
+{{- define "hf.tracing.env" -}}
+{{- $t := .root.Values.global.tracing | default dict }}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | default "parentbased_always_on" | quote }}
+{{- if $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "hf.brokerCa.env" -}}
 {{- if include "hf.brokerCa.enabled" . }}
 - name: HYPERFLEET_BROKER_CA_FILE

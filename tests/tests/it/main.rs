@@ -15,3 +15,4 @@ mod outages;
 mod pods;
 mod sentinel;
 mod tls;
+mod tracing;

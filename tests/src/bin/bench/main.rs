@@ -5,7 +5,9 @@
 //! Every figure is printed beside a raw baseline measured in the same run on the same machine:
 //! 1. create→landed latency (`landing.rs`), with the change feed and with polling only;
 //! 2. the API against `pgbench` running the handlers' SQL (`api.rs`), and its bounds (`bounds.rs`):
-//!    create/get with 1 000 idle change feeds beside none, RSS after pages of 64 KiB specs;
+//!    create/get with 1 000 idle change feeds beside none, RSS after pages of 64 KiB specs; and the
+//!    cost of tracing (`tracing.rs`): create/get and idle RSS off, on (100 %) and off again
+//!    (`HF_BEFORE_BIN_DIR` adds an earlier build's binaries);
 //! 3. one sentinel pass against a raw lapin publisher (`sentinel.rs`);
 //! 4. the adapter against a raw kube-rs loop (`adapter.rs`);
 //! 5. memory (RSS) of every service idle and after its runs, binary sizes;
@@ -13,7 +15,7 @@
 //!    the loopback processes (needs `tests/env/run node-up`; the images hold the binaries it built).
 //!
 //! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
-//! `--only landing,api,bounds,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
+//! `--only landing,api,bounds,tracing,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
 //! operations, e.g. one to profile), `HF_BIN_DIR` (binaries other than `target/release`).
 
 mod adapter;
@@ -22,6 +24,7 @@ mod bounds;
 mod landing;
 mod pods;
 mod sentinel;
+mod tracing;
 
 use std::{
     path::PathBuf,
@@ -102,7 +105,7 @@ async fn seeded_api_with(
     Ok((db, conn, api, port))
 }
 
-const PARTS: [&str; 6] = ["landing", "api", "bounds", "sentinel", "adapter", "pods"];
+const PARTS: [&str; 7] = ["landing", "api", "bounds", "tracing", "sentinel", "adapter", "pods"];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -160,6 +163,10 @@ async fn main() -> Result<()> {
         let watchers = if quick { 200 } else { 1000 };
         println!("\n2b. API bounds: create/get with {watchers} idle change feeds vs none; pages of 64 KiB specs");
         report.insert("bounds".into(), bounds::run(&env, &bin_dir, duration, watchers).await?);
+    }
+    if wants("tracing") {
+        println!("\n2c. tracing: the API off, traced (100 %, OTLP/HTTP to a receiver here), off again");
+        report.insert("tracing".into(), tracing::run(&env, &bin_dir, duration).await?);
     }
     if wants("sentinel") {
         println!("\n3. sentinel: one pass over new clusters (list page by page, decide, publish with confirms)");
