@@ -5,7 +5,9 @@
 //!
 //! * [`config`] — layered configuration: defaults → YAML file → `HYPERFLEET_*` environment → flags,
 //!   plus [`config::Secret`] for values that must never be printed and a duration format (`"5s"`).
-//! * [`telemetry`] — `tracing` setup (JSON or text) and the rustls crypto-provider install.
+//! * [`telemetry`] — `tracing` setup (JSON or text), OpenTelemetry traces over OTLP/HTTP (off unless
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set) with W3C trace-context propagation, and the rustls
+//!   crypto-provider install.
 //! * [`ops`] — the health (`/healthz`, `/readyz`) and metrics (`/metrics`) listeners.
 //! * [`process`] — the shared start-up and exit-code handling of the service binaries.
 //! * [`shutdown`] — SIGINT/SIGTERM → a [`tokio_util::sync::CancellationToken`].

@@ -82,10 +82,10 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<(), String> {
         None => None,
     };
     let traced = otel.is_some();
-    let spans_filtered = filter.max_level_hint().is_some_and(|h| h < tracing_subscriber::filter::LevelFilter::INFO);
-    // One filter for logs and traces: the spans are INFO, so a trace holds them (and the log lines
-    // made inside them, as span events) at the default level and below. No per-layer filter: with
-    // one on the OpenTelemetry layer, spans went missing from traces now and then.
+    // One global filter, no per-layer filters (with one on the OpenTelemetry layer, spans went
+    // missing from traces now and then): the log level's, widened while tracing to HyperFleet's own
+    // spans, so the log level decides the log lines and never what a trace holds.
+    let filter = SpansOrLog { log: filter, spans: traced };
     let otel_layer = otel.map(|provider| {
         let tracer = provider.tracer("hyperfleet");
         let _ = PROVIDER.set(provider);
@@ -112,12 +112,6 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<(), String> {
         ENABLED.store(true, Ordering::Relaxed);
         let endpoint = redacted(&s.endpoint);
         tracing::info!(%endpoint, "exporting traces (OTLP over HTTP)");
-        if spans_filtered {
-            // Said on stderr too: at this level the line above is filtered out.
-            eprintln!(
-                "{service}: traces are on ({endpoint}) but the log level lets no INFO span through: set log.level to info (the default) or more verbose"
-            );
-        }
     }
     Ok(())
 }
@@ -266,6 +260,65 @@ impl opentelemetry_http::HttpClient for OnRuntime {
             ))
             .await??;
         Ok(http::Response::builder().status(status).body(bytes::Bytes::from(body))?)
+    }
+}
+
+/// The global filter: the log filter, or (while tracing) a span of HyperFleet's at INFO or above.
+/// Events pass by the log filter alone, so the log lines are what the log level says; a span the
+/// log filter would drop still exists for the trace (and is not printed: spans are not log lines).
+struct SpansOrLog {
+    log: EnvFilter,
+    spans: bool,
+}
+
+impl SpansOrLog {
+    fn traced_span(&self, meta: &tracing::Metadata<'_>) -> bool {
+        self.spans && meta.is_span() && meta.target().starts_with("hyperfleet") && *meta.level() <= tracing::Level::INFO
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for SpansOrLog {
+    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if self.traced_span(meta) {
+            return tracing::subscriber::Interest::always();
+        }
+        <EnvFilter as tracing_subscriber::Layer<S>>::register_callsite(&self.log, meta)
+    }
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        self.traced_span(meta) || <EnvFilter as tracing_subscriber::Layer<S>>::enabled(&self.log, meta, cx)
+    }
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        let log = <EnvFilter as tracing_subscriber::Layer<S>>::max_level_hint(&self.log);
+        match (self.spans, log) {
+            (true, Some(level)) => Some(level.max(tracing_subscriber::filter::LevelFilter::INFO)),
+            (_, hint) => hint,
+        }
+    }
+    // The log filter's span-scoped directives (`target[span]=level`) follow the spans.
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.log.on_new_span(attrs, id, cx);
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.log.on_record(id, values, cx);
+    }
+    fn on_enter(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.log.on_enter(id, cx);
+    }
+    fn on_exit(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.log.on_exit(id, cx);
+    }
+    fn on_close(&self, id: tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.log.on_close(id, cx);
     }
 }
 
