@@ -146,14 +146,16 @@ struct Worker {
 }
 
 impl Worker {
-    /// The task's objects for `resource`, marked as this adapter's.
-    fn render(&self, resource: &ResourceView) -> Vec<serde_json::Value> {
+    /// The task's objects for `resource`, marked as this adapter's; `Err` names a template
+    /// variable the resource has no value for.
+    fn render(&self, resource: &ResourceView) -> Result<Vec<serde_json::Value>, String> {
         let vars = Vars { resource, adapter: &self.cfg.name };
-        let mut objects: Vec<serde_json::Value> = self.task.objects.iter().map(|o| task::render(o, &vars)).collect();
+        let mut objects: Vec<serde_json::Value> =
+            self.task.objects.iter().map(|o| task::try_render(o, &vars)).collect::<Result<_, _>>()?;
         for obj in &mut objects {
             task::own(obj, &self.cfg.name, &resource.id);
         }
-        objects
+        Ok(objects)
     }
 }
 
@@ -358,12 +360,35 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
             return Outcome::Done("failed");
         }
     };
-    let rendered = worker.render(&resource);
+    // A precondition that does not hold holds back the objects (never a deletion); the sentinel
+    // announces the resource again while it is not Reconciled, and the check is made afresh.
+    if resource.deleted_time.is_none()
+        && let Some(why) = worker.task.when.iter().find_map(|p| p.unmet(&resource))
+    {
+        tracing::info!(resource_id = %resource.id, reason = %why, "precondition not met; nothing applied");
+        return match send_report(worker, &resource, &Report::precondition_unmet(&why)).await {
+            Ok(_) => Outcome::Done("skipped"),
+            Err(e) => report_failed(&resource.id, &e),
+        };
+    }
+    let rendered = match worker.render(&resource) {
+        Ok(r) => r,
+        Err(variable) => {
+            // Nothing can be applied (or found to delete) without the value: say which is missing.
+            tracing::warn!(resource_id = %resource.id, %variable, "the resource has no value for a template variable; nothing applied");
+            metrics::counter!("hyperfleet_adapter_errors_total", "phase" => "render", "error_type" => "missing_value")
+                .increment(1);
+            return match send_report(worker, &resource, &Report::missing_value(&variable)).await {
+                Ok(_) => Outcome::Done("failed"),
+                Err(e) => report_failed(&resource.id, &e),
+            };
+        }
+    };
     let objects = &worker.objects;
     let (report, status) = if resource.deleted_time.is_some() {
         // Ask for the deletion and report; the watch of the objects reports Finalized=True
         // once they are gone (watch.rs), so the event does not wait for the controller-manager.
-        worker.known.deleting(&resource);
+        worker.known.deleting(&worker.task.trim(&resource));
         let deleted = with_retry(worker, "delete", || async {
             objects.delete(&rendered).await.map_err(kube_err("delete"))?;
             objects.gone(&rendered).await.map_err(kube_err("delete"))
@@ -383,7 +408,7 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
             }
         }
     } else {
-        worker.known.live(&resource);
+        worker.known.live(&worker.task.trim(&resource));
         match with_retry(worker, "apply", || async { objects.apply(&rendered).await.map_err(kube_err("apply")) }).await
         {
             Ok(()) => {

@@ -32,6 +32,31 @@ impl Report {
             ],
         }
     }
+    /// A `when:` precondition does not hold (`why`): nothing applied, nothing wrong.
+    pub(crate) fn precondition_unmet(why: &str) -> Self {
+        let message: String = format!("waiting: {why}; nothing applied").chars().take(1000).collect();
+        Report {
+            conditions: [
+                ("Applied", "False", "PreconditionNotMet", message.clone()),
+                ("Available", "False", "PreconditionNotMet", "nothing was applied".into()),
+                ("Health", "True", "Healthy", message),
+                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
+            ],
+        }
+    }
+    /// The resource has no value for a template `variable`: nothing applied.
+    pub(crate) fn missing_value(variable: &str) -> Self {
+        let message: String =
+            format!("the resource has no value for {{{{{variable}}}}}; nothing applied").chars().take(1000).collect();
+        Report {
+            conditions: [
+                ("Applied", "False", "TemplateValueMissing", message.clone()),
+                ("Available", "False", "TemplateValueMissing", "nothing was applied".into()),
+                ("Health", "False", "TemplateValueMissing", message),
+                ("Finalized", "False", "NotDeleting", "the objects were not applied".into()),
+            ],
+        }
+    }
     /// Objects restored after a change out of band (`what`: which, and what happened to them).
     pub(crate) fn restored(what: &str) -> Self {
         let message: String = format!("restored after a change out of band: {what}").chars().take(1000).collect();

@@ -2,8 +2,12 @@
 //! the status report says — so a different task needs a different file, not different code.
 //! The landing-zone task ([`LANDING_ZONE`]) is built in and is the default.
 //!
-//! Strings in the file are templates over a fixed set of variables ([`VARIABLES`]); an unknown
-//! variable, a malformed object or an unknown key is refused when the adapter starts.
+//! Strings in the file are templates over the resource as the API shows it: the fixed variables
+//! ([`VARIABLES`]) and any path under `resource.spec.`, `resource.labels.` (a nodepool also
+//! `resource.owner_references.{id,kind,href}`) and a few more members ([`MEMBERS`]). A variable
+//! that can never have a value, a malformed object or an unknown key is refused when the adapter
+//! starts; a path the resource lacks at run time stops its objects (reported `Health=False`, see
+//! [`render`]). `when:` preconditions ([`Precondition`]) hold the objects back until they hold.
 
 use std::{collections::HashMap, path::Path, sync::Mutex};
 use tracing::Instrument;
@@ -20,9 +24,37 @@ use serde_json::{Map, Value};
 /// directory: it is copied into GitOps repositories) and the binary ship one text.
 pub const LANDING_ZONE: &str = include_str!("../../charts/hyperfleet-system/files/landing-zone.yaml");
 
-/// Template variables a task may use.
+/// Template variables a task may use as they are.
 pub const VARIABLES: &[&str] =
     &["resource.id", "resource.name", "resource.kind", "resource.generation", "adapter.name"];
+
+/// Other top-level members of the resource a template may name (`{{resource.href}}`).
+pub const MEMBERS: &[&str] = &["href", "created_time", "updated_time", "created_by", "updated_by"];
+
+/// Why `name` can never have a value for a task on `collection`, if it cannot.
+fn unknown_variable(name: &str, collection: &str) -> Option<String> {
+    if VARIABLES.contains(&name) {
+        return None;
+    }
+    let known = || {
+        format!(
+            "{}, resource.spec.<path>, resource.labels.<key>, resource.{{{}}}{}",
+            VARIABLES.join(", "),
+            MEMBERS.join(","),
+            if collection == "nodepools" { ", resource.owner_references.{id,kind,href}" } else { "" }
+        )
+    };
+    let Some(path) = name.strip_prefix("resource.") else {
+        return Some(format!("unknown variable {{{{{name}}}}} (known: {})", known()));
+    };
+    let ok = match path.split_once('.') {
+        Some(("spec" | "labels", rest)) => !rest.is_empty() && !rest.split('.').any(str::is_empty),
+        Some(("owner_references", field)) => collection == "nodepools" && matches!(field, "id" | "kind" | "href"),
+        Some(_) => false,
+        None => MEMBERS.contains(&path) || matches!(path, "spec" | "labels"),
+    };
+    (!ok).then(|| format!("{{{{{name}}}}} can never have a value (known: {})", known()))
+}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +64,65 @@ pub struct Task {
     /// Objects to apply, in order (and to delete, in reverse order).
     pub objects: Vec<Value>,
     pub report: ReportSpec,
+    /// Preconditions: all must hold for the objects to be applied; otherwise nothing is applied and
+    /// the report says which one does not (`PreconditionNotMet`). Deletions are never held back.
+    #[serde(default)]
+    pub when: Vec<Precondition>,
+    /// The resource paths the templates read (below `resource.`), found by validation.
+    #[serde(skip)]
+    pub paths: Vec<String>,
+}
+
+/// One `when:` entry: a condition of the resource (as the API aggregates it, e.g. another
+/// adapter's `<Name>Successful`, or `Reconciled`) with a status, or a resource field (a template
+/// variable without braces) that must exist or equal a value.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, untagged)]
+pub enum Precondition {
+    Condition {
+        condition: String,
+        #[serde(default = "condition_true")]
+        status: String,
+    },
+    Field {
+        field: String,
+        #[serde(default)]
+        equals: Option<String>,
+    },
+}
+
+fn condition_true() -> String {
+    "True".into()
+}
+
+impl Precondition {
+    /// `None` when it holds for `resource`, else why not.
+    pub fn unmet(&self, resource: &ResourceView) -> Option<String> {
+        match self {
+            Precondition::Condition { condition, status } => {
+                let found = resource
+                    .fields
+                    .get("status")
+                    .and_then(|s| s.get("conditions"))
+                    .and_then(Value::as_array)
+                    .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(condition)))
+                    .and_then(|c| c.get("status").and_then(Value::as_str).map(str::to_string));
+                match found {
+                    Some(s) if s == *status => None,
+                    Some(s) => Some(format!("condition {condition} is {s}, not {status}")),
+                    None => Some(format!("condition {condition} is not reported yet (wanted {status})")),
+                }
+            }
+            Precondition::Field { field, equals } => {
+                let value = field.strip_prefix("resource.").and_then(|p| resource.value(p));
+                match (value, equals) {
+                    (None, _) => Some(format!("{field} is not set")),
+                    (Some(v), Some(want)) if v != *want => Some(format!("{field} is {v:?}, not {want:?}")),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -53,6 +144,48 @@ pub struct ResourceView {
     /// Set once the resource is being deleted.
     #[serde(default)]
     pub deleted_time: Option<String>,
+    /// Every other member (`spec`, `labels`, …), for the templates; see [`Task::trim`].
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+impl ResourceView {
+    /// The view without its other members.
+    fn clone_scalars(&self) -> ResourceView {
+        ResourceView {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            generation: self.generation,
+            deleted_time: self.deleted_time.clone(),
+            fields: Map::new(),
+        }
+    }
+
+    /// The value at `path` below `resource.` (`spec.region`, `labels.<key>`: a label key may hold
+    /// dots), as template text: strings as they are, other scalars as JSON, objects and arrays as
+    /// JSON text; `None` when the resource has no (or a null) value there.
+    fn value(&self, path: &str) -> Option<String> {
+        let found = match path.split_once('.') {
+            Some(("labels", key)) => self.fields.get("labels")?.get(key)?,
+            _ => {
+                let mut parts = path.split('.');
+                let mut at = self.fields.get(parts.next()?)?;
+                for part in parts {
+                    at = match at {
+                        Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+                        other => other.get(part)?,
+                    };
+                }
+                at
+            }
+        };
+        match found {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
 }
 
 /// Values of the template variables for one resource.
@@ -69,7 +202,7 @@ impl Vars<'_> {
             "resource.kind" => self.resource.kind.clone(),
             "resource.generation" => self.resource.generation.to_string(),
             "adapter.name" => self.adapter.to_string(),
-            _ => return None,
+            _ => return self.resource.value(name.strip_prefix("resource.")?),
         })
     }
 }
@@ -87,22 +220,48 @@ fn placeholders(s: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
-/// Replaces the placeholders of `s` with their values.
+/// Replaces the placeholders of `s` with their values; `Err` names the first variable the resource
+/// has no value for.
+pub fn try_render_str(s: &str, vars: &Vars<'_>) -> Result<String, String> {
+    fill(s, |name| vars.get(name).ok_or_else(|| name.to_string()))
+}
+
+/// [`try_render_str`] with an empty value for a missing one (report messages and data).
 pub fn render_str(s: &str, vars: &Vars<'_>) -> String {
+    fill(s, |name| Ok::<_, String>(vars.get(name).unwrap_or_default())).unwrap_or_default()
+}
+
+/// `s` with each `{{ name }}` replaced by `value(name)`; the first error stops it.
+fn fill(s: &str, value: impl Fn(&str) -> Result<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else { break };
-        out.push_str(&vars.get(after[..end].trim()).unwrap_or_default());
+        out.push_str(&value(after[..end].trim())?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
-/// Renders every string (keys included) of a JSON value.
+/// Renders every string (keys included) of a JSON value; `Err` names the first variable the
+/// resource has no value for (the objects are then not applied).
+pub fn try_render(v: &Value, vars: &Vars<'_>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(try_render_str(s, vars)?),
+        Value::Array(a) => Value::Array(a.iter().map(|x| try_render(x, vars)).collect::<Result<_, _>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| Ok((try_render_str(k, vars)?, try_render(x, vars)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// [`try_render`] with an empty value for a missing one (report data).
 pub fn render(v: &Value, vars: &Vars<'_>) -> Value {
     match v {
         Value::String(s) => Value::String(render_str(s, vars)),
@@ -112,32 +271,82 @@ pub fn render(v: &Value, vars: &Vars<'_>) -> Value {
     }
 }
 
-fn check_templates(v: &Value, at: &str) -> Result<(), String> {
-    let check = |s: &str, at: &str| -> Result<(), String> {
-        for name in placeholders(s).map_err(|e| format!("{at}: {e}"))? {
-            if !VARIABLES.contains(&name) {
-                return Err(format!("{at}: unknown variable {{{{{name}}}}} (known: {})", VARIABLES.join(", ")));
-            }
-        }
-        Ok(())
-    };
+/// Checks every placeholder of `v` (for a task on `collection`); collects the paths below
+/// `resource.` that are not fixed variables into `paths`.
+fn check_templates(v: &Value, at: &str, collection: &str, paths: &mut Vec<String>) -> Result<(), String> {
     match v {
-        Value::String(s) => check(s, at),
-        Value::Array(a) => a.iter().enumerate().try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"))),
+        Value::String(s) => check_placeholders(s, at, collection, paths),
+        Value::Array(a) => {
+            a.iter().enumerate().try_for_each(|(i, x)| check_templates(x, &format!("{at}[{i}]"), collection, paths))
+        }
         Value::Object(m) => m.iter().try_for_each(|(k, x)| {
-            check(k, at)?;
-            check_templates(x, &format!("{at}.{k}"))
+            check_placeholders(k, at, collection, paths)?;
+            check_templates(x, &format!("{at}.{k}"), collection, paths)
         }),
         _ => Ok(()),
     }
 }
 
+/// [`check_templates`] for one string.
+fn check_placeholders(s: &str, at: &str, collection: &str, paths: &mut Vec<String>) -> Result<(), String> {
+    for name in placeholders(s).map_err(|e| format!("{at}: {e}"))? {
+        if let Some(why) = unknown_variable(name, collection) {
+            return Err(format!("{at}: {why}"));
+        }
+        if !VARIABLES.contains(&name)
+            && let Some(path) = name.strip_prefix("resource.")
+        {
+            paths.push(path.to_string());
+        }
+    }
+    Ok(())
+}
+
 impl Task {
     /// Parses and validates a task; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
-        let task: Task = serde_yaml::from_str(text).map_err(|e| format!("task {origin}: {e}"))?;
-        task.validate().map_err(|e| format!("task {origin}: {e}"))?;
+        let mut task: Task = serde_yaml::from_str(text).map_err(|e| format!("task {origin}: {e}"))?;
+        task.paths = task.validate().map_err(|e| format!("task {origin}: {e}"))?;
         Ok(task)
+    }
+
+    /// `resource` with only the members its templates read (what the adapter keeps in memory for
+    /// the resources it watches: a 64 KiB spec is not kept for a task that reads one field of it).
+    pub fn trim(&self, resource: &ResourceView) -> ResourceView {
+        let mut kept = Map::new();
+        for path in &self.paths {
+            let (root, rest) = path.split_once('.').unwrap_or((path.as_str(), ""));
+            let Some(value) = resource.fields.get(root) else { continue };
+            let copy = match root {
+                // A label key may hold dots: the label, whole.
+                "labels" => match value.get(rest) {
+                    Some(v) => {
+                        let labels = kept.entry("labels").or_insert_with(|| Value::Object(Map::new()));
+                        if let Some(map) = labels.as_object_mut() {
+                            map.insert(rest.to_string(), v.clone());
+                        }
+                        continue;
+                    }
+                    None => continue,
+                },
+                _ => value,
+            };
+            // The first level is enough to bound it: a spec path keeps its top-level member.
+            match (root, rest.split('.').next()) {
+                ("spec", Some(first)) if !first.is_empty() => {
+                    if let Some(v) = copy.get(first) {
+                        let spec = kept.entry("spec").or_insert_with(|| Value::Object(Map::new()));
+                        if let Some(map) = spec.as_object_mut() {
+                            map.insert(first.to_string(), v.clone());
+                        }
+                    }
+                }
+                _ => {
+                    kept.insert(root.to_string(), copy.clone());
+                }
+            }
+        }
+        ResourceView { fields: kept, ..resource.clone_scalars() }
     }
 
     /// The task in `path`, or the built-in landing-zone task.
@@ -151,7 +360,9 @@ impl Task {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the task; returns the resource paths its templates read.
+    fn validate(&self) -> Result<Vec<String>, String> {
+        let mut paths = Vec::new();
         if !matches!(self.resource.as_str(), "clusters" | "nodepools") {
             return Err(format!("resource {:?} is not clusters or nodepools", self.resource));
         }
@@ -168,11 +379,35 @@ impl Task {
             }
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty());
             name.ok_or_else(|| format!("{at}: metadata.name is required"))?;
-            check_templates(obj, &at)?;
+            check_templates(obj, &at, &self.resource, &mut paths)?;
         }
-        check_templates(&Value::String(self.report.applied_message.clone()), "report.applied_message")?;
-        check_templates(&Value::String(self.report.available_message.clone()), "report.available_message")?;
-        check_templates(&Value::Object(self.report.data.clone()), "report.data")
+        for (i, p) in self.when.iter().enumerate() {
+            match p {
+                Precondition::Field { field, .. } => {
+                    if let Some(why) = unknown_variable(field, &self.resource) {
+                        return Err(format!("when[{i}].field: {why}"));
+                    }
+                }
+                Precondition::Condition { condition, status } => {
+                    if condition.is_empty() || !matches!(status.as_str(), "True" | "False" | "Unknown") {
+                        return Err(format!(
+                            "when[{i}]: condition needs a type and a status of True, False or Unknown"
+                        ));
+                    }
+                }
+            }
+        }
+        let report = [
+            (Value::String(self.report.applied_message.clone()), "report.applied_message"),
+            (Value::String(self.report.available_message.clone()), "report.available_message"),
+            (Value::Object(self.report.data.clone()), "report.data"),
+        ];
+        for (v, at) in report {
+            check_templates(&v, at, &self.resource, &mut paths)?;
+        }
+        paths.sort();
+        paths.dedup();
+        Ok(paths)
     }
 }
 
@@ -334,7 +569,86 @@ mod tests {
             name: "prod".into(),
             generation: 4,
             deleted_time: None,
+            fields: serde_json::json!({
+                "spec": {"region": "eu-west-1", "nodes": 3, "network": {"cidr": "10.0.0.0/16"}, "big": {"x": 1}},
+                "labels": {"team": "a", "hyperfleet.io/tier": "gold"},
+                "href": "/api/hyperfleet/v1/clusters/0194-x"
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         }
+    }
+
+    #[test]
+    fn templates_read_any_field_and_name_what_is_missing() {
+        let c = cluster();
+        let vars = Vars { resource: &c, adapter: "lz" };
+        let s = |t: &str| try_render_str(t, &vars);
+        assert_eq!(s("{{resource.spec.region}}/{{resource.spec.nodes}}").as_deref(), Ok("eu-west-1/3"));
+        assert_eq!(s("{{resource.spec.network.cidr}}").as_deref(), Ok("10.0.0.0/16"));
+        assert_eq!(s("{{resource.labels.hyperfleet.io/tier}}").as_deref(), Ok("gold"), "label keys hold dots");
+        assert_eq!(s("{{resource.spec.network}}").as_deref(), Ok(r#"{"cidr":"10.0.0.0/16"}"#));
+        assert_eq!(s("{{resource.href}}").as_deref(), Ok("/api/hyperfleet/v1/clusters/0194-x"));
+        assert_eq!(s("x-{{resource.spec.zone}}"), Err("resource.spec.zone".to_string()));
+        let obj = serde_json::json!({"metadata": {"labels": {"region": "{{resource.spec.absent}}"}}});
+        assert_eq!(try_render(&obj, &vars), Err("resource.spec.absent".to_string()));
+        assert_eq!(render_str("[{{resource.spec.zone}}]", &vars), "[]", "messages render a missing value empty");
+    }
+
+    #[test]
+    fn variables_that_can_never_have_a_value_are_refused_at_start() {
+        let task = |name: &str, collection: &str| {
+            format!(
+                "resource: {collection}\nobjects:\n  - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: x, labels: {{a: \"{name}\"}}}}}}\nreport: {{applied_message: a, available_message: b}}\n"
+            )
+        };
+        for bad in ["{{resource.spec.}}", "{{resource.status.x}}", "{{resource.owner_references.id}}", "{{cluster.id}}"]
+        {
+            let e = Task::parse(&task(bad, "clusters"), "t").expect_err(bad);
+            assert!(e.contains("resource.spec.<path>"), "{bad}: {e}");
+        }
+        let ok = Task::parse(&task("{{resource.owner_references.id}}-{{resource.spec.a.b}}", "nodepools"), "t")
+            .expect("nodepool");
+        assert_eq!(ok.paths, ["owner_references.id", "spec.a.b"]);
+    }
+
+    #[test]
+    fn preconditions_say_why_they_do_not_hold() {
+        let mut c = cluster();
+        c.fields.insert(
+            "status".into(),
+            serde_json::json!({"conditions": [{"type": "LandingZoneSuccessful", "status": "False"}]}),
+        );
+        let when: Vec<Precondition> = serde_yaml::from_str(
+            "- {condition: LandingZoneSuccessful}\n- {field: resource.labels.team, equals: a}\n- {field: resource.spec.zone}\n",
+        )
+        .expect("when");
+        assert_eq!(when[0].unmet(&c).as_deref(), Some("condition LandingZoneSuccessful is False, not True"));
+        assert_eq!(when[1].unmet(&c), None);
+        assert_eq!(when[2].unmet(&c).as_deref(), Some("resource.spec.zone is not set"));
+        c.fields["status"]["conditions"][0]["status"] = "True".into();
+        assert_eq!(when[0].unmet(&c), None);
+        let bad = "resource: clusters\nwhen: [{field: resource.nope}]\nobjects:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: x}}\nreport: {applied_message: a, available_message: b}\n";
+        assert!(Task::parse(bad, "t").expect_err("bad field").contains("when[0].field"));
+    }
+
+    #[test]
+    fn the_kept_view_holds_only_what_the_templates_read() {
+        let text = "resource: clusters\nobjects:\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: \"{{resource.spec.network.cidr}}\", labels: {t: \"{{resource.labels.hyperfleet.io/tier}}\"}}}\nreport: {applied_message: a, available_message: b}\n";
+        let task = Task::parse(text, "t").expect("task");
+        let kept = task.trim(&cluster());
+        assert_eq!(
+            Value::Object(kept.fields.clone()),
+            serde_json::json!({"spec": {"network": {"cidr": "10.0.0.0/16"}}, "labels": {"hyperfleet.io/tier": "gold"}})
+        );
+        let vars = Vars { resource: &kept, adapter: "lz" };
+        assert_eq!(try_render(&task.objects[0], &vars).expect("renders")["metadata"]["name"], "10.0.0.0/16");
+        assert_eq!(
+            Task::load(None).expect("built in").trim(&cluster()).fields.len(),
+            0,
+            "the landing zone keeps nothing more"
+        );
     }
 
     #[test]

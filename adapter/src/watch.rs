@@ -292,7 +292,11 @@ fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
         return;
     }
     let live = serde_json::to_value(obj).unwrap_or_default();
-    let drifted = worker.render(&view).iter().any(|want| task::same_object(&live, want) && !task::holds(&live, want));
+    let drifted = worker
+        .render(&view)
+        .unwrap_or_default()
+        .iter()
+        .any(|want| task::same_object(&live, want) && !task::holds(&live, want));
     if drifted {
         queue.push(id);
     }
@@ -319,10 +323,13 @@ async fn settle(worker: &Worker, id: &str) {
     if resource.deleted_time.is_none() && resource.generation != known.generation {
         // Another generation is being applied (here or by another replica): the change is its
         // apply, and the event for that generation does the rest.
-        worker.known.live(&resource);
+        worker.known.live(&worker.task.trim(&resource));
         return;
     }
-    let rendered = worker.render(&resource);
+    let Ok(rendered) = worker.render(&resource) else {
+        // A value went missing since: the next event for the resource reports it.
+        return;
+    };
     let objects = &worker.objects;
     if resource.deleted_time.is_some() {
         match crate::with_retry(worker, "delete", || async {
@@ -380,7 +387,7 @@ async fn settle(worker: &Worker, id: &str) {
         );
         return;
     }
-    worker.known.live(&resource);
+    worker.known.live(&worker.task.trim(&resource));
     let applied = crate::with_retry(worker, "apply", || async {
         objects.apply(&rendered).await.map_err(crate::kube_err("apply"))
     })
@@ -437,6 +444,7 @@ mod tests {
             name: "n".into(),
             generation: 1,
             deleted_time: None,
+            fields: Default::default(),
         };
         assert!(!known.may_repair("a"), "unknown resources are not repaired");
         known.live(&view);
@@ -457,6 +465,7 @@ mod tests {
             name: "n".into(),
             generation: 1,
             deleted_time: None,
+            fields: Default::default(),
         };
         known.live(&view("a"));
         known.deleting(&view("a"));

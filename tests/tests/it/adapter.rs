@@ -1,6 +1,7 @@
 //! The adapter against the real API, RabbitMQ over AMQPS and the real kube-apiserver +
 //! controller-manager: re-apply on PATCH, duplicate deliveries, SIGKILL mid-work, Kubernetes
-//! outages (through a TCP proxy the test can cut), and the queue topology it declares.
+//! outages (through a TCP proxy the test can cut), the queue topology it declares, and task files
+//! that read the resource's fields and hold objects back with `when:`.
 
 use std::time::Duration;
 
@@ -191,6 +192,115 @@ async fn kubernetes_unreachable_is_reported_as_health_false_and_recovers() -> Re
     assert_eq!(namespaces_of(&env, &id).await?.len(), 1);
     stack.stop().await;
     proxy.stop().await;
+    Ok(())
+}
+
+/// A stack whose adapter runs the task `text` (written to a directory of its own, returned for
+/// removal).
+async fn stack_with_task(text: &str) -> Result<(Stack, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("hf-task-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let task = dir.join("task.yaml");
+    std::fs::write(&task, text)?;
+    let stack = Stack::start_with(StackOptions {
+        adapter: vec![("HYPERFLEET_TASK_FILE", task.display().to_string())],
+        ..Default::default()
+    })
+    .await?;
+    Ok((stack, dir))
+}
+
+/// The condition `kind` of the adapter's first status report about cluster `id`, once there is one.
+async fn reported_condition(stack: &Stack, id: &str, kind: &str) -> Result<serde_json::Value> {
+    let report = eventually(LAND, || async {
+        let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
+        Ok(s["items"].as_array().and_then(|items| items.first().cloned()))
+    })
+    .await
+    .with_context(|| stack.logs())?;
+    let found = report["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).cloned();
+    found.with_context(|| format!("no {kind} condition in {report}"))
+}
+
+/// A task reading the spec and a label: the Namespace carries the cluster's region and tier.
+const REGION_TASK: &str = r#"
+resource: clusters
+objects:
+  - apiVersion: v1
+    kind: Namespace
+    metadata:
+      name: "{{resource.id}}"
+      labels:
+        hyperfleet.io/cluster-id: "{{resource.id}}"
+        hyperfleet.io/region: "{{resource.spec.placement.region}}"
+        hyperfleet.io/tier: "{{resource.labels.tier}}"
+report:
+  applied_message: "Namespace {{resource.id}} in {{resource.spec.placement.region}}"
+  available_message: "Namespace {{resource.id}} exists"
+"#;
+
+#[tokio::test]
+async fn templates_read_the_spec_and_labels_and_a_missing_value_is_reported_not_applied() -> Result<()> {
+    let (stack, dir) = stack_with_task(REGION_TASK).await?;
+    let post = |name: &str, spec: serde_json::Value| {
+        stack.post_cluster(json!({"kind": "Cluster", "name": format!("{name}-{}", stack.tag), "spec": spec,
+                                  "labels": {"tier": "gold"}}))
+    };
+    let placed = post("placed", json!({"placement": {"region": "eu-west-1"}})).await?;
+    let placed = placed["id"].as_str().context("id")?.to_string();
+    let unplaced = post("unplaced", json!({"size": 3})).await?;
+    let unplaced = unplaced["id"].as_str().context("id")?.to_string();
+
+    let c = stack.wait_reconciled(&placed, 1, LAND).await?;
+    let ns = namespaces_of(&stack.env, &placed).await?;
+    let labels = ns.first().and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+    assert_eq!(labels.get("hyperfleet.io/region").map(String::as_str), Some("eu-west-1"), "{labels:?}");
+    assert_eq!(labels.get("hyperfleet.io/tier").map(String::as_str), Some("gold"));
+    assert_eq!(condition(&c, "Reconciled")["status"], "True");
+
+    let health = reported_condition(&stack, &unplaced, "Health").await?;
+    assert_eq!((health["status"].as_str(), health["reason"].as_str()), (Some("False"), Some("TemplateValueMissing")));
+    assert!(health["message"].as_str().unwrap_or("").contains("resource.spec.placement.region"), "{health}");
+    assert!(namespaces_of(&stack.env, &unplaced).await?.is_empty(), "nothing applied without the value");
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// A task held back until the cluster is labelled `tier=gold`.
+const GOLD_TASK: &str = r#"
+resource: clusters
+when:
+  - field: resource.labels.tier
+    equals: gold
+objects:
+  - apiVersion: v1
+    kind: Namespace
+    metadata:
+      name: "{{resource.id}}"
+      labels:
+        hyperfleet.io/cluster-id: "{{resource.id}}"
+report:
+  applied_message: "Namespace {{resource.id}} applied"
+  available_message: "Namespace {{resource.id}} exists"
+"#;
+
+#[tokio::test]
+async fn a_when_precondition_holds_the_objects_back_until_it_holds() -> Result<()> {
+    let (stack, dir) = stack_with_task(GOLD_TASK).await?;
+    let id = stack.create_cluster("silver").await?;
+    let applied = reported_condition(&stack, &id, "Applied").await?;
+    assert_eq!((applied["status"].as_str(), applied["reason"].as_str()), (Some("False"), Some("PreconditionNotMet")));
+    assert!(applied["message"].as_str().unwrap_or("").contains("resource.labels.tier"), "{applied}");
+    assert!(namespaces_of(&stack.env, &id).await?.is_empty(), "held back");
+
+    let uri = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
+    let resp = stack.client().patch(&uri).json(&json!({"labels": {"tier": "gold"}})).send().await?;
+    assert_eq!(resp.status(), 200);
+    stack.wait_reconciled(&id, 2, LAND).await?;
+    assert_eq!(namespaces_of(&stack.env, &id).await?.len(), 1, "applied once the precondition holds");
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 
