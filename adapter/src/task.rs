@@ -318,7 +318,8 @@ impl Task {
             let (root, rest) = path.split_once('.').unwrap_or((path.as_str(), ""));
             let Some(value) = resource.fields.get(root) else { continue };
             let copy = match root {
-                // A label key may hold dots: the label, whole.
+                // A label key may hold dots: the label, whole (all of them for `resource.labels`).
+                "labels" if rest.is_empty() => value,
                 "labels" => match value.get(rest) {
                     Some(v) => {
                         let labels = kept.entry("labels").or_insert_with(|| Value::Object(Map::new()));
@@ -649,6 +650,9 @@ mod tests {
             0,
             "the landing zone keeps nothing more"
         );
+        let whole = text.replace("{{resource.labels.hyperfleet.io/tier}}", "{{resource.labels}}");
+        let kept = Task::parse(&whole, "t").expect("task").trim(&cluster());
+        assert_eq!(kept.fields["labels"], serde_json::json!({"team": "a", "hyperfleet.io/tier": "gold"}));
     }
 
     #[test]
