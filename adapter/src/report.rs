@@ -2,6 +2,11 @@
 
 use crate::{Error, Worker, api_error, task::ResourceView};
 
+/// A condition message cut to its first 1 000 characters.
+fn bounded(message: String) -> String {
+    message.chars().take(1000).collect()
+}
+
 /// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
 pub(crate) struct Report {
     conditions: [(&'static str, &'static str, &'static str, String); 4],
@@ -34,7 +39,7 @@ impl Report {
     }
     /// A `when:` precondition does not hold (`why`): nothing applied, nothing wrong.
     pub(crate) fn precondition_unmet(why: &str) -> Self {
-        let message: String = format!("waiting: {why}; nothing applied").chars().take(1000).collect();
+        let message = bounded(format!("waiting: {why}; nothing applied"));
         Report {
             conditions: [
                 ("Applied", "False", "PreconditionNotMet", message.clone()),
@@ -46,8 +51,7 @@ impl Report {
     }
     /// The resource has no value for a template `variable`: nothing applied.
     pub(crate) fn missing_value(variable: &str) -> Self {
-        let message: String =
-            format!("the resource has no value for {{{{{variable}}}}}; nothing applied").chars().take(1000).collect();
+        let message = bounded(format!("the resource has no value for {{{{{variable}}}}}; nothing applied"));
         Report {
             conditions: [
                 ("Applied", "False", "TemplateValueMissing", message.clone()),
@@ -59,7 +63,7 @@ impl Report {
     }
     /// Objects restored after a change out of band (`what`: which, and what happened to them).
     pub(crate) fn restored(what: &str) -> Self {
-        let message: String = format!("restored after a change out of band: {what}").chars().take(1000).collect();
+        let message = bounded(format!("restored after a change out of band: {what}"));
         Report {
             conditions: [
                 ("Applied", "True", "ResourcesRestored", message.clone()),
@@ -80,7 +84,7 @@ impl Report {
         }
     }
     pub(crate) fn failed(e: &Error, deleting: bool) -> Self {
-        let message: String = e.to_string().chars().take(1000).collect();
+        let message = bounded(e.to_string());
         let (step, reason) = if deleting { ("deletion", "DeleteFailed") } else { ("apply", "ApplyFailed") };
         let health = if e.is_transient() { "KubernetesUnavailable" } else { "KubernetesError" };
         Report {

@@ -249,26 +249,24 @@ fn fill(s: &str, value: impl Fn(&str) -> Result<String, String>) -> Result<Strin
 /// Renders every string (keys included) of a JSON value; `Err` names the first variable the
 /// resource has no value for (the objects are then not applied).
 pub fn try_render(v: &Value, vars: &Vars<'_>) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => Value::String(try_render_str(s, vars)?),
-        Value::Array(a) => Value::Array(a.iter().map(|x| try_render(x, vars)).collect::<Result<_, _>>()?),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| Ok((try_render_str(k, vars)?, try_render(x, vars)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
+    render_with(v, &|s| try_render_str(s, vars))
 }
 
 /// [`try_render`] with an empty value for a missing one (report data).
 pub fn render(v: &Value, vars: &Vars<'_>) -> Value {
-    match v {
-        Value::String(s) => Value::String(render_str(s, vars)),
-        Value::Array(a) => Value::Array(a.iter().map(|x| render(x, vars)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (render_str(k, vars), render(x, vars))).collect()),
+    render_with(v, &|s| Ok(render_str(s, vars))).unwrap_or_default()
+}
+
+/// `v` with every string (keys included) passed through `string`; the first error stops it.
+fn render_with(v: &Value, string: &dyn Fn(&str) -> Result<String, String>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(string(s)?),
+        Value::Array(a) => Value::Array(a.iter().map(|x| render_with(x, string)).collect::<Result<_, _>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, x)| Ok((string(k)?, render_with(x, string)?))).collect::<Result<_, String>>()?,
+        ),
         other => other.clone(),
-    }
+    })
 }
 
 /// Checks every placeholder of `v` (for a task on `collection`); collects the paths below
@@ -317,34 +315,19 @@ impl Task {
         for path in &self.paths {
             let (root, rest) = path.split_once('.').unwrap_or((path.as_str(), ""));
             let Some(value) = resource.fields.get(root) else { continue };
-            let copy = match root {
-                // A label key may hold dots: the label, whole (all of them for `resource.labels`).
-                "labels" if rest.is_empty() => value,
-                "labels" => match value.get(rest) {
-                    Some(v) => {
-                        let labels = kept.entry("labels").or_insert_with(|| Value::Object(Map::new()));
-                        if let Some(map) = labels.as_object_mut() {
-                            map.insert(rest.to_string(), v.clone());
-                        }
-                        continue;
-                    }
-                    None => continue,
-                },
-                _ => value,
+            // What is kept of the root: a label whole (its key may hold dots), a spec path's
+            // top-level member (enough to bound it), anything else (or a whole spec or label set) all.
+            let member = match root {
+                "labels" => rest,
+                "spec" => rest.split('.').next().unwrap_or_default(),
+                _ => "",
             };
-            // The first level is enough to bound it: a spec path keeps its top-level member.
-            match (root, rest.split('.').next()) {
-                ("spec", Some(first)) if !first.is_empty() => {
-                    if let Some(v) = copy.get(first) {
-                        let spec = kept.entry("spec").or_insert_with(|| Value::Object(Map::new()));
-                        if let Some(map) = spec.as_object_mut() {
-                            map.insert(first.to_string(), v.clone());
-                        }
-                    }
-                }
-                _ => {
-                    kept.insert(root.to_string(), copy.clone());
-                }
+            if member.is_empty() {
+                kept.insert(root.to_string(), value.clone());
+            } else if let Some(v) = value.get(member)
+                && let Some(map) = kept.entry(root).or_insert_with(|| Value::Object(Map::new())).as_object_mut()
+            {
+                map.insert(member.to_string(), v.clone());
             }
         }
         ResourceView { fields: kept, ..resource.clone_scalars() }

@@ -4,8 +4,9 @@
 //!
 //! Handlers return [`ApiError`]; its response carries a [`Problem`] in the response extensions and
 //! [`problem_context`] fills in `instance` (the request path) and `trace_id` (the request's trace
-//! id when tracing is on and the trace is sampled, else its `X-Request-ID`) on the way out. Server-side failures are logged with their cause and answered with a generic
-//! message: database errors never reach clients.
+//! id when tracing is on and the trace is sampled, else its `X-Request-ID`) on the way out.
+//! Server-side failures are logged with their cause and answered with a generic message: database
+//! errors never reach clients.
 
 use axum::{
     Json,

@@ -131,22 +131,21 @@ impl ApiClient {
     async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
         // Inside a trace (an adapter's event, a sentinel's announcement) the call is a client span
         // whose context the API continues; outside one (the sentinel's poll) it is not traced.
-        let span = match crate::telemetry::current_trace_id() {
-            Some(_) => {
-                // "GET http://host/api/…": the method, and the path without the host (nor any
-                // credentials a base URL may carry).
-                let (method, url) = what.split_once(' ').unwrap_or(("HTTP", what));
-                let path = url.split_once("://").map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
-                crate::trace_span!(
-                    "call",
-                    otel.name = method,
-                    otel.kind = "client",
-                    http.request.method = method,
-                    url.path = path,
-                    http.response.status_code = tracing::field::Empty,
-                )
-            }
-            None => tracing::Span::none(),
+        let span = if crate::telemetry::in_trace() {
+            // "GET http://host/api/…": the method, and the path without the host (nor any
+            // credentials a base URL may carry).
+            let (method, url) = what.split_once(' ').unwrap_or(("HTTP", what));
+            let path = url.split_once("://").map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+            crate::trace_span!(
+                "call",
+                otel.name = method,
+                otel.kind = "client",
+                http.request.method = method,
+                url.path = path,
+                http.response.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
         };
         let mut headers = reqwest::header::HeaderMap::new();
         span.in_scope(|| crate::telemetry::inject(&mut headers));

@@ -28,8 +28,8 @@ pub fn overrides<'a>(flags: impl IntoIterator<Item = (&'a str, Option<Value>)>) 
     flags.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
 }
 
-/// Loads, validates and installs logging (and the trace exporter, see [`telemetry::init`]). On failure prints `bin: reason` to stderr and returns
-/// exit code 2.
+/// Loads, validates and installs logging (and the trace exporter, see [`telemetry::init`]). On
+/// failure prints `bin: reason` to stderr and returns exit code 2.
 pub fn start<T: ServiceConfig>(bin: &str, file: Option<&Path>, overrides: &[(&str, Value)]) -> Result<T, ExitCode> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let layers = T::compat_layers(&env).map_err(|e| usage_error(bin, e))?;

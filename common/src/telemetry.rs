@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::{propagation::TextMapPropagator, trace::TracerProvider as _};
+use opentelemetry::{
+    propagation::TextMapPropagator,
+    trace::{SpanContext, TracerProvider as _},
+};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::{
@@ -95,15 +98,13 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<(), String> {
     let result = match cfg.format {
         LogFormat::Json => {
             let json = fmt::format().json().flatten_event(true).with_current_span(false).with_span_list(false);
-            registry
-                .with(fmt::layer().json().event_format(WithTraceIds { inner: json, json: true, on: traced }))
-                .try_init()
+            registry.with(fmt::layer().json().event_format(WithTraceIds { inner: json, json: true })).try_init()
         }
         LogFormat::Text => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
             let text = fmt::format().with_target(true).with_ansi(ansi);
             registry
-                .with(fmt::layer().with_ansi(ansi).event_format(WithTraceIds { inner: text, json: false, on: traced }))
+                .with(fmt::layer().with_ansi(ansi).event_format(WithTraceIds { inner: text, json: false }))
                 .try_init()
         }
     };
@@ -336,7 +337,6 @@ fn redacted(url: &str) -> String {
 struct WithTraceIds<F> {
     inner: F,
     json: bool,
-    on: bool,
 }
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
@@ -351,8 +351,9 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let ids = if self.on { current_ids() } else { None };
-        let Some((trace, span)) = ids else { return self.inner.format_event(ctx, writer, event) };
+        let ids = current_span_context().filter(|sc| sc.is_valid());
+        let Some(sc) = ids else { return self.inner.format_event(ctx, writer, event) };
+        let (trace, span) = (sc.trace_id(), sc.span_id());
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         if self.json {
@@ -367,35 +368,21 @@ where
     }
 }
 
-/// The current span's trace and span id, when it belongs to a trace.
-fn current_ids() -> Option<(String, String)> {
+/// The current span's OpenTelemetry context while tracing is on (`None` when off).
+fn current_span_context() -> Option<SpanContext> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    enabled().then(|| tracing::Span::current().context().span().span_context().clone())
 }
 
-/// The current span's trace id (32 hex digits), when tracing is on and the span is in a trace.
-pub fn current_trace_id() -> Option<String> {
-    if !enabled() {
-        return None;
-    }
-    current_ids().map(|(t, _)| t)
+/// Whether the current span belongs to a trace (tracing is on and the span is in one).
+pub fn in_trace() -> bool {
+    current_span_context().is_some_and(|sc| sc.is_valid())
 }
 
 /// The current span's trace id when that trace is sampled (exported): one a reader can look up.
 pub fn current_sampled_trace_id() -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if !enabled() {
-        return None;
-    }
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+    current_span_context().filter(|sc| sc.is_valid() && sc.is_sampled()).map(|sc| sc.trace_id().to_string())
 }
 
 /// The W3C `traceparent` (and `tracestate`, when not empty) of the current span, when tracing is
@@ -435,13 +422,17 @@ pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
 pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if let (true, Some(parent)) = (enabled(), traceparent) {
-        let mut fields = std::collections::HashMap::new();
-        fields.insert("traceparent".to_string(), parent.to_string());
-        if let Some(state) = tracestate {
-            fields.insert("tracestate".to_string(), state.to_string());
-        }
-        let _ = span.set_parent(TraceContextPropagator::new().extract(&fields));
+        let _ = span.set_parent(extract(parent, tracestate));
     }
+}
+
+/// The context a `traceparent` (and `tracestate`) names.
+fn extract(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
+    let mut fields = std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    if let Some(state) = tracestate {
+        fields.insert("tracestate".to_string(), state.to_string());
+    }
+    TraceContextPropagator::new().extract(&fields)
 }
 
 /// Links `span` to the trace named by `traceparent` without making it a child (work that a change
@@ -450,10 +441,7 @@ pub fn link_to(span: &tracing::Span, traceparent: &str) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if enabled() {
-        let mut fields = std::collections::HashMap::new();
-        fields.insert("traceparent".to_string(), traceparent.to_string());
-        let cx = TraceContextPropagator::new().extract(&fields);
-        let sc = cx.span().span_context().clone();
+        let sc = extract(traceparent, None).span().span_context().clone();
         if sc.is_valid() {
             span.add_link(sc);
         }

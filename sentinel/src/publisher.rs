@@ -109,10 +109,8 @@ impl Publisher {
             // next, so returned events are told apart by their message id (the event id).
             let mut returned = HashSet::new();
             let mut confirmed = Vec::with_capacity(inflight.len());
-            let mut spans = Vec::with_capacity(inflight.len());
             for (sent, span) in inflight {
-                spans.push(span.clone());
-                confirmed.push(match sent {
+                let outcome = match sent {
                     Ok((id, confirm)) => match confirm.instrument(span.clone()).await {
                         Ok(Confirmation::Ack(back)) => {
                             if let Some(back) = back {
@@ -125,9 +123,10 @@ impl Publisher {
                         Err(e) => Err(e.into()),
                     },
                     Err(e) => Err(e),
-                });
+                };
+                confirmed.push((outcome, span));
             }
-            results.extend(confirmed.into_iter().zip(spans).map(|(c, span)| {
+            results.extend(confirmed.into_iter().map(|(c, span)| {
                 let result = match c {
                     Ok(id) if returned.contains(&id) => Err(Error::Unroutable {
                         event_id: id,
