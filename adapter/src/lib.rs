@@ -4,7 +4,9 @@
 //! from the API, server-side applies the objects of its task ([`task`]; the landing-zone task — a
 //! Namespace named after the cluster id and a ServiceAccount in it — is built in), and reports
 //! `Applied`/`Available`/`Health`/`Finalized` back to the API at the resource's generation before
-//! acknowledging the event. For a resource being deleted it asks for the objects to be deleted; the
+//! acknowledging the event. `Available` is True once every object's `ready:` rule holds (a Job's
+//! `Complete`, a Deployment's `Available`, a field); until then it is False with what is awaited,
+//! and the watch reports the change when it happens. For a resource being deleted it asks for the objects to be deleted; the
 //! watch of what it owns ([`watch`]) reports `Finalized=True` once they are gone, so the API can
 //! delete the resource, and restores objects deleted or changed out of band.
 //!
@@ -411,12 +413,12 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
         worker.known.live(&worker.task.trim(&resource));
         match with_retry(worker, "apply", || async { objects.apply(&rendered).await.map_err(kube_err("apply")) }).await
         {
-            Ok(()) => {
-                tracing::info!(resource_id = %resource.id, generation = resource.generation, "objects applied");
-                let vars = Vars { resource: &resource, adapter: &worker.cfg.name };
-                let spec = &worker.task.report;
-                let applied = task::render_str(&spec.applied_message, &vars);
-                (Report::applied(applied, task::render_str(&spec.available_message, &vars)), "success")
+            Ok(live) => {
+                // Readiness as the apply returned the objects; the watch reports when it changes.
+                let waiting = worker.task.waiting(&rendered, &live);
+                worker.known.set_ready(&resource.id, worker.task.has_ready_rules().then_some(waiting.is_none()));
+                tracing::info!(resource_id = %resource.id, generation = resource.generation, waiting = waiting.as_deref().unwrap_or("nothing"), "objects applied");
+                (applied_report(worker, &resource, waiting), "success")
             }
             Err(e) => {
                 tracing::warn!(resource_id = %resource.id, error = %e, "apply failed; reporting Health=False");
@@ -432,6 +434,15 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
         Ok(_) => Outcome::Done(status),
         Err(e) => report_failed(&resource.id, &e),
     }
+}
+
+/// The report of objects applied for `resource` (the task's messages); `waiting` names what is
+/// not ready yet.
+fn applied_report(worker: &Worker, resource: &ResourceView, waiting: Option<String>) -> Report {
+    let vars = Vars { resource, adapter: &worker.cfg.name };
+    let spec = &worker.task.report;
+    let applied = task::render_str(&spec.applied_message, &vars);
+    Report::applied(applied, task::render_str(&spec.available_message, &vars), waiting)
 }
 
 /// A report that could not be sent: put back for the credentials, else left to the sentinel.

@@ -62,11 +62,18 @@ pub fn describe_metrics() {
         "1 while the watch of the owned objects of a kind is established, 0 while it is being (re)started or failing."
     );
     describe_counter!(
+        "hyperfleet_adapter_readiness_changes_total",
+        "Reports made because the objects' ready: rules changed their answer (by whether they are now available)."
+    );
+    describe_counter!(
         "hyperfleet_adapter_orphans_removed_total",
         "Objects removed because their resource was deleted while they were being applied."
     );
     metrics::counter!("hyperfleet_adapter_api_auth_failures_total").increment(0);
     metrics::counter!("hyperfleet_adapter_orphans_removed_total").increment(0);
+    for available in ["true", "false"] {
+        metrics::counter!("hyperfleet_adapter_readiness_changes_total", "available" => available).increment(0);
+    }
     metrics::gauge!("hyperfleet_adapter_resource_deletions_in_progress").set(0.0);
     for status in EVENT_STATUSES {
         metrics::counter!("hyperfleet_adapter_events_processed_total", "status" => status).increment(0);

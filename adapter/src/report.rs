@@ -17,15 +17,25 @@ impl Report {
     pub(crate) fn reason(&self) -> &'static str {
         self.conditions[0].2
     }
-    pub(crate) fn applied(applied: String, available: String) -> Self {
+    /// The objects are applied; `waiting` says which is not ready yet (a `ready:` rule), if one is.
+    pub(crate) fn applied(applied: String, available: String, waiting: Option<String>) -> Self {
+        let available = match waiting {
+            None => ("Available", "True", "ResourcesAvailable", available),
+            Some(why) => ("Available", "False", "ResourcesNotReady", bounded(why)),
+        };
         Report {
             conditions: [
                 ("Applied", "True", "ResourcesApplied", applied),
-                ("Available", "True", "ResourcesAvailable", available),
+                available,
                 ("Health", "True", "Healthy", "reconciled without errors".into()),
                 ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
             ],
         }
+    }
+
+    /// Whether the report says the objects are available.
+    pub(crate) fn available(&self) -> bool {
+        self.conditions[1].1 == "True"
     }
     pub(crate) fn finalized(resource: &ResourceView) -> Self {
         Report {
@@ -61,13 +71,18 @@ impl Report {
             ],
         }
     }
-    /// Objects restored after a change out of band (`what`: which, and what happened to them).
-    pub(crate) fn restored(what: &str) -> Self {
+    /// Objects restored after a change out of band (`what`: which, and what happened to them);
+    /// `waiting` as for [`Report::applied`].
+    pub(crate) fn restored(what: &str, waiting: Option<String>) -> Self {
         let message = bounded(format!("restored after a change out of band: {what}"));
+        let available = match waiting {
+            None => ("Available", "True", "ResourcesAvailable", "the objects exist again".into()),
+            Some(why) => ("Available", "False", "ResourcesNotReady", bounded(why)),
+        };
         Report {
             conditions: [
                 ("Applied", "True", "ResourcesRestored", message.clone()),
-                ("Available", "True", "ResourcesAvailable", "the objects exist again".into()),
+                available,
                 ("Health", "True", "Healthy", message),
                 ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
             ],

@@ -7,7 +7,9 @@
 //! `resource.owner_references.{id,kind,href}`) and a few more members ([`MEMBERS`]). A variable
 //! that can never have a value, a malformed object or an unknown key is refused when the adapter
 //! starts; a path the resource lacks at run time stops its objects (reported `Health=False`, see
-//! [`render`]). `when:` preconditions ([`Precondition`]) hold the objects back until they hold.
+//! [`render`]). `when:` preconditions ([`Check`]) hold the objects back until they hold, and an
+//! object's `ready:` rule (a [`Check`] on its live state) says when it is available (see
+//! [`Task::waiting`]).
 
 use std::{collections::HashMap, path::Path, sync::Mutex};
 use tracing::Instrument;
@@ -67,18 +69,24 @@ pub struct Task {
     /// Preconditions: all must hold for the objects to be applied; otherwise nothing is applied and
     /// the report says which one does not (`PreconditionNotMet`). Deletions are never held back.
     #[serde(default)]
-    pub when: Vec<Precondition>,
+    pub when: Vec<Check>,
     /// The resource paths the templates read (below `resource.`), found by validation.
     #[serde(skip)]
     pub paths: Vec<String>,
+    /// Each object's `ready:` rule (taken out of the object, which is applied without it), by index.
+    #[serde(skip)]
+    pub ready: Vec<Option<Check>>,
 }
 
-/// One `when:` entry: a condition of the resource (as the API aggregates it, e.g. another
-/// adapter's `<Name>Successful`, or `Reconciled`) with a status, or a resource field (a template
-/// variable without braces) that must exist or equal a value.
+/// A condition (in `status.conditions`, by `type`) with a status, or a field that must exist or
+/// equal a value. As a `when:` precondition it reads the resource as the API shows it: its
+/// aggregated conditions (another adapter's `<Name>Successful`, `Reconciled`) and its fields named
+/// like template variables without braces (`resource.labels.tier`). As an object's `ready:` rule
+/// it reads the object's live state: a Job's `Complete` condition, a Deployment's `Available`, or a
+/// field path in the object (`status.phase`, `status.readyReplicas`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, untagged)]
-pub enum Precondition {
+pub enum Check {
     Condition {
         condition: String,
         #[serde(default = "condition_true")]
@@ -86,42 +94,99 @@ pub enum Precondition {
     },
     Field {
         field: String,
-        #[serde(default)]
+        /// A string, number or boolean (compared as its JSON text: `3`, `true`).
+        #[serde(default, deserialize_with = "scalar_text")]
         equals: Option<String>,
     },
+}
+
+/// A scalar as template text (`equals: 3` reads as `"3"`); objects and arrays are refused.
+fn scalar_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        v @ (Value::Number(_) | Value::Bool(_)) => Ok(Some(v.to_string())),
+        _ => Err(serde::de::Error::custom("equals must be a string, a number or a boolean")),
+    }
 }
 
 fn condition_true() -> String {
     "True".into()
 }
 
-impl Precondition {
-    /// `None` when it holds for `resource`, else why not.
+impl Check {
+    /// As a `when:` precondition: `None` when it holds for `resource`, else why not.
     pub fn unmet(&self, resource: &ResourceView) -> Option<String> {
+        self.unmet_in(resource.fields.get("status"), |field| {
+            field.strip_prefix("resource.").and_then(|p| resource.value(p))
+        })
+    }
+
+    /// As a `ready:` rule: `None` when the live object `live` is ready, else why not.
+    pub fn unready(&self, live: &Value) -> Option<String> {
+        self.unmet_in(live.get("status"), |field| live.as_object().and_then(|o| lookup(o, field)).and_then(as_text))
+    }
+
+    /// `None` when it holds for an object with this `status` and these fields, else why not.
+    fn unmet_in(&self, status: Option<&Value>, field_value: impl Fn(&str) -> Option<String>) -> Option<String> {
         match self {
-            Precondition::Condition { condition, status } => {
-                let found = resource
-                    .fields
-                    .get("status")
+            Check::Condition { condition, status: wanted } => {
+                let found = status
                     .and_then(|s| s.get("conditions"))
                     .and_then(Value::as_array)
                     .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(condition)))
-                    .and_then(|c| c.get("status").and_then(Value::as_str).map(str::to_string));
+                    .and_then(|c| c.get("status").and_then(Value::as_str));
                 match found {
-                    Some(s) if s == *status => None,
-                    Some(s) => Some(format!("condition {condition} is {s}, not {status}")),
-                    None => Some(format!("condition {condition} is not reported yet (wanted {status})")),
+                    Some(s) if s == wanted => None,
+                    Some(s) => Some(format!("condition {condition} is {s}, not {wanted}")),
+                    None => Some(format!("condition {condition} is not reported yet (wanted {wanted})")),
                 }
             }
-            Precondition::Field { field, equals } => {
-                let value = field.strip_prefix("resource.").and_then(|p| resource.value(p));
-                match (value, equals) {
-                    (None, _) => Some(format!("{field} is not set")),
-                    (Some(v), Some(want)) if v != *want => Some(format!("{field} is {v:?}, not {want:?}")),
-                    _ => None,
+            Check::Field { field, equals } => match (field_value(field), equals) {
+                (None, _) => Some(format!("{field} is not set")),
+                (Some(v), Some(want)) if v != *want => Some(format!("{field} is {v:?}, not {want:?}")),
+                _ => None,
+            },
+        }
+    }
+
+    /// Checks the check's own shape (`at` names it in the error); a field must pass `field_ok`.
+    fn validate(&self, at: &str, field_ok: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        match self {
+            Check::Field { field, .. } => match field_ok(field) {
+                Some(why) => Err(format!("{at}.field: {why}")),
+                None => Ok(()),
+            },
+            Check::Condition { condition, status } => {
+                if condition.is_empty() || !matches!(status.as_str(), "True" | "False" | "Unknown") {
+                    return Err(format!("{at}: condition needs a type and a status of True, False or Unknown"));
                 }
+                Ok(())
             }
         }
+    }
+}
+
+/// The value at the dotted `path` below `root` (array items by index); `None` when absent.
+fn lookup<'a>(root: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut at = root.get(parts.next()?)?;
+    for part in parts {
+        at = match at {
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+            other => other.get(part)?,
+        };
+    }
+    Some(at)
+}
+
+/// A value as template text: strings as they are, other scalars, objects and arrays as JSON;
+/// `None` for null.
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -166,25 +231,10 @@ impl ResourceView {
     /// dots), as template text: strings as they are, other scalars as JSON, objects and arrays as
     /// JSON text; `None` when the resource has no (or a null) value there.
     fn value(&self, path: &str) -> Option<String> {
-        let found = match path.split_once('.') {
+        as_text(match path.split_once('.') {
             Some(("labels", key)) => self.fields.get("labels")?.get(key)?,
-            _ => {
-                let mut parts = path.split('.');
-                let mut at = self.fields.get(parts.next()?)?;
-                for part in parts {
-                    at = match at {
-                        Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
-                        other => other.get(part)?,
-                    };
-                }
-                at
-            }
-        };
-        match found {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        }
+            _ => lookup(&self.fields, path)?,
+        })
     }
 }
 
@@ -304,8 +354,45 @@ impl Task {
     /// Parses and validates a task; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
         let mut task: Task = serde_yaml::from_str(text).map_err(|e| format!("task {origin}: {e}"))?;
+        task.ready = task.take_ready_rules().map_err(|e| format!("task {origin}: {e}"))?;
         task.paths = task.validate().map_err(|e| format!("task {origin}: {e}"))?;
         Ok(task)
+    }
+
+    /// Takes each object's `ready:` rule out of it (the object is applied without it).
+    fn take_ready_rules(&mut self) -> Result<Vec<Option<Check>>, String> {
+        let field_ok = |f: &str| {
+            (f.is_empty() || f.split('.').any(str::is_empty))
+                .then(|| format!("{f:?} is not a dotted path into the object (status.phase)"))
+        };
+        self.objects
+            .iter_mut()
+            .enumerate()
+            .map(|(i, obj)| {
+                let Some(rule) = obj.as_object_mut().and_then(|o| o.remove("ready")) else { return Ok(None) };
+                let at = format!("objects[{i}].ready");
+                let check: Check = serde_json::from_value(rule).map_err(|_| {
+                    format!("{at}: expected {{condition: <type>, status: True|False|Unknown}} or {{field: <path>, equals: <value>}}")
+                })?;
+                check.validate(&at, field_ok)?;
+                Ok(Some(check))
+            })
+            .collect()
+    }
+
+    /// Why the applied objects are not all ready yet (the first object that is not, and why), or
+    /// `None` when they are: an object without a `ready:` rule is ready once applied. `live` holds
+    /// the objects as the apiserver returned or shows them, in the task's order.
+    pub fn waiting(&self, rendered: &[Value], live: &[Value]) -> Option<String> {
+        self.ready.iter().zip(rendered.iter().zip(live)).find_map(|(rule, (want, live))| {
+            let why = rule.as_ref()?.unready(live)?;
+            Some(format!("waiting for {}: {why}", describe(want)))
+        })
+    }
+
+    /// Whether any object has a `ready:` rule (the adapter then follows readiness changes).
+    pub fn has_ready_rules(&self) -> bool {
+        self.ready.iter().any(Option::is_some)
     }
 
     /// `resource` with only the members its templates read (what the adapter keeps in memory for
@@ -366,20 +453,7 @@ impl Task {
             check_templates(obj, &at, &self.resource, &mut paths)?;
         }
         for (i, p) in self.when.iter().enumerate() {
-            match p {
-                Precondition::Field { field, .. } => {
-                    if let Some(why) = unknown_variable(field, &self.resource) {
-                        return Err(format!("when[{i}].field: {why}"));
-                    }
-                }
-                Precondition::Condition { condition, status } => {
-                    if condition.is_empty() || !matches!(status.as_str(), "True" | "False" | "Unknown") {
-                        return Err(format!(
-                            "when[{i}]: condition needs a type and a status of True, False or Unknown"
-                        ));
-                    }
-                }
-            }
+            p.validate(&format!("when[{i}]"), |field| unknown_variable(field, &self.resource))?;
         }
         let report = [
             (Value::String(self.report.applied_message.clone()), "report.applied_message"),
@@ -439,14 +513,17 @@ impl Objects {
         Ok((api, name))
     }
 
-    /// Server-side applies the rendered objects in order.
-    pub async fn apply(&self, objects: &[Value]) -> Result<(), kube::Error> {
+    /// Server-side applies the rendered objects in order; the objects as the apiserver returned them.
+    pub async fn apply(&self, objects: &[Value]) -> Result<Vec<Value>, kube::Error> {
         let params = PatchParams::apply(&self.field_manager).force();
+        let mut live = Vec::with_capacity(objects.len());
         for obj in objects {
             let (api, name) = self.api(obj).await?;
-            api.patch(&name, &params, &Patch::Apply(obj)).instrument(kube_span("apply", obj, &name)).await?;
+            let applied =
+                api.patch(&name, &params, &Patch::Apply(obj)).instrument(kube_span("apply", obj, &name)).await?;
+            live.push(serde_json::to_value(applied).unwrap_or_default());
         }
-        Ok(())
+        Ok(live)
     }
 
     /// Asks for the rendered objects to be deleted, in reverse order (one already gone is fine);
@@ -604,7 +681,7 @@ mod tests {
             "status".into(),
             serde_json::json!({"conditions": [{"type": "LandingZoneSuccessful", "status": "False"}]}),
         );
-        let when: Vec<Precondition> = serde_yaml::from_str(
+        let when: Vec<Check> = serde_yaml::from_str(
             "- {condition: LandingZoneSuccessful}\n- {field: resource.labels.team, equals: a}\n- {field: resource.spec.zone}\n",
         )
         .expect("when");
@@ -615,6 +692,53 @@ mod tests {
         assert_eq!(when[0].unmet(&c), None);
         let bad = "resource: clusters\nwhen: [{field: resource.nope}]\nobjects:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: x}}\nreport: {applied_message: a, available_message: b}\n";
         assert!(Task::parse(bad, "t").expect_err("bad field").contains("when[0].field"));
+    }
+
+    #[test]
+    fn ready_rules_are_taken_out_of_the_objects_and_read_from_their_live_state() {
+        let text = r#"
+resource: clusters
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: "{{resource.id}}"}, ready: {field: status.phase, equals: Active}}
+  - {apiVersion: batch/v1, kind: Job, metadata: {name: j, namespace: "{{resource.id}}"}, ready: {condition: Complete}}
+  - {apiVersion: v1, kind: ConfigMap, metadata: {name: c, namespace: "{{resource.id}}"}}
+  - {apiVersion: apps/v1, kind: Deployment, metadata: {name: d, namespace: x}, ready: {field: status.readyReplicas, equals: 2}}
+report: {applied_message: a, available_message: b}
+"#;
+        let task = Task::parse(text, "t").expect("task");
+        assert!(task.objects.iter().all(|o| o.get("ready").is_none()), "applied without the rule");
+        assert!(task.has_ready_rules() && task.ready[2].is_none());
+        let c = cluster();
+        let rendered: Vec<Value> =
+            task.objects.iter().map(|o| render(o, &Vars { resource: &c, adapter: "lz" })).collect();
+        let mut live = rendered.clone();
+        live[0]["status"] = serde_json::json!({"phase": "Active"});
+        live[3]["status"] = serde_json::json!({"readyReplicas": 2});
+        assert_eq!(
+            task.waiting(&rendered, &live).as_deref(),
+            Some("waiting for Job 0194-x/j: condition Complete is not reported yet (wanted True)")
+        );
+        live[1]["status"] = serde_json::json!({"conditions": [{"type": "Complete", "status": "False"}]});
+        assert!(task.waiting(&rendered, &live).is_some_and(|w| w.ends_with("condition Complete is False, not True")));
+        live[1]["status"]["conditions"][0]["status"] = "True".into();
+        assert_eq!(task.waiting(&rendered, &live), None, "every rule holds");
+        live[3]["status"]["readyReplicas"] = 1.into();
+        assert_eq!(
+            task.waiting(&rendered, &live).as_deref(),
+            Some(r#"waiting for Deployment x/d: status.readyReplicas is "1", not "2""#)
+        );
+        assert!(!Task::load(None).expect("built in").has_ready_rules());
+
+        let bad = |rule: &str| {
+            let text = format!(
+                "resource: clusters\nobjects:\n  - {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}, ready: {rule}}}\nreport: {{applied_message: a, available_message: b}}\n"
+            );
+            Task::parse(&text, "t").expect_err(rule)
+        };
+        assert!(bad("{condition: Complete, status: Yes}").contains("objects[0].ready: condition needs"));
+        assert!(bad("{field: status..phase}").contains("objects[0].ready.field"));
+        assert!(bad("{phase: Active}").contains("objects[0].ready: expected"));
+        assert!(bad("{field: status.x, equals: [1]}").contains("objects[0].ready: expected"));
     }
 
     #[test]
@@ -657,6 +781,30 @@ mod tests {
         );
         assert_eq!(render(&Value::Object(task.report.data.clone()), &vars)["namespace"], "0194-x");
         assert_eq!(gvk(ns), GroupVersionKind::gvk("", "v1", "Namespace"));
+    }
+
+    #[test]
+    fn the_chart_nodepool_task_puts_the_spec_in_the_cluster_namespace() {
+        let text = include_str!("../../charts/hyperfleet-system/files/nodepool-configmap.yaml");
+        let task = Task::parse(text, "nodepool-configmap.yaml").expect("the chart's nodepool task");
+        let np = ResourceView {
+            id: "0194-np".into(),
+            kind: "NodePool".into(),
+            name: "workers".into(),
+            generation: 2,
+            deleted_time: None,
+            fields:
+                serde_json::json!({"spec": {"replicas": 3}, "owner_references": {"id": "0194-x", "kind": "Cluster"}})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+        };
+        let kept = task.trim(&np);
+        let map = try_render(&task.objects[0], &Vars { resource: &kept, adapter: "nodepool-config" }).expect("renders");
+        assert_eq!(map["metadata"]["namespace"], "0194-x");
+        assert_eq!(map["metadata"]["name"], "nodepool-0194-np");
+        assert_eq!(map["data"]["spec.json"], r#"{"replicas":3}"#);
+        assert!(Task::parse(&text.replace("nodepools", "clusters"), "t").is_err(), "owner_references: nodepools only");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - an object of a live resource that is deleted, or changed so that it no longer holds what was
 //!   applied, is restored within seconds and the restore is reported (`Applied` reason
 //!   `ResourcesRestored`, `hyperfleet_adapter_drift_repairs_total`) — no API write needed;
+//! - an object whose `ready:` rule changes its answer (a Job completes, a Deployment loses its
+//!   replicas) has the resource's `Available` reported again (`hyperfleet_adapter_readiness_changes_total`);
 //! - when the last object of a resource being deleted goes, `Finalized=True` is reported, so a
 //!   delete never holds an event's slot while the controller-manager empties a Namespace. An object
 //!   someone else deleted counts as cleaned up.
@@ -40,6 +42,9 @@ use crate::{
 struct Entry {
     view: ResourceView,
     deleting_since: Option<Instant>,
+    /// Whether the objects were last reported ready (`None`: the task has no `ready:` rules, or
+    /// nothing was applied yet).
+    ready: Option<bool>,
     /// Repairs in the current window ([`REPAIR_WINDOW`]) and when the window started.
     repairs: (u32, Option<Instant>),
 }
@@ -67,8 +72,8 @@ impl Known {
     /// The resource is live and its objects are (being) applied from `view`.
     pub(crate) fn live(&self, view: &ResourceView) {
         let mut r = self.lock();
-        let repairs = r.by_id.get(&view.id).map(|e| e.repairs).unwrap_or_default();
-        let old = r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: None, repairs });
+        let (repairs, ready) = r.by_id.get(&view.id).map(|e| (e.repairs, e.ready)).unwrap_or_default();
+        let old = r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: None, repairs, ready });
         if old.is_some_and(|e| e.deleting_since.is_some()) {
             r.deleting -= 1;
             Self::gauge(&r);
@@ -85,7 +90,8 @@ impl Known {
                 Instant::now()
             }
         };
-        r.by_id.insert(view.id.clone(), Entry { view: view.clone(), deleting_since: Some(since), repairs: (0, None) });
+        let entry = Entry { view: view.clone(), deleting_since: Some(since), repairs: (0, None), ready: None };
+        r.by_id.insert(view.id.clone(), entry);
         Self::gauge(&r);
     }
 
@@ -100,12 +106,20 @@ impl Known {
         since
     }
 
+    /// Says whether the live resource's objects were reported ready (see `Entry::ready`).
+    pub(crate) fn set_ready(&self, id: &str, ready: Option<bool>) {
+        if let Some(entry) = self.lock().by_id.get_mut(id) {
+            entry.ready = ready;
+        }
+    }
+
     fn contains(&self, id: &str) -> bool {
         self.lock().by_id.contains_key(id)
     }
 
-    fn get(&self, id: &str) -> Option<(ResourceView, bool)> {
-        self.lock().by_id.get(id).map(|e| (e.view.clone(), e.deleting_since.is_some()))
+    /// What was last rendered for `id`, whether it is being deleted, and its readiness.
+    fn get(&self, id: &str) -> Option<(ResourceView, bool, Option<bool>)> {
+        self.lock().by_id.get(id).map(|e| (e.view.clone(), e.deleting_since.is_some(), e.ready))
     }
 
     /// Counts a repair of `id`; false once the resource had its share in the current window.
@@ -283,21 +297,23 @@ async fn watch_kind(
     }
 }
 
-/// Queues a known, live resource whose object no longer holds what was rendered for it. An object
-/// being deleted is left to its `Delete` event.
+/// Queues a known, live resource whose object no longer holds what was rendered for it, or whose
+/// object's `ready:` rule now says otherwise than the last report did. An object being deleted is
+/// left to its `Delete` event.
 fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
     let Some(id) = obj.labels().get(RESOURCE_LABEL) else { return };
-    let Some((view, false)) = worker.known.get(id) else { return };
+    let Some((view, false, ready)) = worker.known.get(id) else { return };
     if obj.metadata.deletion_timestamp.is_some() {
         return;
     }
     let live = serde_json::to_value(obj).unwrap_or_default();
-    let drifted = worker
-        .render(&view)
-        .unwrap_or_default()
-        .iter()
-        .any(|want| task::same_object(&live, want) && !task::holds(&live, want));
-    if drifted {
+    let rendered = worker.render(&view).unwrap_or_default();
+    let settle = rendered.iter().zip(&worker.task.ready).any(|(want, rule)| {
+        task::same_object(&live, want)
+            && (!task::holds(&live, want)
+                || matches!((rule, ready), (Some(rule), Some(was)) if rule.unready(&live).is_none() != was))
+    });
+    if settle {
         queue.push(id);
     }
 }
@@ -308,7 +324,7 @@ fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
 async fn settle(worker: &Worker, id: &str) {
     let _turn = worker.turns.turn(id).await;
     // Forgotten while it waited? (Whoever forgets holds the resource's turn, so not after this.)
-    let Some((known, _)) = worker.known.get(id) else { return };
+    let Some((known, _, ready)) = worker.known.get(id) else { return };
     let resource = match crate::with_retry(worker, "fetch", || crate::fetch(worker, id)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -376,6 +392,11 @@ async fn settle(worker: &Worker, id: &str) {
         .collect();
     if drift.is_empty() {
         tracing::debug!(resource_id = id, "the objects hold what was applied; nothing to restore");
+        let live: Vec<serde_json::Value> = observed.into_iter().flatten().collect();
+        let waiting = worker.task.waiting(&rendered, &live);
+        if ready.is_some_and(|was| was != waiting.is_none()) {
+            report_readiness(worker, &resource, waiting).await;
+        }
         return;
     }
     if !worker.known.may_repair(id) {
@@ -394,13 +415,15 @@ async fn settle(worker: &Worker, id: &str) {
     .await;
     let what = drift.iter().map(|(_, obj, change)| format!("{obj} was {change}")).collect::<Vec<_>>().join(", ");
     let report = match applied {
-        Ok(()) => {
+        Ok(live) => {
             for (kind, _, change) in &drift {
                 metrics::counter!("hyperfleet_adapter_drift_repairs_total", "kind" => kind.clone(), "change" => *change)
                     .increment(1);
             }
             tracing::info!(resource_id = id, restored = %what, "restored objects changed out of band");
-            Report::restored(&what)
+            let waiting = worker.task.waiting(&rendered, &live);
+            worker.known.set_ready(id, worker.task.has_ready_rules().then_some(waiting.is_none()));
+            Report::restored(&what, waiting)
         }
         Err(e) => {
             tracing::warn!(resource_id = id, error = %e, drift = %what, "cannot restore objects changed out of band");
@@ -412,6 +435,22 @@ async fn settle(worker: &Worker, id: &str) {
         Ok(404) => crate::remove_orphans(worker, &resource, &rendered).await,
         Ok(_) => {}
         Err(e) => tracing::warn!(resource_id = id, error = %e, "cannot report the restore"),
+    }
+}
+
+/// Reports that the objects of a live resource became ready, or stopped being ready.
+async fn report_readiness(worker: &Worker, resource: &ResourceView, waiting: Option<String>) {
+    let report = crate::applied_report(worker, resource, waiting);
+    match crate::send_report(worker, resource, &report).await {
+        Ok(_) => {
+            worker.known.set_ready(&resource.id, Some(report.available()));
+            metrics::counter!("hyperfleet_adapter_readiness_changes_total", "available" => if report.available() { "true" } else { "false" })
+                .increment(1);
+            tracing::info!(resource_id = %resource.id, available = report.available(), "the objects' readiness changed; reported");
+        }
+        Err(e) => {
+            tracing::warn!(resource_id = %resource.id, error = %e, "cannot report the objects' readiness; the sentinel will announce it again")
+        }
     }
 }
 
@@ -469,7 +508,7 @@ mod tests {
         };
         known.live(&view("a"));
         known.deleting(&view("a"));
-        let since = known.get("a").map(|(_, deleting)| deleting);
+        let since = known.get("a").map(|(_, deleting, _)| deleting);
         known.deleting(&view("a"));
         known.deleting(&view("b"));
         assert_eq!((since, known.lock().deleting), (Some(true), 2));

@@ -92,6 +92,37 @@ pub struct Application {
     timeout: Duration,
 }
 
+/// Re-aggregates the resources of each kind whose required adapters changed since its conditions
+/// were last aggregated ([`store::resources::reaggregate_if_required_changed`]), in the
+/// background: retried with backoff while the database fails (a deadlock with a concurrent write
+/// included), until done or `stop`.
+fn spawn_reaggregation(db: PgPool, required: config::RequiredAdapters, stop: CancellationToken) {
+    tokio::spawn(async move {
+        for (kind, names) in
+            [(domain::model::Kind::Cluster, required.clusters), (domain::model::Kind::NodePool, required.nodepools)]
+        {
+            let mut delay = std::time::Duration::from_secs(1);
+            loop {
+                match store::resources::reaggregate_if_required_changed(&db, kind, &names).await {
+                    Ok(None) => break,
+                    Ok(Some((seen, changed))) => {
+                        tracing::info!(kind = kind.plural(), required_adapters = ?names, resources = seen, changed, "the required adapters changed since the conditions were aggregated; re-aggregated them");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = kind.plural(), error = %e, retry_in = ?delay, "cannot re-aggregate after a change of the required adapters; retrying");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(60));
+            }
+        }
+    });
+}
+
 impl Application {
     /// Makes the pools from `cfg` (validated by the caller, as `hyperfleet_common::process::start`
     /// does; a database that is down is waited for — not ready until it is back —, one that refuses
@@ -129,6 +160,7 @@ impl Application {
         let stop = CancellationToken::new();
         let state = AppState::new(db.clone(), &cfg, auth, stop.clone());
         watch::spawn_pruner(db.clone(), cfg.watch.retention, stop.clone());
+        spawn_reaggregation(db.clone(), cfg.required_adapters.clone(), stop.clone());
         let router =
             http::router(state).layer(middleware::from_fn_with_state(shutdown.clone(), http::close_while_draining));
         tracing::info!(%addr, database = %store::pool::endpoint(&cfg), "API listening");

@@ -182,6 +182,65 @@ pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[Stri
     Ok(row)
 }
 
+/// Re-aggregates every resource of `kind` when the required adapters differ from those its
+/// conditions were last aggregated with (the `aggregated_with` table): a newly required adapter
+/// makes them un-Reconciled until it has reported, a removed one may make them Reconciled. Rows
+/// are taken in batches, each in a transaction of its own; the set is recorded once the pass is
+/// done, so a pass cut short is made again at the next start. `Ok(None)`: nothing had to be done;
+/// else how many resources were looked at and how many changed.
+pub async fn reaggregate_if_required_changed(
+    pool: &sqlx::PgPool,
+    kind: Kind,
+    required: &[String],
+) -> Result<Option<(u64, u64)>, ApiError> {
+    const BATCH: i64 = 100;
+    let mut wanted = required.to_vec();
+    wanted.sort();
+    let recorded: Option<Vec<String>> =
+        sqlx::query_scalar("select required_adapters from aggregated_with where kind = $1")
+            .bind(kind.name())
+            .fetch_optional(pool)
+            .await?;
+    if recorded.is_some_and(|mut r| {
+        r.sort();
+        r == wanted
+    }) {
+        return Ok(None);
+    }
+    let (mut seen, mut changed, mut after) = (0, 0, Uuid::nil());
+    loop {
+        let mut tx = pool.begin().await?;
+        // Rows are locked in id order before any is written, as every writer locks its row first.
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {COLUMNS} from resources where kind = $1 and id > $2 order by id limit $3 for update"
+        )))
+        .bind(kind.name())
+        .bind(after)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last().map(|r| r.id) else { break };
+        for row in rows {
+            let version = row.version;
+            seen += 1;
+            if reaggregate(&mut tx, row, &wanted).await?.version != version {
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        after = last;
+    }
+    sqlx::query(
+        "insert into aggregated_with (kind, required_adapters) values ($1, $2) \
+         on conflict (kind) do update set required_adapters = excluded.required_adapters",
+    )
+    .bind(kind.name())
+    .bind(&wanted)
+    .execute(pool)
+    .await?;
+    Ok(Some((seen, changed)))
+}
+
 /// One page of a list.
 pub struct Page {
     /// Matching resources across all pages (when asked for).

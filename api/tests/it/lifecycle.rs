@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use axum::http::{Method, StatusCode};
 use chrono::{Duration, SecondsFormat, Utc};
 use hyperfleet_api::config::RequiredAdapters;
+use hyperfleet_tests::eventually;
 use serde_json::{Value, json};
 
 async fn total(app: &App, uri: &str) -> Result<Value> {
@@ -34,6 +35,9 @@ fn report(adapter: &str, generation: i64, available: &str, finalized: &str, at: 
     })
     .to_string()
 }
+
+/// How long the background re-aggregation of a restarted app may take.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
     resource["status"]["conditions"]
@@ -353,6 +357,66 @@ async fn force_delete_removes_a_finalizing_cluster_and_its_nodepools() -> Result
     let again = app.create_cluster("stuck").await?;
     let (_, _, fresh) = app.call(Method::GET, &format!("{CLUSTERS}/{again}"), None).await?;
     assert_eq!(fresh["generation"], 1);
+    app.done().await;
+    Ok(())
+}
+
+/// Whether cluster `id` is Reconciled, the cluster, and its ETag.
+async fn reconciled(app: &App, id: &str) -> Result<(bool, Value, String)> {
+    let (_, headers, c) = app.call(Method::GET, &format!("{CLUSTERS}/{id}"), None).await?;
+    let etag = crate::support::header(&headers, "etag").unwrap_or_default().to_string();
+    Ok((condition(&c, "Reconciled")["status"].as_str() == Some("True"), c, etag))
+}
+
+/// A release of the API that requires another adapter makes the resources already there
+/// un-Reconciled until that adapter reports (the API re-aggregates at start); one that requires the
+/// same adapters again changes nothing, and dropping the adapter makes them Reconciled again.
+#[tokio::test]
+async fn a_newly_required_adapter_makes_existing_clusters_wait_for_its_report() -> Result<()> {
+    let required = |names: &[&str]| RequiredAdapters {
+        clusters: names.iter().map(|n| n.to_string()).collect(),
+        nodepools: Vec::new(),
+    };
+    let mut app = app_with(required(&["landing-zone"])).await?;
+    let (a, b) = (app.create_cluster("first").await?, app.create_cluster("second").await?);
+    for id in [&a, &b] {
+        let statuses = format!("{CLUSTERS}/{id}/statuses");
+        let (status, _, _) =
+            app.call(Method::PUT, &statuses, Some(&report("landing-zone", 1, "True", "False", &time(0)))).await?;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    assert!(reconciled(&app, &a).await?.0 && reconciled(&app, &b).await?.0, "both landed");
+
+    app.restart(|cfg| cfg.required_adapters = required(&["landing-zone", "dns"])).await?;
+    let waiting = eventually(WAIT, || async {
+        let (first, c, _) = reconciled(&app, &a).await?;
+        Ok((!first && !reconciled(&app, &b).await?.0).then_some(c))
+    })
+    .await
+    .context("both clusters become un-Reconciled once dns is required")?;
+    let message = condition(&waiting, "Reconciled")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("dns"), "the condition names the adapter it waits for: {message}");
+
+    let (status, _, _) = app
+        .call(Method::PUT, &format!("{CLUSTERS}/{a}/statuses"), Some(&report("dns", 1, "True", "False", &time(1))))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(reconciled(&app, &a).await?.0, "Reconciled once dns has reported");
+    assert!(!reconciled(&app, &b).await?.0, "the other still waits for dns");
+
+    let before = reconciled(&app, &b).await?.2;
+    app.restart(|_| {}).await?;
+    let recorded: Vec<String> =
+        sqlx::query_scalar("select required_adapters from aggregated_with where kind = 'Cluster'")
+            .fetch_one(app.pool())
+            .await?;
+    assert_eq!(recorded, ["dns", "landing-zone"]);
+    assert_eq!(reconciled(&app, &b).await?.2, before, "the same set again rewrites nothing");
+
+    app.restart(|cfg| cfg.required_adapters = required(&["landing-zone"])).await?;
+    eventually(WAIT, || async { Ok(reconciled(&app, &b).await?.0.then_some(())) })
+        .await
+        .context("Reconciled again once dns is no longer required")?;
     app.done().await;
     Ok(())
 }

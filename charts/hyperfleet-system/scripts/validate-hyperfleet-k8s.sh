@@ -37,7 +37,10 @@ why_not_ready() {
     printf '      pod %s: %s%s\n' "$pod" "${states:-no container started}" "${event:+ — last warnings: $event}"
   done
 }
-for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
+# The release's other workers: the nodepool sentinel and the adapters of hyperfleetAdapters, when deployed.
+extra=$(k get deployments -l app.kubernetes.io/part-of=hyperfleet -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' |
+  grep -E '^hyperfleet-(sentinel|adapter)-.' | sort)
+for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter $extra; do
   if ! k get deployment "$d" >/dev/null; then fail "deployment $d missing"; continue; fi
   want=$(k get deployment "$d" -o jsonpath='{.spec.replicas}')
   ready=$(k get deployment "$d" -o jsonpath='{.status.readyReplicas}')
@@ -51,7 +54,8 @@ for d in hyperfleet-api hyperfleet-sentinel hyperfleet-adapter; do
   fi
 done
 
-for s in hyperfleet-api:8000 hyperfleet-api:8080 hyperfleet-api:9090 hyperfleet-sentinel:8080 hyperfleet-adapter:8080; do
+for s in hyperfleet-api:8000 hyperfleet-api:8080 hyperfleet-api:9090 hyperfleet-sentinel:8080 hyperfleet-adapter:8080 \
+  $(for d in $extra; do printf '%s:8080 ' "$d"; done); do
   svc=${s%:*} port=${s#*:}
   if k get service "$svc" -o jsonpath='{.spec.ports[*].port}' | tr ' ' '\n' | grep -qx "$port"; then
     pass "service $svc exposes $port"
@@ -60,7 +64,7 @@ for s in hyperfleet-api:8000 hyperfleet-api:8080 hyperfleet-api:9090 hyperfleet-
   fi
 done
 
-for cm in hyperfleet-sentinel-broker-config hyperfleet-adapter-broker-config; do
+for cm in hyperfleet-sentinel-broker-config hyperfleet-adapter-broker-config $(for d in $extra; do printf '%s-broker-config ' "$d"; done); do
   t=$(k get configmap "$cm" -o jsonpath='{.data.broker\.yaml}' | sed -n 's/^ *exchange_type: *"\{0,1\}\([a-z]*\)"\{0,1\}/\1/p')
   if [ -n "$t" ]; then pass "configmap $cm: exchange_type $t"; else fail "configmap $cm: no exchange_type"; fi
 done
@@ -105,7 +109,7 @@ for sec in $secrets; do
     esac
   fi
 done
-for sa in hyperfleet-api-sa sentinel-sa hyperfleet-adapter-sa; do
+for sa in hyperfleet-api-sa sentinel-sa hyperfleet-adapter-sa $(for d in $extra; do case $d in hyperfleet-adapter-*) printf '%s-sa ' "$d" ;; esac; done); do
   arn=$(k get serviceaccount "$sa" -o jsonpath='{.metadata.annotations.eks\.amazonaws\.com/role-arn}')
   if ! k get serviceaccount "$sa" >/dev/null; then fail "serviceaccount $sa missing"
   elif [ -n "$arn" ]; then pass "serviceaccount $sa: role $arn"

@@ -85,9 +85,10 @@ priorityClassName: {{ . | quote }}
 {{- end }}
 
 {{/*
-The pod template's metadata: labels (+ podLabels) and annotations (config checksum, the mesh's, then
-podAnnotations, which win). Input: root, component, v (the component's values), checksum, bypass
-(ports that skip the sidecar).
+The pod template's metadata: labels (+ podLabels and the optional podOnly labels, which win) and
+annotations (config checksum, the mesh's, then podAnnotations, which win). Input: root, component, v
+(the component's values), checksum, bypass (ports that skip the sidecar), podOnly (labels of the pods
+only, never of a selector: the Deployments' selectors are immutable).
 */}}
 {{- define "hf.podMetadata" -}}
 {{- $ann := dict "checksum/config" .checksum -}}
@@ -107,7 +108,7 @@ labels:
   {{- if $mesh.enabled }}
   sidecar.istio.io/inject: "true"
   {{- end }}
-  {{- include "hf.stringMap" .v.podLabels | nindent 2 }}
+  {{- include "hf.stringMap" (merge (deepCopy (.podOnly | default dict)) (.v.podLabels | default dict)) | nindent 2 }}
 annotations:
   {{- include "hf.stringMap" $ann | nindent 2 }}
 {{- end }}
@@ -235,9 +236,8 @@ Mode checks that span several values, each failing with one sentence. Rendered o
 {{- if ne $s.rabbitmq.enabled $a.rabbitmq.enabled }}
 {{- fail "hyperfleetSentinel and hyperfleetAdapter use different brokers (one the development RabbitMQ, one external): events would never arrive; set broker.rabbitmq.enabled alike" }}
 {{- end }}
-{{- if and $s.external.enabled $a.external.enabled (ne $s.external.exchange $a.external.exchange) }}
-{{- fail (printf "hyperfleetSentinel publishes to exchange %q but hyperfleetAdapter binds to %q: set broker.external.exchange alike" $s.external.exchange $a.external.exchange) }}
-{{- end }}
+{{- /* The adapters (hyperfleetAdapter and hyperfleetAdapters): names, tasks, RBAC, exchanges. */}}
+{{- $_ := include "hf.workloads" (dict "root" . "out" dict) }}
 {{- if and .Values.mesh.enabled .Values.createNamespace (ne .Values.podSecurityLevel "privileged") (not .Values.mesh.istio.cni) }}
 {{- fail (printf "mesh.enabled with createNamespace: istio-init needs NET_ADMIN and NET_RAW, which Pod Security %q forbids; run Istio with istio-cni and set mesh.istio.cni=true, or set podSecurityLevel=privileged" .Values.podSecurityLevel) }}
 {{- end }}
@@ -416,4 +416,140 @@ name, so a namespace holds one release, and two releases (in two namespaces) nev
 {{/* Env entries shared by every component: extraEnv last, so it can add but not silently replace. */}}
 {{- define "hf.extraEnv" -}}
 {{- with .extraEnv }}{{ toYaml . }}{{ end }}
+{{- end }}
+
+{{/*
+The workloads the values ask for, resolved once per template: include returns text only, so they are
+left in the dict passed as `out` — (dict "root" $ "out" $w), then $w.adapters, $w.sentinels and
+$w.components. Resolving them also checks them (each problem fails with one sentence), so whichever
+template resolves them first refuses a broken adapter list.
+
+adapters: hyperfleetAdapter first (its objects keep their fixed names), then every hyperfleetAdapters
+entry, whose pod settings left unset are hyperfleetAdapter's. Each: first, where (the values path, for
+messages), name, resource, component, base (the Deployment, Service and ConfigMap name), sa,
+clusterRole, task ({builtin} or {inline}), taskText, required (counted in the API's
+required_adapters), rbacCreate, rules, queue, routingKey, exchange, v (image, broker, aws and pod
+settings).
+sentinels: hyperfleetSentinel, then a nodepool sentinel when an adapter reads nodepools (and the first
+one announces clusters). Each: first, resource, component, base, exchange.
+components: api, sentinel, adapter, then sentinel-nodepools and adapter-<name> when rendered (the
+`component` of each workload's labels; hyperfleet-<component> is its name label and its Service).
+*/}}
+{{- define "hf.workloads" -}}
+{{- $root := .root -}}
+{{- $first := $root.Values.hyperfleetAdapter -}}
+{{- $req := $root.Values.hyperfleetApi.requiredAdapters -}}
+{{- $s := $root.Values.hyperfleetSentinel -}}
+{{- $verbs := list "get" "list" "watch" "create" "update" "patch" "delete" -}}
+{{- /* The built-in tasks (files/<builtin>.yaml) and the core resources each applies. */ -}}
+{{- $builtins := dict "landing-zone" (list "namespaces" "serviceaccounts") "nodepool-configmap" (list "configmaps") -}}
+{{- $resource := $first.resource | default "clusters" -}}
+{{- $e := $first.broker.external -}}
+{{- $name := toString ($first.name | default "") -}}
+{{- $adapters := list (dict "first" true "where" "hyperfleetAdapter" "name" $name "resource" $resource "component" "adapter" "base" "hyperfleet-adapter" "sa" "hyperfleet-adapter-sa" "clusterRole" (include "hf.clusterScopedName" $root) "task" ($first.task | default dict) "required" (has $name (index $req $resource | default list)) "rbacCreate" $first.rbac.create "rules" (list (dict "apiGroups" (list "") "resources" $first.rbac.resources "verbs" $verbs)) "queue" $e.queue "routingKey" $e.routingKey "exchange" $e.exchange "v" $first) -}}
+{{- range $i, $entry := $root.Values.hyperfleetAdapters }}
+{{- $name := toString ($entry.name | default "") }}
+{{- $res := $entry.resource | default "clusters" }}
+{{- $task := $entry.task | default dict }}
+{{- $v := deepCopy $first }}
+{{- range $k := list "replicaCount" "prefetch" "resources" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" "podAnnotations" "podLabels" "extraEnv" "extraVolumes" "extraVolumeMounts" }}
+{{- if and (hasKey $entry $k) (not (kindIs "invalid" (index $entry $k))) }}{{ $_ := set $v $k (index $entry $k) }}{{ end }}
+{{- end }}
+{{- range $k := list "serviceAccount" "service" }}
+{{- $o := index $entry $k | default dict }}
+{{- if hasKey $o "annotations" }}{{ $_ := set $v $k (dict "annotations" ($o.annotations | default dict)) }}{{ end }}
+{{- end }}
+{{- $rbac := $entry.rbac | default dict }}
+{{- $rules := list }}
+{{- if $rbac.rules }}
+{{- range $rbac.rules }}{{ $rules = append $rules (merge (deepCopy .) (dict "verbs" $verbs)) }}{{ end }}
+{{- else if and $task.builtin (hasKey $builtins (toString $task.builtin)) }}
+{{- $rules = list (dict "apiGroups" (list "") "resources" (index $builtins (toString $task.builtin)) "verbs" $verbs) }}
+{{- end }}
+{{- $adapters = append $adapters (dict "first" false "where" (printf "hyperfleetAdapters[%d] (%s)" $i $name) "name" $name "resource" $res "component" (printf "adapter-%s" $name) "base" (printf "hyperfleet-adapter-%s" $name) "sa" (printf "hyperfleet-adapter-%s-sa" $name) "clusterRole" (printf "%s-%s" (include "hf.clusterScopedName" $root) $name) "task" $task "required" (ternary $entry.required true (hasKey $entry "required")) "rbacCreate" (ternary $rbac.create true (hasKey $rbac "create")) "rules" $rules "queue" ($entry.queue | default (printf "hyperfleet-%s-%s" $res $name)) "routingKey" ($entry.routingKey | default "#") "exchange" ($entry.exchange | default (include "hf.sentinelExchange" (dict "root" $root "resource" $res))) "v" $v) }}
+{{- end }}
+{{- /* Checks, in the order of the list. */ -}}
+{{- $names := list -}}
+{{- range $a := $adapters }}
+{{- $w := $a.where }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $a.name) }}
+{{- fail (printf "%s: name %q must be a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)" $w $a.name) }}
+{{- end }}
+{{- if and (not $a.first) (gt (len $a.name) 40) }}
+{{- fail (printf "%s: name must be at most 40 characters (its objects are named hyperfleet-adapter-<name>…)" $w) }}
+{{- end }}
+{{- if has $a.name $names }}
+{{- fail (printf "%s: the name %q is taken by another adapter; every adapter needs its own" $w $a.name) }}
+{{- end }}
+{{- $names = append $names $a.name }}
+{{- if and $a.task.builtin $a.task.inline }}
+{{- fail (printf "%s.task: set builtin or inline, not both%s" $w (ternary " (to replace the default builtin with an inline task, set task.builtin: null)" "" $a.first)) }}
+{{- end }}
+{{- if not (or $a.task.builtin $a.task.inline) }}
+{{- fail (printf "%s.task: set builtin (%s) or inline (the text of a task file)" $w (keys $builtins | sortAlpha | join " or ")) }}
+{{- end }}
+{{- if and $a.task.builtin (not (hasKey $builtins (toString $a.task.builtin))) }}
+{{- fail (printf "%s.task.builtin: there is no built-in task %q (the built-in tasks: %s)" $w (toString $a.task.builtin) (keys $builtins | sortAlpha | join ", ")) }}
+{{- end }}
+{{- $text := ternary ($root.Files.Get (printf "files/%s.yaml" (toString $a.task.builtin))) (toString $a.task.inline) (not (empty $a.task.builtin)) }}
+{{- $parsed := fromYaml $text }}
+{{- if hasKey $parsed "Error" }}
+{{- fail (printf "%s.task.inline is not a YAML task file: %s" $w $parsed.Error) }}
+{{- end }}
+{{- if ne (toString $parsed.resource) $a.resource }}
+{{- fail (printf "%s: the task reads %q (its resource:) but the adapter's resource is %q; set them alike" $w (toString ($parsed.resource | default "")) $a.resource) }}
+{{- end }}
+{{- $_ := set $a "taskText" $text }}
+{{- if and $a.rbacCreate (not $a.rules) }}
+{{- fail (printf "%s.rbac.rules: list what its task's objects need (ClusterRole rules, e.g. {apiGroups: [\"\"], resources: [configmaps]}), or set rbac.create=false" $w) }}
+{{- end }}
+{{- $want := include "hf.sentinelExchange" (dict "root" $root "resource" $a.resource) }}
+{{- if not $want }}
+{{- fail (printf "%s reads %s, but hyperfleetSentinel.config.resourceType is %s and no sentinel announces %s; set resourceType to clusters (a nodepool sentinel is added for nodepool adapters)" $w $a.resource $s.config.resourceType $a.resource) }}
+{{- end }}
+{{- if and $s.broker.external.enabled $first.broker.external.enabled (ne $a.exchange $want) }}
+{{- if and $a.first (eq $a.resource $s.config.resourceType) }}
+{{- fail (printf "hyperfleetSentinel publishes to exchange %q but hyperfleetAdapter binds to %q: set broker.external.exchange alike" $want $a.exchange) }}
+{{- else }}
+{{- fail (printf "%s binds to exchange %q but the sentinel announcing %s publishes to %q: leave its exchange unset or set it alike" $w $a.exchange $a.resource $want) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $sentinels := list (dict "first" true "resource" $s.config.resourceType "component" "sentinel" "base" "hyperfleet-sentinel" "exchange" $s.broker.external.exchange) -}}
+{{- $components := list "api" "sentinel" "adapter" -}}
+{{- $nodepools := false -}}
+{{- range $adapters }}{{ if eq .resource "nodepools" }}{{ $nodepools = true }}{{ end }}{{ end -}}
+{{- if and $nodepools (ne $s.config.resourceType "nodepools") -}}
+{{- $sentinels = append $sentinels (dict "first" false "resource" "nodepools" "component" "sentinel-nodepools" "base" "hyperfleet-sentinel-nodepools" "exchange" (include "hf.sentinelExchange" (dict "root" $root "resource" "nodepools"))) -}}
+{{- $components = append $components "sentinel-nodepools" -}}
+{{- end -}}
+{{- range (rest $adapters) }}{{ $components = append $components .component }}{{ end -}}
+{{- $_ := set .out "adapters" $adapters -}}
+{{- $_ := set .out "sentinels" $sentinels -}}
+{{- $_ := set .out "components" $components -}}
+{{- end }}
+
+{{/*
+The exchange the sentinel announcing a resource (clusters or nodepools) publishes to: hyperfleetSentinel's
+for its resourceType, hyperfleet-nodepools for the nodepool sentinel; empty when none announces it.
+*/}}
+{{- define "hf.sentinelExchange" -}}
+{{- $s := .root.Values.hyperfleetSentinel -}}
+{{- if eq .resource $s.config.resourceType -}}{{ $s.broker.external.exchange }}
+{{- else if eq .resource "nodepools" -}}hyperfleet-nodepools
+{{- end -}}
+{{- end }}
+
+{{/* ClusterRole rules (PolicyRules): apiGroups, resources, any other keys, then verbs. */}}
+{{- define "hf.policyRules" -}}
+{{- range . }}
+- apiGroups: {{ toJson .apiGroups }}
+  {{- with .resources }}
+  resources: {{ toJson . }}
+  {{- end }}
+  {{- with omit . "apiGroups" "resources" "verbs" }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  verbs: [{{ range $i, $v := .verbs }}{{ if $i }}, {{ end }}{{ $v | quote }}{{ end }}]
+{{- end }}
 {{- end }}

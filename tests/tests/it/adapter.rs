@@ -1,7 +1,9 @@
 //! The adapter against the real API, RabbitMQ over AMQPS and the real kube-apiserver +
 //! controller-manager: re-apply on PATCH, duplicate deliveries, SIGKILL mid-work, Kubernetes
-//! outages (through a TCP proxy the test can cut), the queue topology it declares, and task files
-//! that read the resource's fields and hold objects back with `when:`.
+//! outages (through a TCP proxy the test can cut), the queue topology it declares, task files
+//! that read the resource's fields and hold objects back with `when:`, a second adapter whose Job
+//! runs on the local node and is available once it completes (`ready:`), and the built-in nodepool
+//! task.
 
 use std::time::Duration;
 
@@ -301,6 +303,174 @@ async fn a_when_precondition_holds_the_objects_back_until_it_holds() -> Result<(
     assert_eq!(namespaces_of(&stack.env, &id).await?.len(), 1, "applied once the precondition holds");
     stack.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// A second adapter whose task runs a Job in the landing zone once the landing-zone adapter has
+/// reported (`when:`), available once the Job is `Complete` (`ready:`).
+fn job_task(image: &str) -> String {
+    format!(
+        r#"
+resource: clusters
+when:
+  - condition: LandingZoneSuccessful
+objects:
+  - apiVersion: batch/v1
+    kind: Job
+    metadata:
+      name: bootstrap
+      namespace: "{{{{resource.id}}}}"
+    spec:
+      backoffLimit: 0
+      template:
+        spec:
+          restartPolicy: Never
+          automountServiceAccountToken: false
+          containers:
+            - name: bootstrap
+              image: "{image}"
+              imagePullPolicy: Never
+              args: ["--version"]
+    ready:
+      condition: Complete
+report:
+  applied_message: "Job {{{{resource.id}}}}/bootstrap created"
+  available_message: "Job {{{{resource.id}}}}/bootstrap completed"
+"#
+    )
+}
+
+/// Two adapters for one cluster: the second (a Job on the local node) waits for the first's
+/// condition, its `Available` follows the Job's completion, and the cluster is Reconciled only once
+/// both have reported; a delete waits for both to finalize.
+#[tokio::test]
+async fn a_second_adapter_waits_for_the_first_and_is_available_once_its_job_completes() -> Result<()> {
+    let env = LocalEnv::load()?;
+    hyperfleet_tests::node::require_node(&env).await?;
+    let image = format!("{}/hyperfleet-adapter:dev", env.get("HF_IMAGE_REPO")?);
+    let mut stack = Stack::start_with(StackOptions {
+        jwt_off: true,
+        api: vec![("HYPERFLEET_REQUIRED_ADAPTERS_CLUSTERS", "landing-zone,job-runner".into())],
+        sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1s".into())],
+        ..Default::default()
+    })
+    .await?;
+    let dir = std::env::temp_dir().join(format!("hf-task-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let task = dir.join("job.yaml");
+    std::fs::write(&task, job_task(&image))?;
+    let runner = stack
+        .another_adapter(
+            "job-runner",
+            &[
+                ("HYPERFLEET_NAME", "job-runner".into()),
+                ("HYPERFLEET_QUEUE", format!("hf-test-{}-job-runner", stack.tag)),
+                ("HYPERFLEET_TASK_FILE", task.display().to_string()),
+            ],
+        )
+        .await?;
+
+    // Without the landing zone, the job runner holds its Job back and says why.
+    stack.kill_adapter().await?;
+    let id = stack.create_cluster("jobs").await?;
+    let held = eventually(LAND, || async {
+        let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
+        let mine = s["items"].as_array().and_then(|i| i.iter().find(|r| r["adapter"] == "job-runner").cloned());
+        Ok(mine)
+    })
+    .await
+    .with_context(|| stack.logs())?;
+    let applied = held["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Applied").cloned());
+    let applied = applied.context("Applied")?;
+    assert_eq!(applied["reason"], "PreconditionNotMet", "{held}");
+    assert!(applied["message"].as_str().unwrap_or("").contains("LandingZoneSuccessful"), "{applied}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.kube().await?, &id);
+    assert!(jobs.get_opt("bootstrap").await.ok().flatten().is_none(), "no Job while held back");
+
+    stack.start_adapter().await?;
+    // The Job is applied once the landing zone is reported; until it completes the runner reports
+    // Available=False and the cluster waits for it.
+    let c = stack.wait_reconciled(&id, 1, Duration::from_secs(120)).await.with_context(|| stack.logs())?;
+    assert_eq!(condition(&c, "JobRunnerSuccessful")["status"], "True", "{c}");
+    assert_eq!(condition(&c, "LandingZoneSuccessful")["status"], "True", "{c}");
+    let job = jobs.get("bootstrap").await?;
+    let complete = job.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        complete.iter().any(|c| c.type_ == "Complete" && c.status == "True"),
+        "Reconciled only once the Job completed: {complete:?}"
+    );
+    let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
+    let runner_report = s["items"].as_array().and_then(|i| i.iter().find(|r| r["adapter"] == "job-runner").cloned());
+    let available = runner_report
+        .as_ref()
+        .and_then(|r| r["conditions"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Available").cloned())
+        .context("Available")?;
+    assert_eq!(available["message"], format!("Job {id}/bootstrap completed"));
+    let changes = metric_sum(&runner.metrics().await?, "hyperfleet_adapter_readiness_changes_total");
+    assert!(changes >= 1.0, "the completion was reported by the watch, not found by a later event");
+
+    // A delete needs both adapters' Finalized=True.
+    let uri = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
+    assert_eq!(stack.client().delete(&uri).send().await?.status(), 202);
+    stack.wait_gone(&id, Duration::from_secs(120)).await.with_context(|| stack.logs())?;
+    runner.stop().await;
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// The built-in nodepool task (the chart's files/nodepool-configmap.yaml) with a nodepool
+/// sentinel: a nodepool lands as a ConfigMap carrying its spec in its cluster's Namespace and is
+/// Reconciled.
+#[tokio::test]
+async fn a_nodepool_lands_as_a_config_map_in_its_cluster_namespace() -> Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        jwt_off: true,
+        api: vec![("HYPERFLEET_REQUIRED_ADAPTERS_NODEPOOLS", "nodepool-config".into())],
+        ..Default::default()
+    })
+    .await?;
+    let task = hyperfleet_tests::workspace_root().join("charts/hyperfleet-system/files/nodepool-configmap.yaml");
+    let pools = stack
+        .another_adapter(
+            "nodepool-config",
+            &[
+                ("HYPERFLEET_NAME", "nodepool-config".into()),
+                ("HYPERFLEET_QUEUE", format!("hf-test-{}-nodepool-config", stack.tag)),
+                ("HYPERFLEET_TASK_FILE", task.display().to_string()),
+            ],
+        )
+        .await?;
+    let sentinel = stack.sentinel("nodepools", &[("HYPERFLEET_RESOURCE_TYPE", "nodepools".into())]).await?;
+    let id = stack.create_cluster("pooled").await?;
+    stack.wait_reconciled(&id, 1, LAND).await?;
+    let spec = json!({"replicas": 3, "instance_type": "m5.large", "labels": {"role": "worker"}});
+    let url = format!("{}/api/hyperfleet/v1/clusters/{id}/nodepools", stack.api_url);
+    let resp =
+        stack.client().post(&url).json(&json!({"kind": "NodePool", "name": "workers", "spec": spec})).send().await?;
+    assert_eq!(resp.status(), 201);
+    let np: serde_json::Value = resp.json().await?;
+    let np_id = np["id"].as_str().context("id")?.to_string();
+
+    let landed = eventually(LAND, || async {
+        let (_, np) = stack.get(&format!("nodepools/{np_id}")).await?;
+        Ok((condition(&np, "Reconciled")["status"] == "True").then_some(np))
+    })
+    .await
+    .with_context(|| stack.logs())?;
+    assert_eq!(condition(&landed, "NodepoolConfigSuccessful")["status"], "True", "{landed}");
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(stack.env.kube().await?, &id);
+    let map = maps.get(&format!("nodepool-{np_id}")).await?;
+    let data = map.data.unwrap_or_default();
+    let carried: serde_json::Value = serde_json::from_str(data.get("spec.json").context("spec.json")?)?;
+    assert_eq!(carried, spec, "the ConfigMap carries the nodepool's spec");
+    let labels = map.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("hyperfleet.io/cluster-id"), Some(&id));
+    assert_eq!(labels.get("hyperfleet.io/adapter").map(String::as_str), Some("nodepool-config"));
+    sentinel.stop().await;
+    pools.stop().await;
+    stack.stop().await;
     Ok(())
 }
 

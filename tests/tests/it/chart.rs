@@ -130,6 +130,212 @@ async fn lint_render_and_schema() -> Result<()> {
     Ok(())
 }
 
+/// The YAML a rendered ConfigMap holds under `key`, as JSON.
+fn config_of(docs: &[Value], cm: &str, key: &str) -> Result<Value> {
+    let text = find(docs, "ConfigMap", cm).with_context(|| format!("ConfigMap {cm}"))?["data"][key]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    hyperfleet_tests::node::yaml_objects(&text)?.into_iter().next().with_context(|| format!("{cm}: {key}"))
+}
+
+/// `hyperfleetAdapters`: a second clusters adapter with an inline task and the built-in nodepool adapter,
+/// each with its own objects, selector, queue and API identity, and the nodepool sentinel they need.
+#[tokio::test]
+async fn more_adapters_get_their_own_objects_and_a_nodepool_sentinel() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let chart = chart_dir().display().to_string();
+    let dev = chart_dir().join("ci/in-cluster-values.yaml").display().to_string();
+    let task = concat!(
+        "resource: clusters\n",
+        "objects:\n",
+        "  - apiVersion: v1\n",
+        "    kind: ConfigMap\n",
+        "    metadata: {name: cluster-info, namespace: \"{{resource.id}}\"}\n",
+        "    data: {name: \"{{resource.name}}\"}\n",
+    );
+    let values = serde_json::json!({"hyperfleetAdapters": [
+        {
+            "name": "cluster-info",
+            "task": {"inline": task},
+            "required": true,
+            "rbac": {"rules": [{"apiGroups": [""], "resources": ["configmaps"]}]},
+            "replicaCount": 2,
+        },
+        {"name": "nodepool-cm", "resource": "nodepools", "task": {"builtin": "nodepool-configmap"}},
+    ]});
+    let file = std::env::temp_dir().join(format!("hf-adapters-{}.yaml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, serde_yaml::to_string(&values)?)?;
+    let file = file.display().to_string();
+    for extra in [None, Some(dev.as_str())] {
+        let mut args = vec!["lint", "--strict", chart.as_str(), "-f", file.as_str()];
+        if let Some(v) = extra {
+            args.extend(["-f", v]);
+        }
+        let (ok, text) = helm(&env, &args).await?;
+        assert!(ok && text.contains("0 chart(s) failed"), "helm lint {extra:?}:\n{text}");
+    }
+
+    let docs = render(&env, &["-f", &file])?;
+    let ns = "hyperfleet-system";
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    let selects =
+        |selector: &Value, labels: &Value| selector.as_object().is_some_and(|s| s.iter().all(|(k, v)| &labels[k] == v));
+    for (name, d, replicas) in [
+        ("landing-zone", "hyperfleet-adapter", 1),
+        ("cluster-info", "hyperfleet-adapter-cluster-info", 2),
+        ("nodepool-cm", "hyperfleet-adapter-nodepool-cm", 1),
+    ] {
+        let first = name == "landing-zone";
+        let deploy = find(&docs, "Deployment", d).with_context(|| format!("{d} rendered"))?;
+        let pod = &deploy["spec"]["template"];
+        let sa = if first { "hyperfleet-adapter-sa".to_string() } else { format!("{d}-sa") };
+        assert_eq!(pod["spec"]["serviceAccountName"], sa.as_str(), "{d}");
+        assert!(find(&docs, "ServiceAccount", &sa).is_some(), "{sa} rendered");
+        assert_eq!(deploy["spec"]["replicas"], replicas, "{d}");
+        // Every adapter's pods carry their name; no selector does (selectors are immutable).
+        assert_eq!(pod["metadata"]["labels"]["hyperfleet.io/adapter"], name, "{d}");
+        let selector = &deploy["spec"]["selector"]["matchLabels"];
+        assert!(selector["hyperfleet.io/adapter"].is_null(), "{d}: {selector}");
+        assert_eq!(selector["app.kubernetes.io/name"], d);
+        // Its selector picks its own pods and no other Deployment's; its Service the same pods.
+        for other in &deployments {
+            let mine = other["metadata"]["name"] == d;
+            let labels = &other["spec"]["template"]["metadata"]["labels"];
+            assert_eq!(selects(selector, labels), mine, "{d} selects {}", other["metadata"]["name"]);
+        }
+        let svc = find(&docs, "Service", d).with_context(|| format!("Service {d}"))?;
+        assert!(selects(&svc["spec"]["selector"], &pod["metadata"]["labels"]), "Service {d}");
+        for kind in ["NetworkPolicy", "ConfigMap"] {
+            let n = if kind == "ConfigMap" { format!("{d}-broker-config") } else { d.to_string() };
+            assert!(find(&docs, kind, &n).is_some(), "{kind} {n} rendered");
+        }
+        let role = if first { format!("{ns}-hyperfleet-adapter") } else { format!("{ns}-{d}") };
+        let rules = &find(&docs, "ClusterRole", &role).with_context(|| format!("ClusterRole {role}"))?["rules"];
+        let resources = if first { vec!["namespaces", "serviceaccounts"] } else { vec!["configmaps"] };
+        assert_eq!(rules[0]["apiGroups"], serde_json::json!([""]), "{role}");
+        assert_eq!(rules[0]["resources"], serde_json::json!(resources), "{role}");
+        assert_eq!(
+            rules[0]["verbs"],
+            serde_json::json!(["get", "list", "watch", "create", "update", "patch", "delete"]),
+            "{role}: the default verbs"
+        );
+        let binding = find(&docs, "ClusterRoleBinding", &role).with_context(|| format!("binding {role}"))?;
+        assert_eq!(binding["subjects"][0]["name"], sa.as_str());
+        let config = config_of(&docs, &format!("{d}-config"), "config.yaml")?;
+        assert_eq!(config["name"], name);
+        assert_eq!(config["task_file"], format!("/etc/hyperfleet/task/{name}.yaml").as_str());
+        // All adapters use the one broker account: the first adapter's Secret.
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            env_of(c, "BROKER_RABBITMQ_URL").context("url")?["valueFrom"]["secretKeyRef"]["name"],
+            "hyperfleet-adapter-mq-secret"
+        );
+    }
+    let broker = |d: &str| config_of(&docs, &format!("{d}-broker-config"), "broker.yaml");
+    let info = broker("hyperfleet-adapter-cluster-info")?;
+    assert_eq!(info["broker"]["rabbitmq"]["exchange"], "hyperfleet-clusters");
+    assert_eq!(info["broker"]["rabbitmq"]["queue"], "hyperfleet-clusters-cluster-info");
+    let pools = broker("hyperfleet-adapter-nodepool-cm")?;
+    assert_eq!(pools["broker"]["rabbitmq"]["exchange"], "hyperfleet-nodepools");
+    assert_eq!(pools["broker"]["rabbitmq"]["queue"], "hyperfleet-nodepools-nodepool-cm");
+    let inline = find(&docs, "ConfigMap", "hyperfleet-adapter-cluster-info-task-config").context("task")?;
+    assert_eq!(inline["data"]["cluster-info.yaml"].as_str().map(str::trim_end), Some(task.trim_end()));
+    let builtin = find(&docs, "ConfigMap", "hyperfleet-adapter-nodepool-cm-task-config").context("task")?;
+    let shipped = std::fs::read_to_string(chart_dir().join("files/nodepool-configmap.yaml"))?;
+    assert_eq!(builtin["data"]["nodepool-cm.yaml"].as_str().map(str::trim_end), Some(shipped.trim_end()));
+    // The broker Secret and the sentinel's account are rendered once, not per workload.
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "SecretProviderClass").count(), 3);
+    let sentinel_accounts =
+        docs.iter().filter(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == "sentinel-sa").count();
+    assert_eq!(sentinel_accounts, 1);
+
+    // The API waits for the required ones and lets each ServiceAccount report as its adapter only.
+    let api = config_of(&docs, "hyperfleet-api-config", "config.yaml")?;
+    assert_eq!(api["required_adapters"]["clusters"], serde_json::json!(["landing-zone", "cluster-info"]));
+    assert_eq!(api["required_adapters"]["nodepools"], serde_json::json!(["nodepool-cm"]));
+    assert_eq!(api["optional_adapters"], serde_json::json!([]));
+    let rules = api["authz"]["rules"].as_array().cloned().unwrap_or_default();
+    for (sa, name) in [
+        ("hyperfleet-adapter-sa", "landing-zone"),
+        ("hyperfleet-adapter-cluster-info-sa", "cluster-info"),
+        ("hyperfleet-adapter-nodepool-cm-sa", "nodepool-cm"),
+    ] {
+        let subject = format!("system:serviceaccount:{ns}:{sa}");
+        let rule = rules.iter().find(|r| r["subjects"][0] == subject.as_str()).with_context(|| subject.clone())?;
+        assert_eq!(rule["allow"], serde_json::json!(["read", format!("report:{name}")]), "{sa}");
+    }
+
+    // The nodepool sentinel: hyperfleetSentinel's account and settings, nodepools on their own exchange.
+    let sentinel = pod_of(&docs, "hyperfleet-sentinel-nodepools")?;
+    assert_eq!(sentinel["spec"]["serviceAccountName"], "sentinel-sa");
+    assert_eq!(sentinel["metadata"]["labels"]["app.kubernetes.io/component"], "sentinel-nodepools");
+    let config = config_of(&docs, "hyperfleet-sentinel-nodepools-config", "config.yaml")?;
+    assert_eq!(config["resource_type"], "nodepools");
+    assert_eq!(config["leader_election"]["lease_name"], "hyperfleet-sentinel-nodepools");
+    let b = config_of(&docs, "hyperfleet-sentinel-nodepools-broker-config", "broker.yaml")?;
+    assert_eq!(b["broker"]["rabbitmq"]["exchange"], "hyperfleet-nodepools");
+    assert_eq!(config_of(&docs, "hyperfleet-sentinel-config", "config.yaml")?["resource_type"], "clusters");
+    let first = find(&docs, "Deployment", "hyperfleet-sentinel").context("sentinel")?;
+    let selector = &first["spec"]["selector"]["matchLabels"];
+    assert!(!selects(selector, &sentinel["metadata"]["labels"]), "the sentinels' selectors are distinct");
+    assert!(find(&docs, "Service", "hyperfleet-sentinel-nodepools").is_some());
+    assert!(find(&render(&env, &[])?, "Deployment", "hyperfleet-sentinel-nodepools").is_none(), "only for nodepools");
+
+    // The development RabbitMQ admits every worker.
+    let dev_docs = render(&env, &["-f", &dev, "-f", &file])?;
+    let np = find(&dev_docs, "NetworkPolicy", "hyperfleet-rabbitmq").context("rabbitmq policy")?;
+    let admitted = &np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"];
+    for d in [
+        "hyperfleet-sentinel",
+        "hyperfleet-adapter",
+        "hyperfleet-sentinel-nodepools",
+        "hyperfleet-adapter-cluster-info",
+        "hyperfleet-adapter-nodepool-cm",
+    ] {
+        assert!(admitted.as_array().into_iter().flatten().any(|v| v == d), "{d} in {admitted}");
+    }
+
+    // An adapter that is not required is accepted as optional, never waited for.
+    let docs = render(
+        &env,
+        &[
+            "--set",
+            "hyperfleetAdapters[0].name=audit",
+            "--set",
+            "hyperfleetAdapters[0].task.builtin=landing-zone",
+            "--set",
+            "hyperfleetAdapters[0].required=false",
+        ],
+    )?;
+    let api = config_of(&docs, "hyperfleet-api-config", "config.yaml")?;
+    assert_eq!(api["required_adapters"]["clusters"], serde_json::json!(["landing-zone"]));
+    assert_eq!(api["optional_adapters"], serde_json::json!(["audit"]));
+
+    // Broken lists fail at template time with one sentence.
+    let cases: &[(&[&str], &str)] = &[
+        (&["name=landing-zone", "task.builtin=landing-zone"], "is taken by another adapter"),
+        (&["name=x", "task.builtin=landing-zone", "task.inline=resource: clusters"], "set builtin or inline, not both"),
+        (&["name=x"], "task: set builtin"),
+        (&["name=x", "task.inline=resource: clusters"], "rbac.rules: list what its task's objects need"),
+        (&["name=x", "resource=nodepools", "task.builtin=landing-zone"], "the task reads \"clusters\""),
+        (&["name=x", "task.builtin=landing-zone", "exchange=other"], "binds to exchange \"other\""),
+        (&["name=Not_A_Label", "task.builtin=landing-zone"], "/hyperfleetAdapters/0/name"),
+        (&["name=x", "task.builtin=unknown"], "/hyperfleetAdapters/0/task/builtin"),
+    ];
+    for (sets, complaint) in cases {
+        let mut args = vec!["template".to_string(), "rel".to_string(), chart.clone()];
+        for s in *sets {
+            args.extend(["--set".to_string(), format!("hyperfleetAdapters[0].{s}")]);
+        }
+        let (ok, text) = helm(&env, &args).await?;
+        assert!(!ok && text.contains(complaint), "{sets:?} should fail naming {complaint:?}:\n{text}");
+        assert!(text.lines().filter(|l| l.starts_with("Error:")).count() == 1, "one error: {text}");
+    }
+    std::fs::remove_file(&file)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn installs_into_the_apiserver_validates_and_uninstalls() -> Result<()> {
     let env = LocalEnv::load()?;

@@ -1,7 +1,8 @@
 //! The chart as pods on the local node: real images, a real kubelet probing `/healthz` and `/readyz`,
 //! the `db-migrate` init container, the adapter with its own ServiceAccount and the chart's
 //! ClusterRole only, restricted security enforced by the runtime, helm upgrade and uninstall, the
-//! chart's own scripts, and a rolling restart of the API during a stream of creates through its Service. Every install is
+//! chart's own scripts, a helm upgrade adding a required adapter (existing clusters wait for its
+//! report), and a rolling restart of the API during a stream of creates through its Service. Every install is
 //! `helm install` with values only: `tests/env/chart-values.yaml` (the local images) on top of the
 //! chart's `ci/in-cluster-values.yaml` or an external-mode values file.
 
@@ -18,6 +19,30 @@ use kube::{Api, api::PostParams};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(120);
+
+/// Values adding a second, required adapter for clusters: a ConfigMap `cluster-info` in each
+/// cluster's Namespace (the landing zone), with RBAC for ConfigMaps only.
+const CLUSTER_INFO_ADAPTER: &str = r#"
+hyperfleetAdapters:
+  - name: cluster-info
+    task:
+      inline: |
+        resource: clusters
+        when:
+          - condition: LandingZoneSuccessful
+        objects:
+          - apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: cluster-info, namespace: "{{resource.id}}"}
+            data: {name: "{{resource.name}}"}
+        report:
+          applied_message: "ConfigMap {{resource.id}}/cluster-info applied"
+          available_message: "ConfigMap {{resource.id}}/cluster-info exists"
+    rbac:
+      rules:
+        - apiGroups: [""]
+          resources: [configmaps]
+"#;
 
 fn dev_values() -> Vec<String> {
     vec!["-f".into(), chart_dir().join("ci/in-cluster-values.yaml").display().to_string()]
@@ -232,6 +257,55 @@ async fn development_mode_runs_as_pods_lands_a_cluster_and_uninstalls_cleanly() 
     let cm: Api<ConfigMap> = Api::namespaced(release.kube.clone(), &release.namespace);
     let config = cm.get("hyperfleet-sentinel-config").await?;
     assert!(config.data.unwrap_or_default()["config.yaml"].contains("poll_interval: \"2s\""));
+
+    // helm upgrade adding a required adapter (its own Deployment, ServiceAccount, RBAC and queue),
+    // first with no replica: the cluster that had landed is no longer Reconciled, waiting for it;
+    // then with one: it reports and the cluster is Reconciled again.
+    let kept = post_cluster_with(&pf.http, &pf.url, &release.name, json!({"env": "kept"})).await?;
+    wait_landed(&release, &pf, &kept).await?;
+    drop(pf);
+    let values = std::env::temp_dir().join(format!("hf-adapters-{}.yaml", release.name));
+    let with_replicas = |n: u32| -> Result<Vec<String>> {
+        std::fs::write(&values, format!("{CLUSTER_INFO_ADAPTER}    replicaCount: {n}\n"))?;
+        Ok(vec!["-f".into(), values.display().to_string()])
+    };
+    release.upgrade(&with_replicas(0)?).await?;
+    let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
+    let url = format!("{}/api/hyperfleet/v1/clusters/{kept}", pf.url);
+    let waiting = eventually(READY, || async {
+        let (_, c) = get_json(&pf.http, &url).await?;
+        Ok((condition(&c, "Reconciled")["status"] == "False").then_some(c))
+    })
+    .await;
+    let Ok(c) = waiting else {
+        bail!("{kept} stayed Reconciled once cluster-info was required\n{}", release.diagnostics().await);
+    };
+    let message = condition(&c, "Reconciled")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("cluster-info"), "it waits for the new adapter: {message}");
+    drop(pf);
+    release.upgrade(&with_replicas(1)?).await?;
+    let _ = std::fs::remove_file(&values);
+    let pf = release.port_forward("service/hyperfleet-api", 8000).await?;
+    let url = format!("{}/api/hyperfleet/v1/clusters/{kept}", pf.url);
+    let both = eventually(READY, || async {
+        let (_, c) = get_json(&pf.http, &url).await?;
+        let done = condition(&c, "ClusterInfoSuccessful")["status"] == "True"
+            && condition(&c, "Reconciled")["status"] == "True";
+        Ok(done.then_some(c))
+    })
+    .await;
+    let Ok(c) = both else {
+        let (_, c) = get_json(&pf.http, &url).await.unwrap_or_default();
+        bail!("the new adapter did not report for {kept}: {c}\n{}", release.diagnostics().await);
+    };
+    let info = Api::<ConfigMap>::namespaced(release.kube.clone(), &kept).get("cluster-info").await?;
+    assert_eq!(info.data.unwrap_or_default().get("name"), c["name"].as_str().map(str::to_string).as_ref());
+    let pod = release.pod("adapter-cluster-info").await?;
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        Some("hyperfleet-adapter-cluster-info-sa")
+    );
+    delete_and_wait_gone(&release, &pf, &kept).await?;
     drop(pf);
 
     release.uninstall().await

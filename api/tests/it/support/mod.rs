@@ -31,6 +31,8 @@ pub struct App {
     pool: sqlx::PgPool,
     /// Until [`App::serve`] takes it: the application with its API listener bound.
     application: Option<Application>,
+    /// What it was built with, for [`App::restart`].
+    cfg: ApiConfig,
 }
 
 pub async fn app() -> Result<App> {
@@ -104,8 +106,8 @@ async fn build(configure: impl FnOnce(&mut ApiConfig)) -> Result<App> {
     cfg.database.ssl.root_cert_file = Some(env.get("HF_DB_CA_FILE")?.into());
     configure(&mut cfg);
     hyperfleet_api::migrate(&cfg).await?;
-    let application = Application::build(cfg, CancellationToken::new()).await?;
-    Ok(App { router: application.router(), pool: application.db().clone(), db, application: Some(application) })
+    let application = Application::build(cfg.clone(), CancellationToken::new()).await?;
+    Ok(App { router: application.router(), pool: application.db().clone(), db, application: Some(application), cfg })
 }
 
 /// A server of the app on a loopback port of its own; stopped when dropped.
@@ -147,6 +149,16 @@ impl App {
         let (status, _, v) = self.call(Method::POST, uri, Some(body)).await?;
         assert_eq!(status, StatusCode::CREATED, "POST {uri}: {v}");
         Ok(v)
+    }
+
+    /// Builds the app again on the same database, its configuration changed by `configure` (a new
+    /// release of the API with other settings); requests go to the new one from now on.
+    pub async fn restart(&mut self, configure: impl FnOnce(&mut ApiConfig)) -> Result<()> {
+        configure(&mut self.cfg);
+        let application = Application::build(self.cfg.clone(), CancellationToken::new()).await?;
+        self.router = application.router();
+        self.application = Some(application);
+        Ok(())
     }
 
     /// The app's database pool, for setting up states the API cannot reach by itself.
