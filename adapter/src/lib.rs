@@ -368,6 +368,8 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
         && let Some(why) = worker.task.when.iter().find_map(|p| p.unmet(&resource))
     {
         tracing::info!(resource_id = %resource.id, reason = %why, "precondition not met; nothing applied");
+        // The watch does not report readiness over this report (objects of an earlier apply stay).
+        worker.known.set_ready(&resource.id, None);
         return match send_report(worker, &resource, &Report::precondition_unmet(&why)).await {
             Ok(_) => Outcome::Done("skipped"),
             Err(e) => report_failed(&resource.id, &e),
@@ -380,6 +382,7 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
             tracing::warn!(resource_id = %resource.id, %variable, "the resource has no value for a template variable; nothing applied");
             metrics::counter!("hyperfleet_adapter_errors_total", "phase" => "render", "error_type" => "missing_value")
                 .increment(1);
+            worker.known.set_ready(&resource.id, None);
             return match send_report(worker, &resource, &Report::missing_value(&variable)).await {
                 Ok(_) => Outcome::Done("failed"),
                 Err(e) => report_failed(&resource.id, &e),
@@ -421,6 +424,7 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
                 (applied_report(worker, &resource, waiting), "success")
             }
             Err(e) => {
+                worker.known.set_ready(&resource.id, None);
                 tracing::warn!(resource_id = %resource.id, error = %e, "apply failed; reporting Health=False");
                 (Report::failed(&e, false), "failed")
             }

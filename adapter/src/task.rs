@@ -371,6 +371,9 @@ impl Task {
             .map(|(i, obj)| {
                 let Some(rule) = obj.as_object_mut().and_then(|o| o.remove("ready")) else { return Ok(None) };
                 let at = format!("objects[{i}].ready");
+                if rule.to_string().contains("{{") {
+                    return Err(format!("{at}: a ready: rule is read from the live object as written; templates are not rendered in it"));
+                }
                 let check: Check = serde_json::from_value(rule).map_err(|_| {
                     format!("{at}: expected {{condition: <type>, status: True|False|Unknown}} or {{field: <path>, equals: <value>}}")
                 })?;
@@ -739,6 +742,7 @@ report: {applied_message: a, available_message: b}
         assert!(bad("{field: status..phase}").contains("objects[0].ready.field"));
         assert!(bad("{phase: Active}").contains("objects[0].ready: expected"));
         assert!(bad("{field: status.x, equals: [1]}").contains("objects[0].ready: expected"));
+        assert!(bad("{field: status.x, equals: \"{{resource.spec.n}}\"}").contains("not rendered"));
     }
 
     #[test]

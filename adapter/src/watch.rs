@@ -298,21 +298,23 @@ async fn watch_kind(
 }
 
 /// Queues a known, live resource whose object no longer holds what was rendered for it, or whose
-/// object's `ready:` rule now says otherwise than the last report did. An object being deleted is
-/// left to its `Delete` event.
+/// object has a `ready:` rule (its answer may have changed). An object being deleted is left to its
+/// `Delete` event.
 fn changed(worker: &Worker, queue: &Queue, obj: &DynamicObject) {
     let Some(id) = obj.labels().get(RESOURCE_LABEL) else { return };
-    let Some((view, false, ready)) = worker.known.get(id) else { return };
+    let Some((view, false, _)) = worker.known.get(id) else { return };
     if obj.metadata.deletion_timestamp.is_some() {
         return;
     }
     let live = serde_json::to_value(obj).unwrap_or_default();
     let rendered = worker.render(&view).unwrap_or_default();
-    let settle = rendered.iter().zip(&worker.task.ready).any(|(want, rule)| {
-        task::same_object(&live, want)
-            && (!task::holds(&live, want)
-                || matches!((rule, ready), (Some(rule), Some(was)) if rule.unready(&live).is_none() != was))
-    });
+    // Every change to an object with a `ready:` rule is looked at: `settle` reads the objects afresh
+    // in the resource's turn and reports only when the answer differs from the last report, so a
+    // change made while a report was on its way is not lost.
+    let settle = rendered
+        .iter()
+        .zip(&worker.task.ready)
+        .any(|(want, rule)| task::same_object(&live, want) && (rule.is_some() || !task::holds(&live, want)));
     if settle {
         queue.push(id);
     }

@@ -92,32 +92,49 @@ pub struct Application {
     timeout: Duration,
 }
 
-/// Re-aggregates the resources of each kind whose required adapters changed since its conditions
-/// were last aggregated ([`store::resources::reaggregate_if_required_changed`]), in the
-/// background: retried with backoff while the database fails (a deadlock with a concurrent write
-/// included), until done or `stop`.
+/// How often the API checks that the stored conditions were aggregated with its required adapters.
+const REAGGREGATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// After a pass, another (forced) one this much later: replicas of the previous release, still
+/// serving during a rolling update, aggregate reports with the old set meanwhile.
+const REAGGREGATION_REPASS: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Keeps the stored conditions aggregated with this process's required adapters
+/// ([`store::resources::reaggregate_if_required_changed`]): at start and every minute it compares
+/// them with the recorded set and re-aggregates a kind whose set differs — once more two minutes
+/// after a pass, for what the previous release's replicas aggregated during the rollout. Failures
+/// are retried with backoff; runs until `stop`.
 fn spawn_reaggregation(db: PgPool, required: config::RequiredAdapters, stop: CancellationToken) {
+    use domain::model::Kind;
     tokio::spawn(async move {
-        for (kind, names) in
-            [(domain::model::Kind::Cluster, required.clusters), (domain::model::Kind::NodePool, required.nodepools)]
-        {
-            let mut delay = std::time::Duration::from_secs(1);
-            loop {
-                match store::resources::reaggregate_if_required_changed(&db, kind, &names).await {
-                    Ok(None) => break,
+        let kinds = [(Kind::Cluster, required.clusters), (Kind::NodePool, required.nodepools)];
+        let mut repass: [Option<std::time::Instant>; 2] = [None, None];
+        let mut delay = std::time::Duration::from_secs(1);
+        loop {
+            let mut failed = false;
+            for (i, (kind, names)) in kinds.iter().enumerate() {
+                let force = repass[i].is_some_and(|at| at.elapsed() >= REAGGREGATION_REPASS);
+                match store::resources::reaggregate_if_required_changed(&db, *kind, names, force).await {
+                    Ok(None) => {}
                     Ok(Some((seen, changed))) => {
-                        tracing::info!(kind = kind.plural(), required_adapters = ?names, resources = seen, changed, "the required adapters changed since the conditions were aggregated; re-aggregated them");
-                        break;
+                        repass[i] = if force { None } else { Some(std::time::Instant::now()) };
+                        tracing::info!(kind = kind.plural(), required_adapters = ?names, resources = seen, changed, again = !force, "re-aggregated the conditions with the required adapters");
                     }
                     Err(e) => {
-                        tracing::warn!(kind = kind.plural(), error = %e, retry_in = ?delay, "cannot re-aggregate after a change of the required adapters; retrying");
+                        failed = true;
+                        tracing::warn!(kind = kind.plural(), error = %e, retry_in = ?delay, "cannot re-aggregate the conditions with the required adapters; retrying");
                     }
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(std::time::Duration::from_secs(60));
+            }
+            let wait = if failed {
+                delay = (delay * 2).min(REAGGREGATION_CHECK);
+                delay / 2
+            } else {
+                delay = std::time::Duration::from_secs(1);
+                REAGGREGATION_CHECK
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     });
@@ -175,6 +192,12 @@ impl Application {
             drain: cfg.shutdown_drain,
             timeout: cfg.shutdown_timeout,
         })
+    }
+
+    /// Stops the background work (the change feed's reader and pruner, the re-aggregation) of an
+    /// application that is not served — one replaced by another on the same database, say.
+    pub fn stop_background(&self) {
+        self.stop.cancel();
     }
 
     /// The API listener's port (the configured one, or the one the system chose for port 0).

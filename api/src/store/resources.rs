@@ -182,48 +182,59 @@ pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[Stri
     Ok(row)
 }
 
+/// The advisory lock (session level) held by the one API process re-aggregating at a time.
+const REAGGREGATION_LOCK: i64 = 7_306_195_427;
+
 /// Re-aggregates every resource of `kind` when the required adapters differ from those its
-/// conditions were last aggregated with (the `aggregated_with` table): a newly required adapter
-/// makes them un-Reconciled until it has reported, a removed one may make them Reconciled. Rows
-/// are taken in batches, each in a transaction of its own; the set is recorded once the pass is
-/// done, so a pass cut short is made again at the next start. `Ok(None)`: nothing had to be done;
-/// else how many resources were looked at and how many changed.
+/// conditions were last aggregated with (the `aggregated_with` table), or always with `force`: a
+/// newly required adapter makes resources un-Reconciled until it has reported, a removed one may
+/// make them Reconciled. One API process at a time does it (a session advisory lock; another
+/// finds it taken and returns `Ok(None)`). Rows go in small batches, each a write transaction of
+/// its own — the versions lock first, then the rows, as every writer takes them —, so writers wait
+/// for one batch at most. The set is recorded once the pass is done (a pass cut short is made
+/// again). `Ok(None)`: nothing was done; else how many resources were looked at and changed.
 pub async fn reaggregate_if_required_changed(
     pool: &sqlx::PgPool,
     kind: Kind,
     required: &[String],
+    force: bool,
 ) -> Result<Option<(u64, u64)>, ApiError> {
-    const BATCH: i64 = 100;
+    const BATCH: i64 = 25;
     let mut wanted = required.to_vec();
     wanted.sort();
+    wanted.dedup();
     let recorded: Option<Vec<String>> =
         sqlx::query_scalar("select required_adapters from aggregated_with where kind = $1")
             .bind(kind.name())
             .fetch_optional(pool)
             .await?;
-    if recorded.is_some_and(|mut r| {
-        r.sort();
-        r == wanted
-    }) {
+    if !force && recorded.as_deref() == Some(wanted.as_slice()) {
+        return Ok(None);
+    }
+    // Outside the pool: the lock goes with the connection, whatever happens to the pass.
+    let mut lock = pool.acquire().await?.detach();
+    let locked: bool =
+        sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(REAGGREGATION_LOCK).fetch_one(&mut lock).await?;
+    if !locked {
         return Ok(None);
     }
     let (mut seen, mut changed, mut after) = (0, 0, Uuid::nil());
     loop {
-        let mut tx = pool.begin().await?;
-        // Rows are locked in id order before any is written, as every writer locks its row first.
+        let mut tx = store::write(pool).await?;
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select {COLUMNS} from resources where kind = $1 and id > $2 order by id limit $3 for update"
         )))
         .bind(kind.name())
         .bind(after)
         .bind(BATCH)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let Some(last) = rows.last().map(|r| r.id) else { break };
         for row in rows {
             let version = row.version;
             seen += 1;
-            if reaggregate(&mut tx, row, &wanted).await?.version != version {
+            // In the configured order, as requests aggregate (it orders the adapters' conditions).
+            if reaggregate(&mut tx, row, required).await?.version != version {
                 changed += 1;
             }
         }
@@ -238,6 +249,7 @@ pub async fn reaggregate_if_required_changed(
     .bind(&wanted)
     .execute(pool)
     .await?;
+    let _ = sqlx::Connection::close(lock).await;
     Ok(Some((seen, changed)))
 }
 

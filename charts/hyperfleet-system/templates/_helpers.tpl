@@ -478,6 +478,9 @@ components: api, sentinel, adapter, then sentinel-nodepools and adapter-<name> w
 {{- if and (not $a.first) (gt (len $a.name) 40) }}
 {{- fail (printf "%s: name must be at most 40 characters (its objects are named hyperfleet-adapter-<name>…)" $w) }}
 {{- end }}
+{{- if regexMatch "(^|-)(broker|task)$" $a.name }}
+{{- fail (printf "%s: name %q would give two ConfigMaps one name (hyperfleet-adapter-…-broker-config, -task-config); choose a name that does not end in broker or task" $w $a.name) }}
+{{- end }}
 {{- if has $a.name $names }}
 {{- fail (printf "%s: the name %q is taken by another adapter; every adapter needs its own" $w $a.name) }}
 {{- end }}
@@ -531,12 +534,13 @@ components: api, sentinel, adapter, then sentinel-nodepools and adapter-<name> w
 
 {{/*
 The exchange the sentinel announcing a resource (clusters or nodepools) publishes to: hyperfleetSentinel's
-for its resourceType, hyperfleet-nodepools for the nodepool sentinel; empty when none announces it.
+for its resourceType, broker.external.nodepoolsExchange (hyperfleet-nodepools) for the nodepool sentinel;
+empty when none announces it.
 */}}
 {{- define "hf.sentinelExchange" -}}
 {{- $s := .root.Values.hyperfleetSentinel -}}
 {{- if eq .resource $s.config.resourceType -}}{{ $s.broker.external.exchange }}
-{{- else if eq .resource "nodepools" -}}hyperfleet-nodepools
+{{- else if eq .resource "nodepools" -}}{{ $s.broker.external.nodepoolsExchange | default "hyperfleet-nodepools" }}
 {{- end -}}
 {{- end }}
 

@@ -322,6 +322,7 @@ async fn more_adapters_get_their_own_objects_and_a_nodepool_sentinel() -> Result
         (&["name=x", "task.builtin=landing-zone", "exchange=other"], "binds to exchange \"other\""),
         (&["name=Not_A_Label", "task.builtin=landing-zone"], "/hyperfleetAdapters/0/name"),
         (&["name=x", "task.builtin=unknown"], "/hyperfleetAdapters/0/task/builtin"),
+        (&["name=x-broker", "task.builtin=landing-zone"], "does not end in broker or task"),
     ];
     for (sets, complaint) in cases {
         let mut args = vec!["template".to_string(), "rel".to_string(), chart.clone()];

@@ -155,6 +155,9 @@ impl App {
     /// release of the API with other settings); requests go to the new one from now on.
     pub async fn restart(&mut self, configure: impl FnOnce(&mut ApiConfig)) -> Result<()> {
         configure(&mut self.cfg);
+        if let Some(old) = self.application.take() {
+            old.stop_background();
+        }
         let application = Application::build(self.cfg.clone(), CancellationToken::new()).await?;
         self.router = application.router();
         self.application = Some(application);
