@@ -35,7 +35,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SentinelConfig;
-use poll::fetch_all;
+use poll::Pages;
 use publisher::Publisher;
 
 /// Everything that goes wrong in the sentinel; [`Error::metric_label`] names it in metrics.
@@ -276,58 +276,81 @@ impl Sentinel {
         metric_labels(&self.cfg)
     }
 
-    /// One pass: list, decide, publish. Only a permanent broker error (an exchange of another
-    /// type) ends the sentinel; everything else is retried here or at the next pass.
+    /// One pass: list, decide, publish — page by page, the next page fetched while this one's
+    /// events are published, so the pass holds two pages at most whatever the fleet's size. Only a
+    /// permanent broker error (an exchange of another type) ends the sentinel; everything else is
+    /// retried here or at the next pass.
     async fn pass(&mut self) -> Result<(), Error> {
         let labels = self.labels();
         let started = Instant::now();
         // Connect (or reconnect) up front, so readiness reflects the broker even on idle passes.
         self.connected_publisher().await?;
-        let resources = match fetch_all(&self.api, &self.cfg).await {
-            Ok((r, version)) => {
-                // The first successful list starts the change feed from its position.
-                if let Some(start) = self.feed_start.take() {
-                    let _ = start.send(version);
+        let now = Utc::now();
+        let api = self.api.clone();
+        let cfg = self.cfg.clone();
+        let mut pages = Pages::new(&cfg);
+        // Ids of `published` seen in this pass: the others were deleted.
+        let mut seen: HashSet<String> = HashSet::new();
+        let (mut pending, mut leading) = (0usize, false);
+        // Set once a page's events could not all be published (after the retries): the rest of the
+        // pass is listed but not published, and the next pass decides again.
+        let mut held = false;
+        let mut next = pages.next(&api, &cfg).await;
+        loop {
+            let page = match next {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) => {
+                    metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
+                    metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => e.metric_label())
+                        .increment(1);
+                    if matches!(e, Error::Api { auth: true, .. }) {
+                        self.health.refused_ms.store(self.health.now_ms(), Ordering::Relaxed);
+                        // Warned about once per streak by `note_refusal`; the next poll tries again.
+                        tracing::debug!(error = %e, "poll refused");
+                    } else {
+                        tracing::warn!(error = %e, "poll failed");
+                    }
+                    return Ok(());
                 }
-                r
+            };
+            // The first successful page starts the change feed from its position.
+            if let Some(start) = self.feed_start.take() {
+                let _ = start.send(pages.version.clone());
             }
-            Err(e) => {
-                metrics::counter!("hyperfleet_sentinel_api_errors_total", &labels).increment(1);
-                metrics::counter!("hyperfleet_sentinel_api_errors_by_type_total", "error_type" => e.metric_label())
-                    .increment(1);
-                if matches!(e, Error::Api { auth: true, .. }) {
-                    self.health.refused_ms.store(self.health.now_ms(), Ordering::Relaxed);
-                    // Warned about once per streak by `note_refusal`; the next poll tries again.
-                    tracing::debug!(error = %e, "poll refused");
-                } else {
-                    tracing::warn!(error = %e, "poll failed");
-                }
-                return Ok(());
+            leading = self.leadership.is_leader();
+            if !leading {
+                // A follower keeps polling (and stays ready) but leaves publishing to the leader.
+                next = pages.next(&api, &cfg).await;
+                continue;
             }
-        };
+            let due = self.due(&page, now);
+            pending += due.len();
+            if held || due.is_empty() {
+                next = pages.next(&api, &cfg).await;
+            } else {
+                let (fetched, delivered) = tokio::join!(pages.next(&api, &cfg), self.deliver(due, now));
+                held = delivered? > 0;
+                next = fetched;
+            }
+            // After the delivery: what it published is remembered too.
+            seen.extend(page.iter().filter(|r| self.published.contains_key(&r.id)).map(|r| r.id.clone()));
+        }
         self.health.polled();
         self.health.refused_ms.store(-1, Ordering::Relaxed);
-        let now = Utc::now();
         metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
             .set(now.timestamp_millis() as f64 / 1000.0);
-        if !self.leadership.is_leader() {
-            // A follower keeps polling (and stays ready) but leaves publishing to the leader.
+        if leading {
+            self.published.retain(|id, _| seen.contains(id));
+            metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(pending as f64);
+            if pending == 0 {
+                // Nothing left to publish (what was unroutable was deleted, say): nothing is unroutable.
+                self.health.unroutable.store(false, Ordering::Relaxed);
+            }
+        } else {
             self.published.clear();
             self.health.unroutable.store(false, Ordering::Relaxed);
-            metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
-                .record(started.elapsed().as_secs_f64());
-            return Ok(());
         }
-        let live: HashSet<&str> = resources.iter().map(|r| r.id.as_str()).collect();
-        self.published.retain(|id, _| live.contains(id.as_str()));
-
-        let due = self.due(&resources, now);
-        metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(due.len() as f64);
-        if due.is_empty() {
-            // Nothing left to publish (what was unroutable was deleted, say): nothing is unroutable.
-            self.health.unroutable.store(false, Ordering::Relaxed);
-        }
-        self.deliver(due, now).await?;
         metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -353,8 +376,8 @@ impl Sentinel {
     }
 
     /// Publishes `due`, retrying failures (reconnecting, with backoff) a few times; what still
-    /// fails is left for the next pass, which decides again.
-    async fn deliver(&mut self, mut due: Vec<(&Resource, Reason)>, now: DateTime<Utc>) -> Result<(), Error> {
+    /// fails is left for the next pass, which decides again. Returns how many were left.
+    async fn deliver(&mut self, mut due: Vec<(&Resource, Reason)>, now: DateTime<Utc>) -> Result<usize, Error> {
         let labels = self.labels();
         let mut backoff = Duration::from_millis(500);
         for attempt in 1..=PUBLISH_ATTEMPTS {
@@ -420,7 +443,7 @@ impl Sentinel {
                 tracing::warn!(unpublished = due.len(), "events left for the next pass");
             }
         }
-        Ok(())
+        Ok(due.len())
     }
 
     /// A change from the API's feed: decide about that one resource at once.
@@ -437,7 +460,7 @@ impl Sentinel {
                 let now = Utc::now();
                 let one = [*r];
                 let due = self.due(&one, now);
-                self.deliver(due, now).await
+                self.deliver(due, now).await.map(|_| ())
             }
         }
     }

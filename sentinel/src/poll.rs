@@ -25,41 +25,55 @@ fn list_fields() -> String {
     }
 }
 
-/// Lists every matching resource, page by page in `id` order, each page starting after the last
-/// id of the one before (keyset paging: every page costs the same however deep the list, where
-/// `page=N` would make the database skip N × size rows). Each page is retried (500 ms doubling to
-/// 8 s, ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail
-/// at once.
-/// Also returns the change-feed position of the first page: the feed resumes from there, so a
-/// change committed after the list is never missed by both.
-pub async fn fetch_all(api: &ApiClient, cfg: &SentinelConfig) -> Result<(Vec<Resource>, Option<String>), Error> {
-    let size = cfg.hyperfleet_api.page_size as usize;
-    let selector = cfg.search();
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    let mut version = None;
-    loop {
+/// Every matching resource, page by page in `id` order, each page starting after the last id of
+/// the one before (keyset paging: every page costs the same however deep the list, where `page=N`
+/// would make the database skip N × size rows). Each page is retried (500 ms doubling to 8 s,
+/// ±10 % jitter, 30 s in all) on network errors, timeouts, 5xx, 408 and 429. Other 4xx fail at
+/// once. A pass holds one page at a time, so its memory does not grow with the fleet.
+pub struct Pages {
+    size: usize,
+    selector: Option<String>,
+    after: Option<String>,
+    done: bool,
+    /// The change-feed position of the first page: the feed resumes from there, so a change
+    /// committed after the list is never missed by both.
+    pub version: Option<String>,
+}
+
+impl Pages {
+    pub fn new(cfg: &SentinelConfig) -> Self {
+        let size = cfg.hyperfleet_api.page_size as usize;
+        Pages { size, selector: cfg.search(), after: None, done: false, version: None }
+    }
+
+    /// The next page; `None` once the list is done.
+    pub async fn next(&mut self, api: &ApiClient, cfg: &SentinelConfig) -> Result<Option<Vec<Resource>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
         // Only what the decision and the event use: a resource's spec can be 64 KiB, a page 100 of them.
         // No `total`: keyset paging does not need the count, which is most of a page's cost.
         let mut query = vec![
-            ("size", size.to_string()),
+            ("size", self.size.to_string()),
             ("order", "id asc".to_string()),
             ("fields", list_fields()),
             ("total", "false".to_string()),
         ];
-        if let Some(s) = page_search(selector.as_deref(), after.as_deref()) {
+        if let Some(s) = page_search(self.selector.as_deref(), self.after.as_deref()) {
             query.push(("search", s));
         }
         let body = fetch_page(api, cfg, &query).await?;
-        version = version.or(body.version);
+        self.version = self.version.take().or(body.version);
         let got = body.items.len();
-        all.extend(body.items.into_iter().filter(|r| !r.id.is_empty()));
-        match all.last() {
-            Some(last) if got == size && after.as_deref() != Some(last.id.as_str()) => after = Some(last.id.clone()),
-            _ => break,
+        let items: Vec<Resource> = body.items.into_iter().filter(|r| !r.id.is_empty()).collect();
+        match items.last() {
+            Some(last) if got == self.size && self.after.as_deref() != Some(last.id.as_str()) => {
+                self.after = Some(last.id.clone())
+            }
+            _ => self.done = true,
         }
+        Ok(Some(items))
     }
-    Ok((all, version))
 }
 
 /// The `search` of one page: the resource selector, and the keyset condition after the first page.
