@@ -80,12 +80,34 @@ async fn list_walk(api: &Service, port: u16, lean: bool) -> Result<(f64, f64)> {
     Ok((started.elapsed().as_secs_f64(), cpu_seconds(api.pid()) - cpu_before))
 }
 
+/// A queue bound to the exchange with `#`, as an adapter's would be: the sentinel publishes
+/// `mandatory` and counts only what a queue took; the raw publisher's messages go to it too. Held
+/// by the returned connection (exclusive, removed with it).
+async fn sink(cfg: &hyperfleet_common::broker::BrokerConfig) -> Result<(lapin::Connection, lapin::Channel, String)> {
+    let conn = cfg.connect("hyperfleet-bench-sink").await?;
+    let ch = conn.create_channel().await?;
+    cfg.declare_exchange(&ch).await?;
+    let queue = format!("{}-sink", cfg.exchange);
+    let opts = lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    ch.queue_declare(queue.as_str().into(), opts, Default::default()).await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        cfg.exchange.as_str().into(),
+        "#".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await?;
+    Ok((conn, ch, queue))
+}
+
 /// One sentinel pass over `n` new clusters: wall and CPU seconds, confirmed events per second, and
 /// the raw publisher's rate in the same run.
 pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     let (db, _conn, api, port) = seeded_api(env, bin_dir, "bench-pass", n).await?;
     let exchange = format!("hf-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let broker = env.broker(&exchange)?;
+    let (sink_conn, sink_ch, sink_queue) = sink(&broker).await?;
     let sentinel_vars = vec![
         ("HYPERFLEET_BROKER_URL", env.get("HF_AMQPS_URL")?.to_string()),
         ("HYPERFLEET_BROKER_CA_FILE", env.get("HF_AMQPS_CA_FILE")?.to_string()),
@@ -117,8 +139,10 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
         owner_references: None,
     })?;
     let (body, _) = hyperfleet_common::cloudevent::encode(&sample)?;
-    let (raw, raw_cpu) = raw_publish(&broker, n as usize, &body).await?;
     sentinel.stop().await;
+    sink_ch.queue_purge(sink_queue.as_str().into(), Default::default()).await?;
+    let (raw, raw_cpu) = raw_publish(&broker, n as usize, &body).await?;
+    let _ = sink_conn.close(200, "done".into()).await;
     // The pass's listing as it was before `total=false` and `fields` (the bounds issue), and as now.
     let (full_s, full_cpu) = list_walk(&api, port, false).await?;
     let (lean_s, lean_cpu) = list_walk(&api, port, true).await?;
