@@ -150,6 +150,13 @@ struct Worker {
 impl Worker {
     /// The task's objects for `resource`, marked as this adapter's; `Err` names a template
     /// variable the resource has no value for.
+    /// Remembers what the report about to be sent says of readiness, for the watch (`None`: the
+    /// task has no `ready:` rules, or the report is not about applied objects).
+    fn remember_readiness(&self, id: &str, waiting: Option<Option<&str>>) {
+        let ready = waiting.filter(|_| self.task.has_ready_rules()).map(|w| w.is_none());
+        self.known.set_ready(id, ready);
+    }
+
     fn render(&self, resource: &ResourceView) -> Result<Vec<serde_json::Value>, String> {
         let vars = Vars { resource, adapter: &self.cfg.name };
         let mut objects: Vec<serde_json::Value> =
@@ -369,7 +376,7 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
     {
         tracing::info!(resource_id = %resource.id, reason = %why, "precondition not met; nothing applied");
         // The watch does not report readiness over this report (objects of an earlier apply stay).
-        worker.known.set_ready(&resource.id, None);
+        worker.remember_readiness(&resource.id, None);
         return match send_report(worker, &resource, &Report::precondition_unmet(&why)).await {
             Ok(_) => Outcome::Done("skipped"),
             Err(e) => report_failed(&resource.id, &e),
@@ -382,7 +389,7 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
             tracing::warn!(resource_id = %resource.id, %variable, "the resource has no value for a template variable; nothing applied");
             metrics::counter!("hyperfleet_adapter_errors_total", "phase" => "render", "error_type" => "missing_value")
                 .increment(1);
-            worker.known.set_ready(&resource.id, None);
+            worker.remember_readiness(&resource.id, None);
             return match send_report(worker, &resource, &Report::missing_value(&variable)).await {
                 Ok(_) => Outcome::Done("failed"),
                 Err(e) => report_failed(&resource.id, &e),
@@ -419,12 +426,12 @@ async fn reconcile(worker: &Worker, data: cloudevent::ReconcileData) -> Outcome 
             Ok(live) => {
                 // Readiness as the apply returned the objects; the watch reports when it changes.
                 let waiting = worker.task.waiting(&rendered, &live);
-                worker.known.set_ready(&resource.id, worker.task.has_ready_rules().then_some(waiting.is_none()));
+                worker.remember_readiness(&resource.id, Some(waiting.as_deref()));
                 tracing::info!(resource_id = %resource.id, generation = resource.generation, waiting = waiting.as_deref().unwrap_or("nothing"), "objects applied");
                 (applied_report(worker, &resource, waiting), "success")
             }
             Err(e) => {
-                worker.known.set_ready(&resource.id, None);
+                worker.remember_readiness(&resource.id, None);
                 tracing::warn!(resource_id = %resource.id, error = %e, "apply failed; reporting Health=False");
                 (Report::failed(&e, false), "failed")
             }

@@ -7,9 +7,25 @@ fn bounded(message: String) -> String {
     message.chars().take(1000).collect()
 }
 
+/// One condition: type, status, reason, message.
+type Condition = (&'static str, &'static str, &'static str, String);
+
+/// `Available` of applied objects: True with `message`, or False naming what is awaited.
+fn available(message: String, waiting: Option<String>) -> Condition {
+    match waiting {
+        None => ("Available", "True", "ResourcesAvailable", message),
+        Some(why) => ("Available", "False", "ResourcesNotReady", bounded(why)),
+    }
+}
+
+/// `Finalized` of a resource that is not being deleted.
+fn not_deleting(message: &str) -> Condition {
+    ("Finalized", "False", "NotDeleting", message.into())
+}
+
 /// The adapter's status report (reference §5.5): Applied, Available, Health, Finalized.
 pub(crate) struct Report {
-    conditions: [(&'static str, &'static str, &'static str, String); 4],
+    conditions: [Condition; 4],
 }
 
 impl Report {
@@ -18,17 +34,13 @@ impl Report {
         self.conditions[0].2
     }
     /// The objects are applied; `waiting` says which is not ready yet (a `ready:` rule), if one is.
-    pub(crate) fn applied(applied: String, available: String, waiting: Option<String>) -> Self {
-        let available = match waiting {
-            None => ("Available", "True", "ResourcesAvailable", available),
-            Some(why) => ("Available", "False", "ResourcesNotReady", bounded(why)),
-        };
+    pub(crate) fn applied(applied: String, available_message: String, waiting: Option<String>) -> Self {
         Report {
             conditions: [
                 ("Applied", "True", "ResourcesApplied", applied),
-                available,
+                available(available_message, waiting),
                 ("Health", "True", "Healthy", "reconciled without errors".into()),
-                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
+                not_deleting("the resource is not being deleted"),
             ],
         }
     }
@@ -47,44 +59,44 @@ impl Report {
             ],
         }
     }
+    /// Nothing was applied, for `reason` (`message` on `Applied` and on `Health`, which says
+    /// `health` as status and reason).
+    fn nothing_applied(
+        reason: &'static str,
+        message: String,
+        health: (&'static str, &'static str),
+        finalized: &str,
+    ) -> Self {
+        Report {
+            conditions: [
+                ("Applied", "False", reason, message.clone()),
+                ("Available", "False", reason, "nothing was applied".into()),
+                ("Health", health.0, health.1, message),
+                not_deleting(finalized),
+            ],
+        }
+    }
     /// A `when:` precondition does not hold (`why`): nothing applied, nothing wrong.
     pub(crate) fn precondition_unmet(why: &str) -> Self {
         let message = bounded(format!("waiting: {why}; nothing applied"));
-        Report {
-            conditions: [
-                ("Applied", "False", "PreconditionNotMet", message.clone()),
-                ("Available", "False", "PreconditionNotMet", "nothing was applied".into()),
-                ("Health", "True", "Healthy", message),
-                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
-            ],
-        }
+        Report::nothing_applied("PreconditionNotMet", message, ("True", "Healthy"), "the resource is not being deleted")
     }
     /// The resource has no value for a template `variable`: nothing applied.
     pub(crate) fn missing_value(variable: &str) -> Self {
         let message = bounded(format!("the resource has no value for {{{{{variable}}}}}; nothing applied"));
-        Report {
-            conditions: [
-                ("Applied", "False", "TemplateValueMissing", message.clone()),
-                ("Available", "False", "TemplateValueMissing", "nothing was applied".into()),
-                ("Health", "False", "TemplateValueMissing", message),
-                ("Finalized", "False", "NotDeleting", "the objects were not applied".into()),
-            ],
-        }
+        let unhealthy = ("False", "TemplateValueMissing");
+        Report::nothing_applied("TemplateValueMissing", message, unhealthy, "the objects were not applied")
     }
     /// Objects restored after a change out of band (`what`: which, and what happened to them);
     /// `waiting` as for [`Report::applied`].
     pub(crate) fn restored(what: &str, waiting: Option<String>) -> Self {
         let message = bounded(format!("restored after a change out of band: {what}"));
-        let available = match waiting {
-            None => ("Available", "True", "ResourcesAvailable", "the objects exist again".into()),
-            Some(why) => ("Available", "False", "ResourcesNotReady", bounded(why)),
-        };
         Report {
             conditions: [
                 ("Applied", "True", "ResourcesRestored", message.clone()),
-                available,
+                available("the objects exist again".into(), waiting),
                 ("Health", "True", "Healthy", message),
-                ("Finalized", "False", "NotDeleting", "the resource is not being deleted".into()),
+                not_deleting("the resource is not being deleted"),
             ],
         }
     }

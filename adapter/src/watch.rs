@@ -424,7 +424,7 @@ async fn settle(worker: &Worker, id: &str) {
             }
             tracing::info!(resource_id = id, restored = %what, "restored objects changed out of band");
             let waiting = worker.task.waiting(&rendered, &live);
-            worker.known.set_ready(id, worker.task.has_ready_rules().then_some(waiting.is_none()));
+            worker.remember_readiness(id, Some(waiting.as_deref()));
             Report::restored(&what, waiting)
         }
         Err(e) => {

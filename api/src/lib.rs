@@ -126,8 +126,8 @@ fn spawn_reaggregation(db: PgPool, required: config::RequiredAdapters, stop: Can
                 }
             }
             let wait = if failed {
-                delay = (delay * 2).min(REAGGREGATION_CHECK);
-                delay / 2
+                let next = (delay * 2).min(REAGGREGATION_CHECK);
+                std::mem::replace(&mut delay, next)
             } else {
                 delay = std::time::Duration::from_secs(1);
                 REAGGREGATION_CHECK

@@ -279,6 +279,10 @@ impl Announced {
             self.0.remove(&key);
         }
     }
+    /// Forgets every resource not in `seen` (the keys a whole pass saw).
+    fn keep_only(&mut self, seen: &HashSet<uuid::Uuid>) {
+        self.0.retain(|id, _| seen.contains(id));
+    }
 }
 
 struct Sentinel {
@@ -367,14 +371,14 @@ impl Sentinel {
         metrics::gauge!("hyperfleet_sentinel_last_successful_poll_timestamp_seconds", &labels)
             .set(now.timestamp_millis() as f64 / 1000.0);
         if leading {
-            self.published.0.retain(|id, _| seen.contains(id));
+            self.published.keep_only(&seen);
             metrics::gauge!("hyperfleet_sentinel_pending_resources", &labels).set(pending as f64);
             if pending == 0 {
                 // Nothing left to publish (what was unroutable was deleted, say): nothing is unroutable.
                 self.health.unroutable.store(false, Ordering::Relaxed);
             }
         } else {
-            self.published.0.clear();
+            self.published = Announced::default();
             self.health.unroutable.store(false, Ordering::Relaxed);
         }
         metrics::histogram!("hyperfleet_sentinel_poll_duration_seconds", &labels)

@@ -444,6 +444,14 @@ pub fn condition<'a>(resource: &'a serde_json::Value, kind: &str) -> &'a serde_j
         .unwrap_or(&serde_json::Value::Null)
 }
 
+/// A condition of an adapter's status report (its `conditions` list); null when absent.
+pub fn report_condition<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    report["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
 /// The sum of every series of a Prometheus metric whose line starts with `prefix` (a name, optionally
 /// followed by the start of its labels, e.g. `foo_total{reason="new"`).
 /// The sum of metric `name`'s series (Prometheus text) whose labels include every one of

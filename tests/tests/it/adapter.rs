@@ -5,10 +5,15 @@
 //! runs on the local node and is available once it completes (`ready:`), and the built-in nodepool
 //! task.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
-use hyperfleet_tests::{KubeProxy, LocalEnv, Stack, StackOptions, condition, eventually, metric_sum};
+use hyperfleet_tests::{
+    KubeProxy, LocalEnv, Service, Stack, StackOptions, condition, eventually, metric_sum, report_condition,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
@@ -200,31 +205,45 @@ async fn kubernetes_unreachable_is_reported_as_health_false_and_recovers() -> Re
     Ok(())
 }
 
-/// A stack whose adapter runs the task `text` (written to a directory of its own, returned for
-/// removal).
-async fn stack_with_task(text: &str) -> Result<(Stack, std::path::PathBuf)> {
+/// The task `text` written to a directory of its own: the directory (for removal) and the file.
+fn task_file(text: &str) -> Result<(PathBuf, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("hf-task-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let task = dir.join("task.yaml");
     std::fs::write(&task, text)?;
-    let stack = Stack::start_with(StackOptions {
-        adapter: vec![("HYPERFLEET_TASK_FILE", task.display().to_string())],
-        ..Default::default()
-    })
-    .await?;
-    Ok((stack, dir))
+    Ok((dir, task))
+}
+
+/// A stack (`opts`) whose adapter runs the task `text`; the task's directory, for removal.
+async fn stack_with_task(text: &str, mut opts: StackOptions) -> Result<(Stack, PathBuf)> {
+    let (dir, task) = task_file(text)?;
+    opts.adapter.push(("HYPERFLEET_TASK_FILE", task.display().to_string()));
+    Ok((Stack::start_with(opts).await?, dir))
+}
+
+/// A second adapter on the stack's exchange: named `name`, on a queue of its own, running `task`.
+async fn named_adapter(stack: &Stack, name: &str, task: &Path) -> Result<Service> {
+    let queue = format!("hf-test-{}-{name}", stack.tag);
+    let vars = [
+        ("HYPERFLEET_NAME", name.to_string()),
+        ("HYPERFLEET_QUEUE", queue),
+        ("HYPERFLEET_TASK_FILE", task.display().to_string()),
+    ];
+    stack.another_adapter(name, &vars).await
+}
+
+/// The status report of `adapter` (the first report when `None`) about cluster `id`, if there is one.
+async fn report_of(stack: &Stack, id: &str, adapter: Option<&str>) -> Result<Option<serde_json::Value>> {
+    let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
+    let items = s["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(items.iter().find(|r| adapter.is_none_or(|a| r["adapter"] == a)).cloned())
 }
 
 /// The condition `kind` of the adapter's first status report about cluster `id`, once there is one.
 async fn reported_condition(stack: &Stack, id: &str, kind: &str) -> Result<serde_json::Value> {
-    let report = eventually(LAND, || async {
-        let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
-        Ok(s["items"].as_array().and_then(|items| items.first().cloned()))
-    })
-    .await
-    .with_context(|| stack.logs())?;
-    let found = report["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).cloned();
-    found.with_context(|| format!("no {kind} condition in {report}"))
+    let report = eventually(LAND, || report_of(stack, id, None)).await.with_context(|| stack.logs())?;
+    let found = report_condition(&report, kind).clone();
+    (!found.is_null()).then_some(found).with_context(|| format!("no {kind} condition in {report}"))
 }
 
 /// A task reading the spec and a label: the Namespace carries the cluster's region and tier.
@@ -246,7 +265,7 @@ report:
 
 #[tokio::test]
 async fn templates_read_the_spec_and_labels_and_a_missing_value_is_reported_not_applied() -> Result<()> {
-    let (stack, dir) = stack_with_task(REGION_TASK).await?;
+    let (stack, dir) = stack_with_task(REGION_TASK, StackOptions::default()).await?;
     let post = |name: &str, spec: serde_json::Value| {
         stack.post_cluster(json!({"kind": "Cluster", "name": format!("{name}-{}", stack.tag), "spec": spec,
                                   "labels": {"tier": "gold"}}))
@@ -292,7 +311,7 @@ report:
 
 #[tokio::test]
 async fn a_when_precondition_holds_the_objects_back_until_it_holds() -> Result<()> {
-    let (stack, dir) = stack_with_task(GOLD_TASK).await?;
+    let (stack, dir) = stack_with_task(GOLD_TASK, StackOptions::default()).await?;
     let id = stack.create_cluster("silver").await?;
     let applied = reported_condition(&stack, &id, "Applied").await?;
     assert_eq!((applied["status"].as_str(), applied["reason"].as_str()), (Some("False"), Some("PreconditionNotMet")));
@@ -358,33 +377,14 @@ async fn a_second_adapter_waits_for_the_first_and_is_available_once_its_job_comp
         ..Default::default()
     })
     .await?;
-    let dir = std::env::temp_dir().join(format!("hf-task-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let task = dir.join("job.yaml");
-    std::fs::write(&task, job_task(&image))?;
-    let runner = stack
-        .another_adapter(
-            "job-runner",
-            &[
-                ("HYPERFLEET_NAME", "job-runner".into()),
-                ("HYPERFLEET_QUEUE", format!("hf-test-{}-job-runner", stack.tag)),
-                ("HYPERFLEET_TASK_FILE", task.display().to_string()),
-            ],
-        )
-        .await?;
+    let (dir, task) = task_file(&job_task(&image))?;
+    let runner = named_adapter(&stack, "job-runner", &task).await?;
 
     // Without the landing zone, the job runner holds its Job back and says why.
     stack.kill_adapter().await?;
     let id = stack.create_cluster("jobs").await?;
-    let held = eventually(LAND, || async {
-        let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
-        let mine = s["items"].as_array().and_then(|i| i.iter().find(|r| r["adapter"] == "job-runner").cloned());
-        Ok(mine)
-    })
-    .await
-    .with_context(|| stack.logs())?;
-    let applied = held["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Applied").cloned());
-    let applied = applied.context("Applied")?;
+    let held = eventually(LAND, || report_of(&stack, &id, Some("job-runner"))).await.with_context(|| stack.logs())?;
+    let applied = report_condition(&held, "Applied");
     assert_eq!(applied["reason"], "PreconditionNotMet", "{held}");
     assert!(applied["message"].as_str().unwrap_or("").contains("LandingZoneSuccessful"), "{applied}");
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.kube().await?, &id);
@@ -402,14 +402,8 @@ async fn a_second_adapter_waits_for_the_first_and_is_available_once_its_job_comp
         complete.iter().any(|c| c.type_ == "Complete" && c.status == "True"),
         "Reconciled only once the Job completed: {complete:?}"
     );
-    let (_, s) = stack.get(&format!("clusters/{id}/statuses")).await?;
-    let runner_report = s["items"].as_array().and_then(|i| i.iter().find(|r| r["adapter"] == "job-runner").cloned());
-    let available = runner_report
-        .as_ref()
-        .and_then(|r| r["conditions"].as_array())
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Available").cloned())
-        .context("Available")?;
-    assert_eq!(available["message"], format!("Job {id}/bootstrap completed"));
+    let runner_report = report_of(&stack, &id, Some("job-runner")).await?.context("job-runner's report")?;
+    assert_eq!(report_condition(&runner_report, "Available")["message"], format!("Job {id}/bootstrap completed"));
 
     // A delete needs both adapters' Finalized=True.
     let uri = format!("{}/api/hyperfleet/v1/clusters/{id}", stack.api_url);
@@ -445,15 +439,13 @@ report:
 /// the cluster Reconciled, and withdrawing the approval makes it un-Reconciled again.
 #[tokio::test]
 async fn available_follows_the_ready_rule_through_the_watch() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("hf-task-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let task = dir.join("approval.yaml");
-    std::fs::write(&task, APPROVAL_TASK)?;
-    let stack = Stack::start_with(StackOptions {
-        adapter: vec![("HYPERFLEET_TASK_FILE", task.display().to_string())],
-        sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_MAX_AGE_READY", "1h".into())],
-        ..Default::default()
-    })
+    let (stack, dir) = stack_with_task(
+        APPROVAL_TASK,
+        StackOptions {
+            sentinel: vec![("HYPERFLEET_MAX_AGE_NOT_READY", "1h".into()), ("HYPERFLEET_MAX_AGE_READY", "1h".into())],
+            ..Default::default()
+        },
+    )
     .await?;
     let id = stack.create_cluster("approved").await?;
     let available = reported_condition(&stack, &id, "Available").await?;
@@ -518,16 +510,7 @@ async fn a_nodepool_lands_as_a_config_map_in_its_cluster_namespace() -> Result<(
     })
     .await?;
     let task = hyperfleet_tests::workspace_root().join("charts/hyperfleet-system/files/nodepool-configmap.yaml");
-    let pools = stack
-        .another_adapter(
-            "nodepool-config",
-            &[
-                ("HYPERFLEET_NAME", "nodepool-config".into()),
-                ("HYPERFLEET_QUEUE", format!("hf-test-{}-nodepool-config", stack.tag)),
-                ("HYPERFLEET_TASK_FILE", task.display().to_string()),
-            ],
-        )
-        .await?;
+    let pools = named_adapter(&stack, "nodepool-config", &task).await?;
     let sentinel = stack.sentinel("nodepools", &[("HYPERFLEET_RESOURCE_TYPE", "nodepools".into())]).await?;
     let id = stack.create_cluster("pooled").await?;
     stack.wait_reconciled(&id, 1, LAND).await?;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use hyperfleet_tests::{
     LocalEnv, TestDb, condition, eventually,
     node::{PortForward, Release, ReleaseSpec, chart_dir, container_pid, service_account_token},
-    post_cluster_with, workspace_root,
+    post_cluster_with, report_condition, workspace_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use kube::{Api, api::PostParams};
@@ -56,11 +56,6 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<(u16, Value)> {
     let r = http.get(url).timeout(Duration::from_secs(10)).send().await?;
     let status = r.status().as_u16();
     Ok((status, r.json().await.unwrap_or(Value::Null)))
-}
-
-/// A condition of an adapter's status report (its `conditions` list).
-fn report_condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
-    report["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).unwrap_or(&Value::Null)
 }
 
 /// Waits until the cluster `id` is Reconciled=True and its Namespace and ServiceAccount exist.
