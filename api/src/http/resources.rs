@@ -256,7 +256,7 @@ pub async fn list<K: KindRoute>(
         return state.watches.respond(sel, q.resource_version.as_deref(), &client).await;
     }
     // One snapshot for the page, the total and the version a watch can continue from.
-    let mut tx = state.db.begin().await?;
+    let mut tx = store::begin(&state.db).await?;
     sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
     let version = store::changes::current_version(&mut tx).await?;
     target.check_parent(&mut tx, false).await?;

@@ -139,7 +139,7 @@ pub async fn list<K: KindRoute>(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ListBody<AdapterStatus>>, ApiError> {
     let (page, size) = listing::paging(&listing::pairs(raw.as_deref())?)?;
-    let mut tx = state.db.begin().await?;
+    let mut tx = store::begin(&state.db).await?;
     let row = Target::from_path(K::KIND, &params).load(&mut tx, false).await?;
     let (total, rows) = store::statuses::list(&mut tx, row.id, (size, (page - 1) * size)).await?;
     tx.commit().await?;

@@ -54,11 +54,25 @@ impl Tx {
     }
 }
 
+/// Begins a transaction, in a task of its own. sqlx counts a transaction as open only once
+/// PostgreSQL has answered its `BEGIN`: a request dropped while the `BEGIN` is on the wire (its
+/// client went away) would return the connection to the pool inside a transaction nobody knows
+/// about — the next request on it fails ("SET TRANSACTION ISOLATION LEVEL must be called before any
+/// query", seen when the bench's load generator closed its connections) or runs inside it.
+/// Spawned, the `BEGIN` completes whatever happens to the request; a transaction nobody awaits any
+/// more is dropped, which rolls it back.
+pub async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let db = db.clone();
+    tokio::spawn(async move { db.begin().await })
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
+}
+
 /// Begins a write transaction. It takes the version lock first (see the versions migration), so
 /// every writer takes row locks after it and writers cannot deadlock on it.
 pub async fn write(db: &PgPool) -> Result<Tx, ApiError> {
     let span = hyperfleet_common::trace_span!("db.transaction", db.system.name = "postgresql");
-    let mut inner = db.begin().instrument(span.clone()).await?;
+    let mut inner = begin(db).instrument(span.clone()).await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(VERSION_LOCK)
         .execute(&mut *inner)

@@ -150,20 +150,31 @@ pub async fn has_children(conn: &mut PgConnection, owner: Uuid, live_only: bool)
     Ok(sqlx::query_scalar(sql).bind(owner).fetch_one(conn).await?)
 }
 
-/// Recomputes a resource's aggregated conditions from its adapters' reports and stores them when
-/// they changed; returns the row as it is now.
-pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[String]) -> Result<Row, ApiError> {
-    let reports = statuses::reports(conn, row.id).await?;
-    let live_children = has_children(conn, row.id, true).await?;
-    let conditions = aggregation::aggregate(&aggregation::Input {
+/// The aggregated conditions `row` should have with `required`, given its adapters' stored
+/// `reports` and whether it has live children.
+fn aggregated(
+    row: &Row,
+    required: &[String],
+    reports: &[aggregation::Report],
+    live_children: bool,
+) -> Vec<aggregation::Condition> {
+    aggregation::aggregate(&aggregation::Input {
         generation: row.generation,
         ref_time: row.updated_time,
         deleting: row.deleted_time.is_some(),
         live_children,
         required,
-        reports: &reports,
+        reports,
         previous: &row.conditions.0,
-    });
+    })
+}
+
+/// Recomputes a resource's aggregated conditions from its adapters' reports and stores them when
+/// they changed; returns the row as it is now.
+pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[String]) -> Result<Row, ApiError> {
+    let reports = statuses::reports(conn, row.id).await?;
+    let live_children = has_children(conn, row.id, true).await?;
+    let conditions = aggregated(&row, required, &reports, live_children);
     if conditions != row.conditions.0 {
         row.version = sqlx::query_scalar("update resources set conditions = $2 where id = $1 returning version")
             .bind(row.id)
@@ -189,17 +200,21 @@ const REAGGREGATION_LOCK: i64 = 7_306_195_427;
 /// conditions were last aggregated with (the `aggregated_with` table), or always with `force`: a
 /// newly required adapter makes resources un-Reconciled until it has reported, a removed one may
 /// make them Reconciled. One API process at a time does it (a session advisory lock; another
-/// finds it taken and returns `Ok(None)`). Rows go in small batches, each a write transaction of
-/// its own — the versions lock first, then the rows, as every writer takes them —, so writers wait
-/// for one batch at most. The set is recorded once the pass is done (a pass cut short is made
-/// again). `Ok(None)`: nothing was done; else how many resources were looked at and changed.
+/// finds it taken and returns `Ok(None)`). Rows are read in small batches without locks; those
+/// whose conditions would change are written in a write transaction of their own — the versions
+/// lock first, then the rows, as every writer takes them —, so writers wait for one batch's writes
+/// at most, and not at all for a pass that changes nothing. The set is recorded once the pass is
+/// done (a pass cut short is made again). `Ok(None)`: nothing was done; else how many resources
+/// were looked at and changed.
 pub async fn reaggregate_if_required_changed(
     pool: &sqlx::PgPool,
     kind: Kind,
     required: &[String],
     force: bool,
 ) -> Result<Option<(u64, u64)>, ApiError> {
-    const BATCH: i64 = 25;
+    // Rows read at a time, and rows written in one write transaction at most.
+    const READ: i64 = 100;
+    const WRITE: usize = 25;
     let mut wanted = required.to_vec();
     wanted.sort();
     wanted.dedup();
@@ -220,25 +235,55 @@ pub async fn reaggregate_if_required_changed(
     }
     let (mut seen, mut changed, mut after) = (0, 0, Uuid::nil());
     loop {
-        let mut tx = store::write(pool).await?;
+        // Read without locks, a batch's reports and children in one query each; only the resources
+        // whose conditions would change are written, in a write transaction that reads them afresh
+        // under the locks. A pass that changes nothing (the repass after a rollout, usually) never
+        // holds up a writer.
+        let mut conn = pool.acquire().await?;
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {COLUMNS} from resources where kind = $1 and id > $2 order by id limit $3 for update"
+            "select {COLUMNS} from resources where kind = $1 and id > $2 order by id limit $3"
         )))
         .bind(kind.name())
         .bind(after)
-        .bind(BATCH)
-        .fetch_all(&mut **tx)
+        .bind(READ)
+        .fetch_all(&mut *conn)
         .await?;
         let Some(last) = rows.last().map(|r| r.id) else { break };
-        for row in rows {
-            let version = row.version;
-            seen += 1;
-            // In the configured order, as requests aggregate (it orders the adapters' conditions).
-            if reaggregate(&mut tx, row, required).await?.version != version {
-                changed += 1;
+        seen += rows.len() as u64;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut reports = statuses::reports_of(&mut conn, &ids).await?;
+        let parents: Vec<Uuid> = sqlx::query_scalar(
+            "select distinct owner_id from resources where owner_id = any($1) and deleted_time is null",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        drop(conn);
+        let stale: Vec<Uuid> = rows
+            .iter()
+            .filter(|row| {
+                let reports = reports.remove(&row.id).unwrap_or_default();
+                // In the configured order, as requests aggregate (it orders the adapters' conditions).
+                aggregated(row, required, &reports, parents.contains(&row.id)) != row.conditions.0
+            })
+            .map(|row| row.id)
+            .collect();
+        for stale in stale.chunks(WRITE) {
+            let mut tx = store::write(pool).await?;
+            let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select {COLUMNS} from resources where id = any($1) order by id for update"
+            )))
+            .bind(stale)
+            .fetch_all(&mut **tx)
+            .await?;
+            for row in rows {
+                let version = row.version;
+                if reaggregate(&mut tx, row, required).await?.version != version {
+                    changed += 1;
+                }
             }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         after = last;
     }
     sqlx::query(

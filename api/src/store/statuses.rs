@@ -58,21 +58,36 @@ impl StatusRow {
 
 /// Every stored report of a resource, for aggregation.
 pub async fn reports(conn: &mut PgConnection, resource: Uuid) -> Result<Vec<Report>, ApiError> {
-    let rows: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {STATUS_COLUMNS} from adapter_statuses where resource_id = $1"
+    Ok(reports_of(conn, &[resource]).await?.remove(&resource).unwrap_or_default())
+}
+
+/// Every stored report of each of `resources` (one query), for aggregation.
+pub async fn reports_of(
+    conn: &mut PgConnection,
+    resources: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<Report>>, ApiError> {
+    #[derive(FromRow)]
+    struct Reported {
+        resource_id: Uuid,
+        #[sqlx(flatten)]
+        row: StatusRow,
+    }
+    let rows: Vec<Reported> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select resource_id, {STATUS_COLUMNS} from adapter_statuses where resource_id = any($1)"
     )))
-    .bind(resource)
+    .bind(resources)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Report {
+    let mut by_resource: std::collections::HashMap<Uuid, Vec<Report>> = std::collections::HashMap::new();
+    for Reported { resource_id, row: r } in rows {
+        by_resource.entry(resource_id).or_default().push(Report {
             adapter: r.adapter,
             observed_generation: r.observed_generation,
             conditions: r.conditions.0,
             last_report_time: r.last_report_time,
-        })
-        .collect())
+        });
+    }
+    Ok(by_resource)
 }
 
 /// One adapter's stored report, locked for update.

@@ -430,3 +430,33 @@ async fn a_newly_required_adapter_makes_existing_clusters_wait_for_its_report() 
     app.done().await;
     Ok(())
 }
+
+/// A request dropped while its transaction's `BEGIN` is on the wire (its client went away) leaves
+/// no transaction behind on the pooled connection: after a read on it, the next transaction can
+/// still set its isolation level. sqlx counts a transaction only once `BEGIN` is answered, so without
+/// `store::begin` the connection went back to the pool inside one.
+#[tokio::test]
+async fn a_transaction_dropped_while_it_begins_leaves_none_behind_on_the_connection() -> Result<()> {
+    let app = app().await?;
+    // One connection, so every transaction below runs on the one the dropped BEGIN used.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*app.pool().connect_options()).clone())
+        .await?;
+    for _ in 0..20 {
+        sqlx::query("select 1").execute(&pool).await?;
+        // Polled once, then dropped: the connection is idle, so the BEGIN goes out at once.
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, hyperfleet_api::store::begin(&pool)).await;
+        // A read the way a GET makes it, then a transaction the way a list begins one.
+        sqlx::query("select 1").execute(&pool).await?;
+        let mut tx = hyperfleet_api::store::begin(&pool).await?;
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await
+            .context("the connection came back inside a transaction")?;
+        tx.rollback().await?;
+    }
+    pool.close().await;
+    app.done().await;
+    Ok(())
+}
