@@ -282,7 +282,8 @@ async fn kube_clients(cfg: &AdapterConfig) -> Result<(Client, Client), Error> {
     Ok((requests, watches))
 }
 
-/// Runs `step` up to `retry.attempts` times while it fails transiently.
+/// Runs `step` up to `retry.attempts` times while it fails transiently; the time it took, retries
+/// included, goes to `hyperfleet_adapter_phase_duration_seconds{phase}`.
 async fn with_retry<T, F, Fut>(worker: &Worker, phase: &'static str, mut step: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
@@ -291,9 +292,17 @@ where
     let retry = &worker.cfg.retry;
     let mut delay = retry.base_delay;
     let mut attempt = 1;
+    let started = std::time::Instant::now();
+    let took = || {
+        metrics::histogram!("hyperfleet_adapter_phase_duration_seconds", "phase" => phase)
+            .record(started.elapsed().as_secs_f64())
+    };
     loop {
         match step().await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                took();
+                return Ok(v);
+            }
             Err(e) if e.is_transient() && attempt < retry.attempts => {
                 metrics::counter!("hyperfleet_adapter_retries_total", "phase" => phase).increment(1);
                 tracing::debug!(phase, attempt, error = %e, "transient failure; retrying");
@@ -302,6 +311,7 @@ where
                 attempt += 1;
             }
             Err(e) => {
+                took();
                 metrics::counter!("hyperfleet_adapter_errors_total", "phase" => phase, "error_type" => e.metric_label())
                     .increment(1);
                 return Err(e);

@@ -26,6 +26,11 @@ pub fn describe_metrics() {
         "hyperfleet_adapter_dead_letters_total",
         "Messages moved to the dead-letter queue because they are not reconcile events, by reason."
     );
+    describe_histogram!(
+        "hyperfleet_adapter_phase_duration_seconds",
+        Unit::Seconds,
+        "Time of one phase of an event (fetch: the API read, apply, delete, report: the status PUT), retries included."
+    );
     describe_counter!("hyperfleet_adapter_retries_total", "Transient failures retried, by phase.");
     describe_counter!(
         "hyperfleet_adapter_api_auth_failures_total",

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::rss_mib;
+use crate::{box_cpu_seconds, rss_mib};
 
 /// The adapter's default field manager (`kubernetes.field_manager`).
 const FIELD_MANAGER: &str = "hyperfleet-adapter";
@@ -43,7 +43,13 @@ fn mean_ms(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 /// cluster GET and the status PUT (server side), in ms.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 struct PerEvent {
+    /// The whole machine's CPU per landed cluster, from the adapter's start to the last report.
+    machine_cpu_ms: f64,
     adapter_ms: f64,
+    /// The adapter's own phases, as its client saw them: the API read, the apply, the status PUT.
+    fetch_ms: f64,
+    apply_ms: f64,
+    report_ms: f64,
     api_get_ms: f64,
     api_put_status_ms: f64,
 }
@@ -62,6 +68,7 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
             Ok((metric_sum(&m, "hyperfleet_sentinel_events_published_total") >= n as f64).then_some(()))
         })
         .await?;
+        let box_before = box_cpu_seconds();
         stack.start_adapter().await?;
         let db = tokio::sync::Mutex::new(stack.db_connection().await?);
         let span: f64 = eventually(Duration::from_secs(600), || async {
@@ -75,9 +82,14 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
         })
         .await
         .with_context(|| format!("adapter did not report every cluster\n{}", stack.logs()))?;
+        let machine_cpu_s = box_cpu_seconds() - box_before;
         let (adapter, api) = (stack.adapter.metrics().await?, stack.api.metrics().await?);
         let per_event = PerEvent {
+            machine_cpu_ms: 1000.0 * machine_cpu_s / n as f64,
             adapter_ms: mean_ms(&adapter, "hyperfleet_adapter_event_processing_duration_seconds", &[]),
+            fetch_ms: mean_ms(&adapter, "hyperfleet_adapter_phase_duration_seconds", &["phase=\"fetch\""]),
+            apply_ms: mean_ms(&adapter, "hyperfleet_adapter_phase_duration_seconds", &["phase=\"apply\""]),
+            report_ms: mean_ms(&adapter, "hyperfleet_adapter_phase_duration_seconds", &["phase=\"report\""]),
             api_get_ms: mean_ms(
                 &api,
                 "hyperfleet_api_request_duration_seconds",
@@ -122,11 +134,13 @@ async fn apply_pair(client: &kube::Client, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The raw loop's rate at `concurrency`; removes its Namespaces afterwards.
-async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<f64> {
+/// The raw loop's rate at `concurrency` and the machine's CPU per pair in ms; removes its
+/// Namespaces afterwards.
+async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, f64)> {
     let client = env.kube().await?;
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let client = &client;
+    let box_before = box_cpu_seconds();
     let done: Vec<Result<Instant>> = stream::iter(ids.iter())
         .map(|id| async move {
             apply_pair(client, id).await?;
@@ -135,6 +149,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<f64> {
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    let machine_cpu_ms = 1000.0 * (box_cpu_seconds() - box_before) / n as f64;
     let cleanup = hyperfleet_tests::remove_namespaces(env, &ids).await;
     let mut times = done.into_iter().collect::<Result<Vec<_>>>()?;
     cleanup?;
@@ -143,7 +158,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<f64> {
         (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
         _ => 0.0,
     };
-    Ok((n - 1) as f64 / span.max(1e-6))
+    Ok(((n - 1) as f64 / span.max(1e-6), machine_cpu_ms))
 }
 
 /// Seconds until N landed clusters, all DELETEd at once, are hard-deleted.
@@ -243,28 +258,65 @@ fn quiet(bin_dir: &Path) -> StackOptions {
     }
 }
 
-/// Adapter vs raw loop at prefetch 1 and the default (10); deletes; drift repair.
-pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
+/// The operations of this part (`--ops`): landing rate, deletes, drift repair.
+pub const OPS: [&str; 3] = ["landing", "delete", "drift"];
+
+/// Adapter vs raw loop at prefetch 1 and the default (10); deletes; drift repair (those of `ops`).
+pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize, ops: &[&str]) -> Result<Value> {
+    let mut report = serde_json::Map::new();
+    if ops.contains(&"landing") {
+        report.insert("landing".into(), landing(env, bin_dir, n).await?);
+    }
+    if ops.contains(&"delete") {
+        report.insert("delete".into(), deletes(env, bin_dir, n).await?);
+    }
+    if ops.contains(&"drift") {
+        report.insert("drift_repair".into(), drift(bin_dir, n).await?);
+    }
+    Ok(Value::Object(report))
+}
+
+/// Landing rate against the raw loop at prefetch 1 and 10.
+async fn landing(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
     let mut out = Vec::new();
     for prefetch in [1u16, 10] {
         // The raw loop runs before and after the adapter (the box drifts over a run); their mean is
         // the baseline.
-        let before = raw_rate(env, n, usize::from(prefetch)).await?;
+        let (before, before_cpu) = raw_rate(env, n, usize::from(prefetch)).await?;
         let (adapter, rss, per_event) = adapter_rate(bin_dir, n, prefetch).await?;
-        let after = raw_rate(env, n, usize::from(prefetch)).await?;
-        let raw = (before + after) / 2.0;
+        let (after, after_cpu) = raw_rate(env, n, usize::from(prefetch)).await?;
+        let (raw, raw_cpu_ms) = ((before + after) / 2.0, (before_cpu + after_cpu) / 2.0);
         println!(
             "prefetch {prefetch:>2}: adapter {adapter:>6.1} clusters/s | raw kube-rs {raw:>6.1} pairs/s ({before:.1} before, {after:.1} after) | {:.2}x | adapter RSS {rss:.1} MiB",
             adapter / raw
         );
+        let p = &per_event;
         println!(
-            "            per event {:.1} ms in the adapter; the API's own time: GET {:.1} ms, status PUT {:.1} ms",
-            per_event.adapter_ms, per_event.api_get_ms, per_event.api_put_status_ms
+            "            per event {:.1} ms in the adapter (fetch {:.1}, apply {:.1}, report {:.1}, the rest {:.1}); \
+             the API's own time: GET {:.1} ms, status PUT {:.1} ms; a raw pair {:.1} ms",
+            p.adapter_ms,
+            p.fetch_ms,
+            p.apply_ms,
+            p.report_ms,
+            p.adapter_ms - p.fetch_ms - p.apply_ms - p.report_ms,
+            p.api_get_ms,
+            p.api_put_status_ms,
+            1000.0 * f64::from(prefetch) / raw
+        );
+        println!(
+            "            machine CPU per cluster {:.1} ms, per raw pair {raw_cpu_ms:.1} ms ({:.2}x)",
+            p.machine_cpu_ms,
+            raw_cpu_ms / p.machine_cpu_ms.max(1e-9)
         );
         out.push(json!({"prefetch": prefetch, "clusters": n, "adapter_per_s": adapter, "raw_kube_per_s": raw,
                         "raw_kube_per_s_before_after": [before, after], "ratio": adapter / raw,
-                        "adapter_rss_mib": rss, "per_event": per_event}));
+                        "adapter_rss_mib": rss, "per_event": per_event, "raw_machine_cpu_ms": raw_cpu_ms}));
     }
+    Ok(Value::Array(out))
+}
+
+/// N landed clusters deleted at once, against the controller-manager deleting N pairs.
+async fn deletes(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
     let adapter = adapter_delete(bin_dir, n).await?;
     let raw = raw_delete(env, n).await?;
     println!(
@@ -273,7 +325,11 @@ pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
         n as f64 / raw,
         raw / adapter
     );
-    let deletes = json!({"clusters": n, "adapter_s": adapter, "raw_kcm_s": raw, "ratio": raw / adapter});
+    Ok(json!({"clusters": n, "adapter_s": adapter, "raw_kcm_s": raw, "ratio": raw / adapter}))
+}
+
+/// Namespaces deleted out of band one at a time until the adapter has restored each.
+async fn drift(bin_dir: &Path, n: usize) -> Result<Value> {
     let k = 20.min(n);
     let (mut gone, mut restored) = drift_repair(bin_dir, k).await?;
     gone.sort_by(f64::total_cmp);
@@ -286,7 +342,6 @@ pub async fn run(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
         ms(&gone, 0.5),
         ms(&gone, 0.99)
     );
-    let drift = json!({"namespaces": k, "restored_ms": {"p50": ms(&restored, 0.5), "p99": ms(&restored, 0.99)},
-                       "old_gone_ms": {"p50": ms(&gone, 0.5), "p99": ms(&gone, 0.99)}});
-    Ok(json!({"landing": out, "delete": deletes, "drift_repair": drift}))
+    Ok(json!({"namespaces": k, "restored_ms": {"p50": ms(&restored, 0.5), "p99": ms(&restored, 0.99)},
+              "old_gone_ms": {"p50": ms(&gone, 0.5), "p99": ms(&gone, 0.99)}}))
 }

@@ -140,6 +140,14 @@ pub async fn run(bin_dir: &Path, n: usize, interval: Duration, change_feed: bool
 async fn measure(stack: &Stack, n: usize, interval: Duration, change_feed: bool) -> Result<Value> {
     let rss = |s: &Stack| json!({"api": rss_mib(s.api.pid()), "sentinel": rss_mib(s.sentinel.pid()), "adapter": rss_mib(s.adapter.pid())});
     let idle = rss(stack);
+    // What idle RSS is made of: the process's own memory (anonymous) and pages of its binary and
+    // libraries mapped from the page cache (file: clean, shared, reclaimable).
+    let split = |pid: Option<u32>| {
+        let (anon, file) = crate::rss_split_mib(pid);
+        json!({"anon": anon, "file": file})
+    };
+    let idle_split = json!({"api": split(stack.api.pid()), "sentinel": split(stack.sentinel.pid()),
+                            "adapter": split(stack.adapter.pid())});
     let (events, objects, reconciled): (Seen, Seen, Seen) = Default::default();
     let observers = [
         watch_events(stack, events.clone()).await?,
@@ -177,7 +185,7 @@ async fn measure(stack: &Stack, n: usize, interval: Duration, change_feed: bool)
     let out = json!({
         "clusters": n, "interval_ms": interval.as_millis() as u64, "change_feed": change_feed,
         "event_routed": stage(&created, &events)?, "namespace_and_service_account": stage(&created, &objects)?,
-        "reconciled": stage(&created, &reconciled)?, "rss_mib": {"idle": idle, "after": after},
+        "reconciled": stage(&created, &reconciled)?, "rss_mib": {"idle": idle, "after": after, "idle_split": idle_split},
     });
     let row = |name: &str, v: &Value| {
         println!(

@@ -15,8 +15,8 @@
 //!    the loopback processes (needs `tests/env/run node-up`; the images hold the binaries it built).
 //!
 //! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
-//! `--only landing,api,bounds,tracing,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put` (API
-//! operations, e.g. one to profile), `HF_BIN_DIR` (binaries other than `target/release`).
+//! `--only landing,api,bounds,tracing,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put`
+//! (API operations, e.g. one to profile) `,landing,delete,drift` (the adapter's), `HF_BIN_DIR` (binaries other than `target/release`).
 
 mod adapter;
 mod api;
@@ -44,6 +44,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// CPU seconds the whole machine has been busy so far, all cores together (`/proc/stat`: user,
+/// nice, system, irq, softirq, steal). Beside a run's wall time it says how much of the machine the
+/// run took: two cores busy throughout a 10 s run is 20 s.
+fn box_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse::<f64>().unwrap_or(0.0)).collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Machine CPU used while `run` ran, as (result, busy CPU seconds, wall seconds).
+async fn on_the_box<T>(run: impl std::future::Future<Output = Result<T>>) -> Result<(T, f64, f64)> {
+    let (cpu, wall) = (box_cpu_seconds(), Instant::now());
+    let out = run.await?;
+    Ok((out, box_cpu_seconds() - cpu, wall.elapsed().as_secs_f64()))
+}
+
 /// User + system CPU seconds a process has used so far.
 fn cpu_seconds(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
@@ -53,6 +71,21 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// A process's resident memory in MiB split into anonymous (its heap, stacks) and file-backed
+/// (its binary and libraries, mapped from the page cache); (0, 0) when it is gone.
+fn rss_split_mib(pid: Option<u32>) -> (f64, f64) {
+    let Some(pid) = pid else { return (0.0, 0.0) };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    (kb("RssAnon:") / 1024.0, kb("RssFile:") / 1024.0)
 }
 
 /// Resident memory of a process in MiB (0 when it is gone).
@@ -105,6 +138,12 @@ async fn seeded_api_with(
     Ok((db, conn, api, port))
 }
 
+/// The operations of one part that `--ops` names; all of the part's when it names none of them.
+fn selected<'a>(ops: &[String], part: &[&'a str]) -> Vec<&'a str> {
+    let named: Vec<&str> = part.iter().copied().filter(|p| ops.iter().any(|o| o == p)).collect();
+    if named.is_empty() { part.to_vec() } else { named }
+}
+
 const PARTS: [&str; 7] = ["landing", "api", "bounds", "tracing", "sentinel", "adapter", "pods"];
 
 #[tokio::main]
@@ -123,10 +162,15 @@ async fn main() -> Result<()> {
     if let Some(bad) =
         args.iter().find(|a| a.starts_with("--") && !["--quick", "--only", "--ops"].contains(&a.as_str()))
     {
-        bail!("unknown option {bad} (options: --quick, --only {}, --ops {})", PARTS.join(","), api::OPS.join(","));
+        bail!(
+            "unknown option {bad} (options: --quick, --only {}, --ops {},{})",
+            PARTS.join(","),
+            api::OPS.join(","),
+            adapter::OPS.join(",")
+        );
     }
-    if let Some(bad) = ops.iter().find(|o| !api::OPS.contains(&o.as_str())) {
-        bail!("--ops: unknown operation {bad:?} (operations: {})", api::OPS.join(","));
+    if let Some(bad) = ops.iter().find(|o| !api::OPS.contains(&o.as_str()) && !adapter::OPS.contains(&o.as_str())) {
+        bail!("--ops: unknown operation {bad:?} (api: {}; adapter: {})", api::OPS.join(","), adapter::OPS.join(","));
     }
     let duration = Duration::from_secs(if quick { 3 } else { 10 });
     let client_counts: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
@@ -157,6 +201,7 @@ async fn main() -> Result<()> {
     }
     if wants("api") {
         println!("\n2. API vs pgbench running the same SQL ({} s per cell)", duration.as_secs());
+        let ops = selected(&ops, &api::OPS);
         report.insert("api_vs_pgbench".into(), api::run(&env, &bin_dir, duration, client_counts, &ops).await?);
     }
     if wants("bounds") {
@@ -178,14 +223,22 @@ async fn main() -> Result<()> {
     }
     if wants("adapter") {
         println!("\n4. adapter: {adapter_n} queued clusters vs a raw kube-rs loop applying the same objects");
-        report.insert("adapter".into(), adapter::run(&env, &bin_dir, adapter_n).await?);
+        let ops = selected(&ops, &adapter::OPS);
+        report.insert("adapter".into(), adapter::run(&env, &bin_dir, adapter_n, &ops).await?);
     }
 
     println!("\n5. footprint");
     if let Some(l) = report.get("create_to_landed") {
         for svc in ["api", "sentinel", "adapter"] {
             let at = |when: &str| l["change_feed"]["rss_mib"][when][svc].as_f64().unwrap_or(0.0);
-            println!("{svc:<9} RSS idle {:>5.1} MiB, after the create→landed run {:>5.1} MiB", at("idle"), at("after"));
+            let split = |part: &str| l["change_feed"]["rss_mib"]["idle_split"][svc][part].as_f64().unwrap_or(0.0);
+            println!(
+                "{svc:<9} RSS idle {:>5.1} MiB (anonymous {:.1}, file-backed {:.1}), after the create→landed run {:>5.1} MiB",
+                at("idle"),
+                split("anon"),
+                split("file"),
+                at("after")
+            );
         }
     }
     let mut sizes = Map::new();

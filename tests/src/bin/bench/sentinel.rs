@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use hyperfleet_tests::{LocalEnv, Service};
 use serde_json::{Value, json};
 
-use crate::{cpu_seconds, rss_mib, seeded_api};
+use crate::{box_cpu_seconds, cpu_seconds, on_the_box, rss_mib, seeded_api};
 
 /// Publishes `n` messages of `body` to `exchange` with confirms, `PIPELINE` in flight: the
 /// sentinel's publishing without the API, the decision or the CloudEvent building. Returns events
@@ -121,13 +121,24 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     let sentinel =
         Service::start_binary("bench-pass", "sentinel", &bin_dir.join("hyperfleet-sentinel"), &[], &sentinel_vars)?;
     let count = "hyperfleet_sentinel_poll_duration_seconds_count";
+    let confirmed = "hyperfleet_sentinel_events_published_total";
+    // The whole machine's CPU (the sentinel, the API, PostgreSQL, RabbitMQ, this bench) from the
+    // pass's first confirmed event to its end, and the events confirmed in that window.
+    let (box_before, early) = hyperfleet_tests::eventually(Duration::from_secs(900), || async {
+        let m = sentinel.metrics().await.unwrap_or_default();
+        let published = hyperfleet_tests::metric_sum(&m, confirmed);
+        Ok((published > 0.0).then(|| (box_cpu_seconds(), published)))
+    })
+    .await?;
     hyperfleet_tests::eventually(Duration::from_secs(900), || async {
         Ok((hyperfleet_tests::metric_sum(&sentinel.metrics().await.unwrap_or_default(), count) >= 1.0).then_some(()))
     })
     .await?;
+    let pass_box = box_cpu_seconds() - box_before;
     let m = sentinel.metrics().await?;
     let wall = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
-    let published = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_events_published_total");
+    let published = hyperfleet_tests::metric_sum(&m, confirmed);
+    let measured = (published - early).max(1.0);
     let cpu = cpu_seconds(sentinel.pid());
     let rss = rss_mib(sentinel.pid());
     // The same event size for the raw publisher.
@@ -141,7 +152,7 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     let (body, _) = hyperfleet_common::cloudevent::encode(&sample)?;
     sentinel.stop().await;
     sink_ch.queue_purge(sink_queue.as_str().into(), Default::default()).await?;
-    let (raw, raw_cpu) = raw_publish(&broker, n as usize, &body).await?;
+    let ((raw, raw_cpu), raw_box, raw_wall) = on_the_box(raw_publish(&broker, n as usize, &body)).await?;
     let _ = sink_conn.close(200, "done".into()).await;
     // The pass's listing as it was before `total=false` and `fields` (the bounds issue), and as now.
     let (full_s, full_cpu) = list_walk(&api, port, false).await?;
@@ -166,9 +177,20 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
         rate / raw,
         cpu / raw_cpu.max(0.01)
     );
+    // Where the ratio's ceiling is: machine CPU per 1 000 events, and how busy the raw run kept it.
+    let cores = std::thread::available_parallelism().map(|c| c.get() as f64).unwrap_or(1.0);
+    println!(
+        "         machine CPU per 1 000 events: pass {:.2} s, raw {:.2} s ({:.2}x); the raw run kept the {cores} \
+         cores {:.0} % busy",
+        1000.0 * pass_box / measured,
+        1000.0 * raw_box / n as f64,
+        (raw_box / n as f64) / (pass_box / measured).max(1e-9),
+        100.0 * raw_box / (raw_wall * cores).max(1e-9)
+    );
     Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
               "raw_lapin_per_s": raw, "raw_lapin_cpu_s": raw_cpu, "ratio": rate / raw,
               "cpu_ratio": cpu / raw_cpu.max(0.01), "sentinel_rss_mib": rss,
               "list_full_s": full_s, "list_full_api_cpu_s": full_cpu, "list_lean_s": lean_s,
-              "list_lean_api_cpu_s": lean_cpu}))
+              "list_lean_api_cpu_s": lean_cpu, "machine_cpu_s": {"pass": pass_box, "raw": raw_box},
+              "raw_wall_s": raw_wall}))
 }
