@@ -29,7 +29,7 @@ pub fn describe_metrics() {
     describe_histogram!(
         "hyperfleet_adapter_phase_duration_seconds",
         Unit::Seconds,
-        "Time of one phase of an event (fetch: the API read, apply, delete, report: the status PUT), retries included."
+        "Time of one phase of the work on a resource, for an event or a watch settle, retries included: fetch (the API read), apply (applying or reading the objects), delete (deleting them and checking they are gone), report (the status PUT)."
     );
     describe_counter!("hyperfleet_adapter_retries_total", "Transient failures retried, by phase.");
     describe_counter!(

@@ -63,9 +63,12 @@ impl Tx {
 /// more is dropped, which rolls it back.
 pub async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let db = db.clone();
-    tokio::spawn(async move { db.begin().await })
-        .await
-        .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
+    match tokio::spawn(async move { db.begin().await }.instrument(tracing::Span::current())).await {
+        Ok(begun) => begun,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only the runtime shutting down cancels the task.
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
 }
 
 /// Begins a write transaction. It takes the version lock first (see the versions migration), so

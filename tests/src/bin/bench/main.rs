@@ -45,14 +45,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// CPU seconds the whole machine has been busy so far, all cores together (`/proc/stat`: user,
-/// nice, system, irq, softirq, steal). Beside a run's wall time it says how much of the machine the
-/// run took: two cores busy throughout a 10 s run is 20 s.
+/// nice, system, irq, softirq; not steal, the hypervisor's). Beside a run's wall time it says how
+/// much of the machine the run took: two cores busy throughout a 10 s run is 20 s. It is the host's
+/// (or VM's) count, not a container's.
 fn box_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> =
         stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse::<f64>().unwrap_or(0.0)).collect();
     let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
-    (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / 100.0 // USER_HZ is 100 on Linux
+    (at(0) + at(1) + at(2) + at(5) + at(6)) / 100.0 // USER_HZ is 100 on Linux
 }
 
 /// Machine CPU used while `run` ran, as (result, busy CPU seconds, wall seconds).
