@@ -150,6 +150,14 @@ pub async fn has_children(conn: &mut PgConnection, owner: Uuid, live_only: bool)
     Ok(sqlx::query_scalar(sql).bind(owner).fetch_one(conn).await?)
 }
 
+/// Which of `owners` have children not marked for deletion (one query; [`has_children`] for many).
+pub async fn with_live_children(conn: &mut PgConnection, owners: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
+    Ok(sqlx::query_scalar("select distinct owner_id from resources where owner_id = any($1) and deleted_time is null")
+        .bind(owners)
+        .fetch_all(conn)
+        .await?)
+}
+
 /// The aggregated conditions `row` should have with `required`, given its adapters' stored
 /// `reports` and whether it has live children.
 fn aggregated(
@@ -252,12 +260,7 @@ pub async fn reaggregate_if_required_changed(
         seen += rows.len() as u64;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let mut reports = statuses::reports_of(&mut conn, &ids).await?;
-        let parents: Vec<Uuid> = sqlx::query_scalar(
-            "select distinct owner_id from resources where owner_id = any($1) and deleted_time is null",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+        let parents = with_live_children(&mut conn, &ids).await?;
         drop(conn);
         let stale: Vec<Uuid> = rows
             .iter()

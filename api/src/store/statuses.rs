@@ -1,5 +1,7 @@
 //! Adapter reports in the `adapter_statuses` table.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection, types::Json as SqlJson};
@@ -30,6 +32,16 @@ pub struct StatusRow {
 const STATUS_COLUMNS: &str = "adapter, observed_generation, conditions, data, metadata, created_time, last_report_time";
 
 impl StatusRow {
+    /// What aggregation reads of the report.
+    fn report(self) -> Report {
+        Report {
+            adapter: self.adapter,
+            observed_generation: self.observed_generation,
+            conditions: self.conditions.0,
+            last_report_time: self.last_report_time,
+        }
+    }
+
     /// The representation clients see.
     pub fn view(&self) -> AdapterStatus {
         AdapterStatus {
@@ -58,14 +70,17 @@ impl StatusRow {
 
 /// Every stored report of a resource, for aggregation.
 pub async fn reports(conn: &mut PgConnection, resource: Uuid) -> Result<Vec<Report>, ApiError> {
-    Ok(reports_of(conn, &[resource]).await?.remove(&resource).unwrap_or_default())
+    let rows: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {STATUS_COLUMNS} from adapter_statuses where resource_id = $1"
+    )))
+    .bind(resource)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(StatusRow::report).collect())
 }
 
 /// Every stored report of each of `resources` (one query), for aggregation.
-pub async fn reports_of(
-    conn: &mut PgConnection,
-    resources: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, Vec<Report>>, ApiError> {
+pub async fn reports_of(conn: &mut PgConnection, resources: &[Uuid]) -> Result<HashMap<Uuid, Vec<Report>>, ApiError> {
     #[derive(FromRow)]
     struct Reported {
         resource_id: Uuid,
@@ -78,14 +93,9 @@ pub async fn reports_of(
     .bind(resources)
     .fetch_all(conn)
     .await?;
-    let mut by_resource: std::collections::HashMap<Uuid, Vec<Report>> = std::collections::HashMap::new();
-    for Reported { resource_id, row: r } in rows {
-        by_resource.entry(resource_id).or_default().push(Report {
-            adapter: r.adapter,
-            observed_generation: r.observed_generation,
-            conditions: r.conditions.0,
-            last_report_time: r.last_report_time,
-        });
+    let mut by_resource: HashMap<Uuid, Vec<Report>> = HashMap::new();
+    for Reported { resource_id, row } in rows {
+        by_resource.entry(resource_id).or_default().push(row.report());
     }
     Ok(by_resource)
 }

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::{box_cpu_seconds, rss_mib};
+use crate::{box_cpu_seconds, ms_per, rss_mib};
 
 /// The adapter's default field manager (`kubernetes.field_manager`).
 const FIELD_MANAGER: &str = "hyperfleet-adapter";
@@ -72,7 +72,7 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
         let db = tokio::sync::Mutex::new(stack.db_connection().await?);
         // The machine's CPU from the first report on (the adapter's start-up is not landing), and
         // how many clusters had reported by then.
-        let mark = std::sync::Mutex::new(None::<(f64, i64)>);
+        let mark = std::cell::Cell::new(None::<(f64, i64)>);
         let span: f64 = eventually(Duration::from_secs(600), || async {
             let (count, span): (i64, f64) = sqlx::query_as(
                 "select count(*), coalesce(extract(epoch from max(last_report_time) - min(last_report_time)), 0)::float8 \
@@ -80,15 +80,15 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
             )
             .fetch_one(&mut *db.lock().await)
             .await?;
-            if count > 0 {
-                mark.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get_or_insert((box_cpu_seconds(), count));
+            if count > 0 && mark.get().is_none() {
+                mark.set(Some((box_cpu_seconds(), count)));
             }
             Ok((count as usize >= n).then_some(span))
         })
         .await
         .with_context(|| format!("adapter did not report every cluster\n{}", stack.logs()))?;
-        let (box_before, early) = mark.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?.unwrap_or((0.0, 0));
-        let machine_cpu_ms = 1000.0 * (box_cpu_seconds() - box_before) / (n as f64 - early as f64).max(1.0);
+        let (box_before, early) = mark.get().unwrap_or((0.0, 0));
+        let machine_cpu_ms = ms_per(box_cpu_seconds() - box_before, (n as i64 - early) as f64);
         let (adapter, api) = (stack.adapter.metrics().await?, stack.api.metrics().await?);
         let per_event = PerEvent {
             machine_cpu_ms,
@@ -155,7 +155,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, 
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let machine_cpu_ms = 1000.0 * (box_cpu_seconds() - box_before) / n as f64;
+    let machine_cpu_ms = ms_per(box_cpu_seconds() - box_before, n as f64);
     let cleanup = hyperfleet_tests::remove_namespaces(env, &ids).await;
     let mut times = done.into_iter().collect::<Result<Vec<_>>>()?;
     cleanup?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use hyperfleet_tests::LocalEnv;
 use serde_json::{Value, json};
 
-use crate::{cpu_seconds, on_the_box, percentile, rss_mib, seeded_api};
+use crate::{cpu_seconds, ms_per, on_the_box, percentile, rss_mib, seeded_api};
 
 const SEEDED: i64 = 1000;
 /// The operations measured, in order.
@@ -184,20 +184,17 @@ fn wrk_ms(value: &str) -> Option<f64> {
 /// status cell on the discard check). Building them is in wrk's CPU figure (~0.01 ms a request).
 const PREBUILT_PER_SECOND: u64 = 3000;
 
-/// Drives `op` against the API with `wrk` (a C load generator, as pgbench is one) with `clients`
-/// connections for `duration`; every response must be a success.
-pub fn wrk_cell(base: &str, ids_file: &Path, op: &str, clients: usize, duration: Duration) -> Result<Cell> {
-    let dir = std::env::temp_dir().join(format!("hf-wrk-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let script = dir.join("api.lua");
-    std::fs::write(&script, WRK_SCRIPT)?;
+/// Drives `op` against the API with `wrk` (a C load generator, as pgbench is one) running `script`
+/// ([`WRK_SCRIPT`]) over the ids in `ids_file`, with `clients` connections for `duration`; every
+/// response must be a success.
+fn wrk_cell(base: &str, script: &Path, ids_file: &Path, op: &str, clients: usize, duration: Duration) -> Result<Cell> {
     let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let threads = clients.min(2);
     let (out, cpu) = run_timed(
         std::process::Command::new("wrk")
             .args(["--latency", "--timeout", "10s", "-c", &clients.to_string(), "-t", &threads.to_string()])
             .args(["-d", &format!("{}s", duration.as_secs()), "-s"])
-            .arg(&script)
+            .arg(script)
             .arg(base)
             .arg("--")
             .arg(ids_file)
@@ -207,7 +204,6 @@ pub fn wrk_cell(base: &str, ids_file: &Path, op: &str, clients: usize, duration:
     if out.status.code() == Some(127) {
         bail!("wrk not found (Debian package wrk; tests/env/run installs it)");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk {op} with {clients} clients failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -215,8 +211,7 @@ pub fn wrk_cell(base: &str, ids_file: &Path, op: &str, clients: usize, duration:
     let field = |prefix: &str| text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix).map(str::trim));
     let rps = field("Requests/sec:").and_then(|v| v.parse::<f64>().ok()).context("Requests/sec in wrk's output")?;
     let p99_ms = field("99%").and_then(wrk_ms).context("99% latency in wrk's output")?;
-    let requests = rps * duration.as_secs_f64();
-    Ok(Cell { rps, p99_ms, client_cpu_ms_per_req: if requests > 0.0 { 1000.0 * cpu / requests } else { 0.0 } })
+    Ok(Cell { rps, p99_ms, client_cpu_ms_per_req: ms_per(cpu, rps * duration.as_secs_f64()) })
 }
 
 /// Drives `op` against the API with `clients` concurrent clients for `duration`.
@@ -327,11 +322,10 @@ fn pgbench_cell(env: &LocalEnv, db: &str, script: &Path, clients: usize, duratio
     }
     let _ = std::fs::remove_dir_all(&logs);
     latencies.sort_by(f64::total_cmp);
-    let requests = latencies.len() as f64;
     Ok(Cell {
         rps: tps,
         p99_ms: percentile(&latencies, 0.99),
-        client_cpu_ms_per_req: if requests > 0.0 { 1000.0 * cpu / requests } else { 0.0 },
+        client_cpu_ms_per_req: ms_per(cpu, latencies.len() as f64),
     })
 }
 
@@ -359,6 +353,8 @@ pub async fn run(
     std::fs::create_dir_all(&scripts_dir)?;
     let ids_file = scripts_dir.join("ids");
     std::fs::write(&ids_file, ids.join("\n") + "\n")?;
+    let wrk_script = scripts_dir.join("api.lua");
+    std::fs::write(&wrk_script, WRK_SCRIPT)?;
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     println!("API driven by wrk, the database by pgbench (both C); CPU in ms per request: the load");
     println!("generator's own, the API process's, and the whole machine's (\"box\": server, database, client)");
@@ -393,19 +389,20 @@ pub async fn run(
                 hyperfleet_tests::metric_sum(&m, "hyperfleet_api_status_reports_discarded_total")
             };
             let discarded_before = discarded().await;
-            let (a, a_box, _) = on_the_box(async { wrk_cell(&base, &ids_file, op, clients, duration) }).await?;
+            let (a, a_box, _) =
+                on_the_box(async { wrk_cell(&base, &wrk_script, &ids_file, op, clients, duration) }).await?;
             // A discarded report (204) skips the write pgbench makes: the cell would flatter the API.
             let dropped = discarded().await - discarded_before;
             if dropped > 0.0 {
                 bail!("{op} with {clients} clients: the API discarded {dropped} reports as stale");
             }
-            let api_requests = (a.rps * duration.as_secs_f64()).max(1.0);
-            let api_cpu_ms = 1000.0 * (cpu_seconds(api.pid()) - api_cpu) / api_requests;
+            let api_requests = a.rps * duration.as_secs_f64();
+            let api_cpu_ms = ms_per(cpu_seconds(api.pid()) - api_cpu, api_requests);
             let (p, p_box, _) = on_the_box(async { pgbench_cell(env, &db.name, &script, clients, duration) }).await?;
             let ratio = if p.rps > 0.0 { a.rps / p.rps } else { 0.0 };
             // The machine's CPU per request on each side (everything: server, database, client).
-            let a_box_ms = 1000.0 * a_box / api_requests;
-            let p_box_ms = 1000.0 * p_box / (p.rps * duration.as_secs_f64()).max(1.0);
+            let a_box_ms = ms_per(a_box, api_requests);
+            let p_box_ms = ms_per(p_box, p.rps * duration.as_secs_f64());
             println!(
                 "{op:<11} {clients:>7} {:>10.0} {:>7.2}ms {:>8.3} {:>8.3} {:>8.3} {:>11.0} {:>7.2}ms {:>8.3} {:>8.3} {:>7.2}x",
                 a.rps,

@@ -15,8 +15,9 @@
 //!    the loopback processes (needs `tests/env/run node-up`; the images hold the binaries it built).
 //!
 //! Writes `target/bench/bench.json`. Options: `--quick` (shorter cells, fewer clusters),
-//! `--only landing,api,bounds,tracing,sentinel,adapter,pods` (a subset), `--ops create,get,list100,status_put`
-//! (API operations, e.g. one to profile) `,landing,delete,drift` (the adapter's), `HF_BIN_DIR` (binaries other than `target/release`).
+//! `--only landing,api,bounds,tracing,sentinel,adapter,pods` (a subset), `--ops` (operations of the
+//! API part, `create,get,list100,status_put`, e.g. one to profile, and of the adapter part,
+//! `landing,delete,drift`), `HF_BIN_DIR` (binaries other than `target/release`).
 
 mod adapter;
 mod api;
@@ -74,29 +75,31 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
 }
 
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `RssAnon:`, …) in MiB (0 when the process is
+/// gone).
+fn status_mib(pid: Option<u32>, key: &str) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)).map(String::from))
+        .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// A process's resident memory in MiB split into anonymous (its heap, stacks) and file-backed
-/// (its binary and libraries, mapped from the page cache); (0, 0) when it is gone.
+/// (its binary and libraries, mapped from the page cache).
 fn rss_split_mib(pid: Option<u32>) -> (f64, f64) {
-    let Some(pid) = pid else { return (0.0, 0.0) };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<f64>().ok()))
-            .unwrap_or(0.0)
-    };
-    (kb("RssAnon:") / 1024.0, kb("RssFile:") / 1024.0)
+    (status_mib(pid, "RssAnon:"), status_mib(pid, "RssFile:"))
 }
 
 /// Resident memory of a process in MiB (0 when it is gone).
 fn rss_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mib(pid, "VmRSS:")
+}
+
+/// Milliseconds per item of `seconds` spread over `count` items (at least one).
+fn ms_per(seconds: f64, count: f64) -> f64 {
+    1000.0 * seconds / count.max(1.0)
 }
 
 /// A fresh migrated database with `clusters` seeded straight into it, and the API serving it on a

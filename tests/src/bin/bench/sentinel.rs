@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use hyperfleet_tests::{LocalEnv, Service};
 use serde_json::{Value, json};
 
-use crate::{box_cpu_seconds, cpu_seconds, on_the_box, rss_mib, seeded_api};
+use crate::{box_cpu_seconds, cpu_seconds, ms_per, on_the_box, rss_mib, seeded_api};
 
 /// Publishes `n` messages of `body` to `exchange` with confirms, `PIPELINE` in flight: the
 /// sentinel's publishing without the API, the decision or the CloudEvent building. Returns events
@@ -138,7 +138,7 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     let m = sentinel.metrics().await?;
     let wall = hyperfleet_tests::metric_sum(&m, "hyperfleet_sentinel_poll_duration_seconds_sum");
     let published = hyperfleet_tests::metric_sum(&m, confirmed);
-    let measured = (published - early).max(1.0);
+    let measured = published - early;
     let cpu = cpu_seconds(sentinel.pid());
     let rss = rss_mib(sentinel.pid());
     // The same event size for the raw publisher.
@@ -182,9 +182,9 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     println!(
         "         machine CPU per 1 000 events: pass {:.2} s, raw {:.2} s ({:.2}x); the raw run kept the {cores} \
          cores {:.0} % busy",
-        1000.0 * pass_box / measured,
-        1000.0 * raw_box / n as f64,
-        (raw_box / n as f64) / (pass_box / measured).max(1e-9),
+        ms_per(pass_box, measured),
+        ms_per(raw_box, n as f64),
+        ms_per(raw_box, n as f64) / ms_per(pass_box, measured).max(1e-9),
         100.0 * raw_box / (raw_wall * cores).max(1e-9)
     );
     Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
