@@ -19,8 +19,9 @@ use sqlx::PgConnection;
 
 use crate::{
     domain::{
+        aggregation::Report,
         listing::{self, ListBody},
-        model::{AdapterStatus, Row, now},
+        model::{AdapterStatus, Kind, Row, now},
         validation::{self, MANDATORY_CONDITIONS},
     },
     error::ApiError,
@@ -67,7 +68,11 @@ pub async fn put<K: KindRoute>(
     if incoming.observed_generation > row.generation {
         return Ok(discard("observed_generation is ahead of the resource"));
     }
-    let stored = store::statuses::locked(&mut tx, row.id, &incoming.adapter).await?;
+    // Every report of the resource, the adapter's own among them: the resource's row lock orders
+    // its reports' writers.
+    let mut reports = store::statuses::rows(&mut tx, row.id).await?;
+    let own = reports.iter().position(|s| s.adapter == incoming.adapter);
+    let stored = own.map(|i| &reports[i]);
     if stored.as_ref().is_some_and(|s| s.observed_generation > incoming.observed_generation) {
         return Ok(discard("a newer generation is already reported"));
     }
@@ -97,27 +102,33 @@ pub async fn put<K: KindRoute>(
             if !(s.observed_generation < incoming.observed_generation
                 || (s.observed_generation == incoming.observed_generation && s.last_report_time < observed_time)) =>
         {
-            s // an identical re-send: nothing to write
+            s.clone() // an identical re-send: nothing to write
         }
-        previous => store::statuses::upsert(&mut tx, row.id, &incoming, observed_time, previous.as_ref()).await?,
+        previous => store::statuses::upsert(&mut tx, row.id, &incoming, observed_time, previous).await?,
     };
+    let view = report.view();
+    match own {
+        Some(i) => reports[i] = report,
+        None => reports.push(report),
+    }
+    let reports: Vec<Report> = reports.into_iter().map(StatusRow::report).collect();
 
     let finalized = incoming.status_of("Finalized") == Some("True");
-    if row.deleted_time.is_some() && finalized && finalize(&state, &mut tx, &row).await? {
+    if row.deleted_time.is_some() && finalized && finalize(&state, &mut tx, &row, &reports).await? {
         tx.commit().await?;
-        return Ok((StatusCode::CREATED, Json(report.view())).into_response());
+        return Ok((StatusCode::CREATED, Json(view)).into_response());
     }
     if available != "Unknown" {
-        store::resources::reaggregate(&mut tx, row, state.required(K::KIND)).await?;
+        store::resources::reaggregate_with(&mut tx, row, state.required(K::KIND), &reports).await?;
     }
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(report.view())).into_response())
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// Hard-deletes a resource being deleted once every required adapter reported `Finalized=True` at
-/// its current generation and no child is left. Returns whether it was deleted.
-async fn finalize(state: &AppState, conn: &mut PgConnection, row: &Row) -> Result<bool, ApiError> {
-    let reports = store::statuses::reports(conn, row.id).await?;
+/// its current generation and no child is left (`reports`: every report of it, this one's
+/// included). Returns whether it was deleted.
+async fn finalize(state: &AppState, conn: &mut PgConnection, row: &Row, reports: &[Report]) -> Result<bool, ApiError> {
     let all_final = state.required(row.kind()).iter().all(|name| {
         reports.iter().any(|r| {
             &r.adapter == name
@@ -125,7 +136,7 @@ async fn finalize(state: &AppState, conn: &mut PgConnection, row: &Row) -> Resul
                 && r.condition("Finalized").is_some_and(|c| c.status == "True")
         })
     });
-    if !all_final || store::resources::has_children(conn, row.id, false).await? {
+    if !all_final || (row.kind() == Kind::Cluster && store::resources::has_children(conn, row.id, false).await?) {
         return Ok(false);
     }
     store::resources::delete(conn, &[row.id]).await?;

@@ -62,8 +62,22 @@ impl Tx {
 /// Spawned, the `BEGIN` completes whatever happens to the request; a transaction nobody awaits any
 /// more is dropped, which rolls it back.
 pub async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    begin_with(db, None).await
+}
+
+/// [`begin`] with `statement` instead of a plain `BEGIN` (see [`sqlx::Pool::begin_with`]).
+async fn begin_with(
+    db: &PgPool,
+    statement: Option<String>,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let db = db.clone();
-    match tokio::spawn(async move { db.begin().await }.instrument(tracing::Span::current())).await {
+    let begun = async move {
+        match statement {
+            Some(statement) => db.begin_with(sqlx::AssertSqlSafe(statement)).await,
+            None => db.begin().await,
+        }
+    };
+    match tokio::spawn(begun.instrument(tracing::Span::current())).await {
         Ok(begun) => begun,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only the runtime shutting down cancels the task.
@@ -72,16 +86,23 @@ pub async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postg
 }
 
 /// Begins a write transaction. It takes the version lock first (see the versions migration), so
-/// every writer takes row locks after it and writers cannot deadlock on it.
+/// every writer takes row locks after it and writers cannot deadlock on it. The lock and `BEGIN`
+/// go in one round trip (one simple query of two statements): writers queue on that lock, and
+/// each round trip made while holding it is a round trip every writer behind waits for.
 pub async fn write(db: &PgPool) -> Result<Tx, ApiError> {
     let span = hyperfleet_common::trace_span!("db.transaction", db.system.name = "postgresql");
-    let mut inner = begin(db).instrument(span.clone()).await?;
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(VERSION_LOCK)
-        .execute(&mut *inner)
-        .instrument(span.clone())
-        .await?;
+    let inner = begin_with(db, Some(write_begin())).instrument(span.clone()).await?;
     Ok(Tx { inner, span })
+}
+
+/// The statement that begins a write transaction: the lock first, in the implicit transaction of
+/// a multi-statement query, which the `BEGIN` after it turns into the transaction block (the lock
+/// stays held). In this order a lock wait that times out leaves no transaction behind: the
+/// implicit one is rolled back with the error. `BEGIN` first would leave an aborted transaction
+/// on the connection, which sqlx — counting a transaction only once its begin succeeded — hands
+/// to the next request ("current transaction is aborted").
+fn write_begin() -> String {
+    format!("select pg_advisory_xact_lock({VERSION_LOCK}); begin")
 }
 
 /// The span of one statement that writes a resource or a report (the change-feed row is written

@@ -179,10 +179,21 @@ fn aggregated(
 
 /// Recomputes a resource's aggregated conditions from its adapters' reports and stores them when
 /// they changed; returns the row as it is now.
-pub async fn reaggregate(conn: &mut PgConnection, mut row: Row, required: &[String]) -> Result<Row, ApiError> {
+pub async fn reaggregate(conn: &mut PgConnection, row: Row, required: &[String]) -> Result<Row, ApiError> {
     let reports = statuses::reports(conn, row.id).await?;
-    let live_children = has_children(conn, row.id, true).await?;
-    let conditions = aggregated(&row, required, &reports, live_children);
+    reaggregate_with(conn, row, required, &reports).await
+}
+
+/// [`reaggregate`] with the resource's `reports` as its caller has them (read under its row lock).
+pub async fn reaggregate_with(
+    conn: &mut PgConnection,
+    mut row: Row,
+    required: &[String],
+    reports: &[aggregation::Report],
+) -> Result<Row, ApiError> {
+    // Only clusters have children (nodepools).
+    let live_children = row.kind() == Kind::Cluster && has_children(conn, row.id, true).await?;
+    let conditions = aggregated(&row, required, reports, live_children);
     if conditions != row.conditions.0 {
         row.version = sqlx::query_scalar("update resources set conditions = $2 where id = $1 returning version")
             .bind(row.id)

@@ -33,7 +33,7 @@ const STATUS_COLUMNS: &str = "adapter, observed_generation, conditions, data, me
 
 impl StatusRow {
     /// What aggregation reads of the report.
-    fn report(self) -> Report {
+    pub fn report(self) -> Report {
         Report {
             adapter: self.adapter,
             observed_generation: self.observed_generation,
@@ -68,15 +68,20 @@ impl StatusRow {
     }
 }
 
-/// Every stored report of a resource, for aggregation.
-pub async fn reports(conn: &mut PgConnection, resource: Uuid) -> Result<Vec<Report>, ApiError> {
-    let rows: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+/// Every stored report of a resource, as stored. Nothing locks them: whoever writes a resource's
+/// reports holds the resource's row lock (and the version lock), which orders its reports' writers.
+pub async fn rows(conn: &mut PgConnection, resource: Uuid) -> Result<Vec<StatusRow>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {STATUS_COLUMNS} from adapter_statuses where resource_id = $1"
     )))
     .bind(resource)
     .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(StatusRow::report).collect())
+    .await?)
+}
+
+/// Every stored report of a resource, for aggregation.
+pub async fn reports(conn: &mut PgConnection, resource: Uuid) -> Result<Vec<Report>, ApiError> {
+    Ok(rows(conn, resource).await?.into_iter().map(StatusRow::report).collect())
 }
 
 /// Every stored report of each of `resources` (one query), for aggregation.
@@ -98,17 +103,6 @@ pub async fn reports_of(conn: &mut PgConnection, resources: &[Uuid]) -> Result<H
         by_resource.entry(resource_id).or_default().push(row.report());
     }
     Ok(by_resource)
-}
-
-/// One adapter's stored report, locked for update.
-pub async fn locked(conn: &mut PgConnection, resource: Uuid, adapter: &str) -> Result<Option<StatusRow>, ApiError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {STATUS_COLUMNS} from adapter_statuses where resource_id = $1 and adapter = $2 for update"
-    )))
-    .bind(resource)
-    .bind(adapter)
-    .fetch_optional(conn)
-    .await?)
 }
 
 /// Stores `report` as its adapter's report on `resource`; a condition whose status did not change

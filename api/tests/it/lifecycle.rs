@@ -462,3 +462,23 @@ async fn a_transaction_dropped_while_it_begins_leaves_none_behind_on_the_connect
     app.done().await;
     Ok(())
 }
+
+/// A write transaction holds the version lock from the moment it is begun (`BEGIN` and the lock
+/// go out as one statement) until it ends; another session cannot take the lock meanwhile.
+#[tokio::test]
+async fn a_write_transaction_holds_the_version_lock_until_it_ends() -> Result<()> {
+    let app = app().await?;
+    let mut other = app.pool().acquire().await?;
+    let try_lock = "select pg_try_advisory_lock($1)";
+    let version_lock = hyperfleet_api::store::VERSION_LOCK;
+    let tx = hyperfleet_api::store::write(app.pool()).await?;
+    let free: bool = sqlx::query_scalar(try_lock).bind(version_lock).fetch_one(&mut *other).await?;
+    assert!(!free, "the version lock is held while the write transaction is open");
+    tx.commit().await?;
+    let free: bool = sqlx::query_scalar(try_lock).bind(version_lock).fetch_one(&mut *other).await?;
+    assert!(free, "and released when it ends");
+    sqlx::query("select pg_advisory_unlock($1)").bind(version_lock).execute(&mut *other).await?;
+    drop(other);
+    app.done().await;
+    Ok(())
+}

@@ -28,7 +28,10 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::{box_cpu_seconds, ms_per, rss_mib};
+use crate::{box_cpu_seconds, cpu_by_command, cpu_split, ms_per, rss_mib, split_line};
+
+/// Where the machine's CPU went per item, by program (see [`crate::cpu_split`]).
+type Split = Vec<(String, f64)>;
 
 /// The adapter's default field manager (`kubernetes.field_manager`).
 const FIELD_MANAGER: &str = "hyperfleet-adapter";
@@ -41,10 +44,12 @@ fn mean_ms(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// Where an event's time goes: the adapter's mean processing time, and the API's own time for the
 /// cluster GET and the status PUT (server side), in ms.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct PerEvent {
     /// The whole machine's CPU per landed cluster, from the first report to the last.
     machine_cpu_ms: f64,
+    /// The same by program.
+    machine_split: Split,
     adapter_ms: f64,
     /// The adapter's own phases, as its client saw them: the API read, the apply, the status PUT.
     fetch_ms: f64,
@@ -72,7 +77,7 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
         let db = tokio::sync::Mutex::new(stack.db_connection().await?);
         // The machine's CPU from the first report on (the adapter's start-up is not landing), and
         // how many clusters had reported by then.
-        let mark = std::cell::Cell::new(None::<(f64, i64)>);
+        let mark = std::cell::RefCell::new(None);
         let span: f64 = eventually(Duration::from_secs(600), || async {
             let (count, span): (i64, f64) = sqlx::query_as(
                 "select count(*), coalesce(extract(epoch from max(last_report_time) - min(last_report_time)), 0)::float8 \
@@ -80,18 +85,20 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
             )
             .fetch_one(&mut *db.lock().await)
             .await?;
-            if count > 0 && mark.get().is_none() {
-                mark.set(Some((box_cpu_seconds(), count)));
+            if count > 0 && mark.borrow().is_none() {
+                *mark.borrow_mut() = Some((box_cpu_seconds(), cpu_by_command(), count));
             }
             Ok((count as usize >= n).then_some(span))
         })
         .await
         .with_context(|| format!("adapter did not report every cluster\n{}", stack.logs()))?;
-        let (box_before, early) = mark.get().unwrap_or((0.0, 0));
-        let machine_cpu_ms = ms_per(box_cpu_seconds() - box_before, (n as i64 - early) as f64);
+        let (box_before, by_before, early) = mark.take().unwrap_or_default();
+        let (used, landed) = (box_cpu_seconds() - box_before, (n as i64 - early) as f64);
+        let (machine_cpu_ms, machine_split) = (ms_per(used, landed), cpu_split(&by_before, used, landed));
         let (adapter, api) = (stack.adapter.metrics().await?, stack.api.metrics().await?);
         let per_event = PerEvent {
             machine_cpu_ms,
+            machine_split,
             adapter_ms: mean_ms(&adapter, "hyperfleet_adapter_event_processing_duration_seconds", &[]),
             fetch_ms: mean_ms(&adapter, "hyperfleet_adapter_phase_duration_seconds", &["phase=\"fetch\""]),
             apply_ms: mean_ms(&adapter, "hyperfleet_adapter_phase_duration_seconds", &["phase=\"apply\""]),
@@ -140,13 +147,13 @@ async fn apply_pair(client: &kube::Client, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The raw loop's rate at `concurrency` and the machine's CPU per pair in ms; removes its
-/// Namespaces afterwards.
-async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, f64)> {
+/// The raw loop's rate at `concurrency` and the machine's CPU per pair in ms (in all, by program);
+/// removes its Namespaces afterwards.
+async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, f64, Split)> {
     let client = env.kube().await?;
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let client = &client;
-    let box_before = box_cpu_seconds();
+    let (box_before, by_before) = (box_cpu_seconds(), cpu_by_command());
     let done: Vec<Result<Instant>> = stream::iter(ids.iter())
         .map(|id| async move {
             apply_pair(client, id).await?;
@@ -155,7 +162,8 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, 
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let machine_cpu_ms = ms_per(box_cpu_seconds() - box_before, n as f64);
+    let used = box_cpu_seconds() - box_before;
+    let (machine_cpu_ms, split) = (ms_per(used, n as f64), cpu_split(&by_before, used, n as f64));
     let cleanup = hyperfleet_tests::remove_namespaces(env, &ids).await;
     let mut times = done.into_iter().collect::<Result<Vec<_>>>()?;
     cleanup?;
@@ -164,7 +172,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, 
         (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
         _ => 0.0,
     };
-    Ok(((n - 1) as f64 / span.max(1e-6), machine_cpu_ms))
+    Ok(((n - 1) as f64 / span.max(1e-6), machine_cpu_ms, split))
 }
 
 /// Seconds until N landed clusters, all DELETEd at once, are hard-deleted.
@@ -288,9 +296,9 @@ async fn landing(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
     for prefetch in [1u16, 10] {
         // The raw loop runs before and after the adapter (the box drifts over a run); their mean is
         // the baseline.
-        let (before, before_cpu) = raw_rate(env, n, usize::from(prefetch)).await?;
+        let (before, before_cpu, _) = raw_rate(env, n, usize::from(prefetch)).await?;
         let (adapter, rss, per_event) = adapter_rate(bin_dir, n, prefetch).await?;
-        let (after, after_cpu) = raw_rate(env, n, usize::from(prefetch)).await?;
+        let (after, after_cpu, raw_split) = raw_rate(env, n, usize::from(prefetch)).await?;
         let (raw, raw_cpu_ms) = ((before + after) / 2.0, (before_cpu + after_cpu) / 2.0);
         println!(
             "prefetch {prefetch:>2}: adapter {adapter:>6.1} clusters/s | raw kube-rs {raw:>6.1} pairs/s ({before:.1} before, {after:.1} after) | {:.2}x | adapter RSS {rss:.1} MiB",
@@ -314,9 +322,12 @@ async fn landing(env: &LocalEnv, bin_dir: &Path, n: usize) -> Result<Value> {
             p.machine_cpu_ms,
             raw_cpu_ms / p.machine_cpu_ms.max(1e-9)
         );
+        println!("            by program per cluster: {}", split_line(&p.machine_split));
+        println!("            by program per raw pair (after): {}", split_line(&raw_split));
         out.push(json!({"prefetch": prefetch, "clusters": n, "adapter_per_s": adapter, "raw_kube_per_s": raw,
                         "raw_kube_per_s_before_after": [before, after], "ratio": adapter / raw,
-                        "adapter_rss_mib": rss, "per_event": per_event, "raw_machine_cpu_ms": raw_cpu_ms}));
+                        "adapter_rss_mib": rss, "per_event": per_event, "raw_machine_cpu_ms": raw_cpu_ms,
+                        "raw_machine_split": raw_split}));
     }
     Ok(Value::Array(out))
 }

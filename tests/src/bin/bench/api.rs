@@ -27,11 +27,12 @@ pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
     let conditions = r#"[{"type":"Reconciled","status":"False","observed_generation":1,"created_time":"2026-01-01T00:00:00Z","last_updated_time":"2026-01-01T00:00:00Z","last_transition_time":"2026-01-01T00:00:00Z"}]"#;
     let report = r#"[{"type":"Available","status":"True","last_transition_time":"2026-01-01T00:00:00Z"},{"type":"Applied","status":"True","last_transition_time":"2026-01-01T00:00:00Z"},{"type":"Health","status":"True","last_transition_time":"2026-01-01T00:00:00Z"}]"#;
     vec![
-        // POST /clusters: write transaction (version lock), insert returning the row.
+        // POST /clusters: write transaction (BEGIN and the version lock in one round trip, as the
+        // API's one two-statement query; here a pipeline), insert returning the row.
         (
             "create",
             format!(
-                "BEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\
+                "\\startpipeline\nBEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\\endpipeline\n\
                  INSERT INTO resources (id, kind, name, owner_id, spec, labels, conditions, created_time, updated_time, created_by, updated_by) \
                  VALUES (gen_random_uuid(), 'Cluster', 'p' || replace(gen_random_uuid()::text, '-', ''), NULL, '{{\"region\":\"eu\"}}', '{{}}', '{conditions}', now(), now(), 'system@hyperfleet.local', 'system@hyperfleet.local') \
                  RETURNING {COLUMNS};\nCOMMIT;\n"
@@ -55,18 +56,17 @@ pub fn pgbench_scripts() -> Vec<(&'static str, String)> {
                  COMMIT;\n"
             ),
         ),
-        // PUT /clusters/{id}/statuses: lock, read the stored report, upsert, read all reports,
-        // check children, write the recomputed conditions.
+        // PUT /clusters/{id}/statuses: begin with the lock, lock the resource, read its reports,
+        // upsert, check children, write the recomputed conditions.
         (
             "status_put",
             format!(
-                "\\set n random(1, {SEEDED})\nBEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\
+                "\\set n random(1, {SEEDED})\n\\startpipeline\nBEGIN;\nSELECT pg_advisory_xact_lock({VERSION_LOCK});\n\\endpipeline\n\
                  SELECT {COLUMNS} FROM resources WHERE id = (SELECT id FROM bench_ids WHERE n = :n) AND kind = 'Cluster' FOR UPDATE;\n\
-                 SELECT * FROM adapter_statuses WHERE resource_id = (SELECT id FROM bench_ids WHERE n = :n) AND adapter = 'landing-zone' FOR UPDATE;\n\
+                 SELECT * FROM adapter_statuses WHERE resource_id = (SELECT id FROM bench_ids WHERE n = :n);\n\
                  INSERT INTO adapter_statuses (resource_id, adapter, observed_generation, conditions, data, created_time, last_report_time) \
                  VALUES ((SELECT id FROM bench_ids WHERE n = :n), 'landing-zone', 1, '{report}', '{{}}', now(), now()) \
                  ON CONFLICT (resource_id, adapter) DO UPDATE SET conditions = excluded.conditions, last_report_time = excluded.last_report_time;\n\
-                 SELECT * FROM adapter_statuses WHERE resource_id = (SELECT id FROM bench_ids WHERE n = :n);\n\
                  SELECT exists(SELECT 1 FROM resources WHERE owner_id = (SELECT id FROM bench_ids WHERE n = :n) AND deleted_time IS NULL);\n\
                  UPDATE resources SET conditions = '{conditions}' WHERE id = (SELECT id FROM bench_ids WHERE n = :n);\nCOMMIT;\n"
             ),

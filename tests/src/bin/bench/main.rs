@@ -57,6 +57,47 @@ fn box_cpu_seconds() -> f64 {
     (at(0) + at(1) + at(2) + at(5) + at(6)) / 100.0 // USER_HZ is 100 on Linux
 }
 
+/// The CPU each process on the machine has used so far, in seconds, with its command name (the
+/// kernel's 15-character `comm`: PostgreSQL's backends are all `postgres`, RabbitMQ `beam.smp`,
+/// the kernel's workers — writeback, among others — `kworker`).
+fn cpu_by_command() -> std::collections::BTreeMap<u32, (String, f64)> {
+    let mut by = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let command = head.split_once('(').map_or("", |(_, c)| c);
+        // The kernel's workers rename themselves after the queue they serve: one name for all.
+        let command = if command.starts_with("kworker/") { "kworker" } else { command };
+        by.insert(pid, (command.to_string(), stat_cpu_seconds(rest)));
+    }
+    by
+}
+
+/// Where the machine's CPU went since `before` (a [`cpu_by_command`]), by command: what each
+/// process used since then (all of it for one started since), added up per command; a process
+/// that exited meanwhile is not counted. The commands that used at least 1 % of `total` seconds,
+/// in ms per item of `count`, largest first, as `("kube-apiserver", 4.1)`.
+fn cpu_split(before: &std::collections::BTreeMap<u32, (String, f64)>, total: f64, count: f64) -> Vec<(String, f64)> {
+    let mut used = std::collections::BTreeMap::<String, f64>::new();
+    for (pid, (command, now)) in cpu_by_command() {
+        let earlier = before.get(&pid).filter(|(c, _)| *c == command).map_or(0.0, |(_, s)| *s);
+        *used.entry(command).or_insert(0.0) += now - earlier;
+    }
+    let mut split: Vec<(String, f64)> = used
+        .into_iter()
+        .filter(|(_, seconds)| *seconds > 0.0 && *seconds >= 0.01 * total)
+        .map(|(command, seconds)| (command, ms_per(seconds, count)))
+        .collect();
+    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+    split
+}
+
+/// A [`cpu_split`] as one line: `kube-apiserver 4.1, etcd 2.0, …`.
+fn split_line(split: &[(String, f64)]) -> String {
+    split.iter().map(|(c, ms)| format!("{c} {ms:.1}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Machine CPU used while `run` ran, as (result, busy CPU seconds, wall seconds).
 async fn on_the_box<T>(run: impl std::future::Future<Output = Result<T>>) -> Result<(T, f64, f64)> {
     let (cpu, wall) = (box_cpu_seconds(), Instant::now());
@@ -68,9 +109,13 @@ async fn on_the_box<T>(run: impl std::future::Future<Output = Result<T>>) -> Res
 fn cpu_seconds(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    stat_cpu_seconds(stat.rsplit(')').next().unwrap_or(""))
+}
+
+/// User + system CPU seconds from the fields of `/proc/<pid>/stat` after the command name (which
+/// ends with ')'): utime is the 12th of them, stime the 13th.
+fn stat_cpu_seconds(fields: &str) -> f64 {
+    let fields: Vec<&str> = fields.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
 }
