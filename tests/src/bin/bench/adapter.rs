@@ -6,8 +6,8 @@
 //! Both rates are (N − 1) / (last completion − first completion): for the adapter, the first and
 //! last status report as the API stored them; for the loop, its own clock. Start-up is excluded
 //! on both sides. The loop runs before and after the adapter; the baseline is their mean. The
-//! adapter's mean time per event and the API's own time for the GET and the status PUT are printed
-//! beside it.
+//! adapter's mean time per event, the API's own time for the GET and the status PUT, and the whole
+//! machine's CPU per cluster by program (and per raw pair) are printed beside it.
 //!
 //! Deletes: N landed clusters DELETEd at once until the API has hard-deleted them all (the adapter
 //! asks for the deletion, its watch reports `Finalized=True` once the controller-manager has
