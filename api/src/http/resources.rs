@@ -186,7 +186,7 @@ async fn mark_deleted(state: &AppState, conn: &mut PgConnection, row: Row, who: 
             store::resources::reaggregate(conn, child, required).await?;
         }
     }
-    let waiting_children = row.kind() == Kind::Cluster && store::resources::has_children(conn, row.id, false).await?;
+    let waiting_children = store::resources::has_children(conn, &row, false).await?;
     let marked = store::resources::mark_deleted(conn, row.id, at, who).await?;
     if state.required(row.kind()).is_empty() && !waiting_children {
         store::resources::delete(conn, &[row.id]).await?;

@@ -21,7 +21,7 @@ use crate::{
     domain::{
         aggregation::Report,
         listing::{self, ListBody},
-        model::{AdapterStatus, Kind, Row, now},
+        model::{AdapterStatus, Row, now},
         validation::{self, MANDATORY_CONDITIONS},
     },
     error::ApiError,
@@ -73,14 +73,13 @@ pub async fn put<K: KindRoute>(
     let mut reports = store::statuses::rows(&mut tx, row.id).await?;
     let own = reports.iter().position(|s| s.adapter == incoming.adapter);
     let stored = own.map(|i| &reports[i]);
-    if stored.as_ref().is_some_and(|s| s.observed_generation > incoming.observed_generation) {
+    if stored.is_some_and(|s| s.observed_generation > incoming.observed_generation) {
         return Ok(discard("a newer generation is already reported"));
     }
     let Some(observed_time) = incoming.observed_time else {
         return Ok(discard("no observed_time"));
     };
     if stored
-        .as_ref()
         .is_some_and(|s| s.observed_generation == incoming.observed_generation && observed_time < s.last_report_time)
     {
         return Ok(discard("older than the stored report"));
@@ -136,7 +135,7 @@ async fn finalize(state: &AppState, conn: &mut PgConnection, row: &Row, reports:
                 && r.condition("Finalized").is_some_and(|c| c.status == "True")
         })
     });
-    if !all_final || (row.kind() == Kind::Cluster && store::resources::has_children(conn, row.id, false).await?) {
+    if !all_final || store::resources::has_children(conn, row, false).await? {
         return Ok(false);
     }
     store::resources::delete(conn, &[row.id]).await?;

@@ -68,7 +68,7 @@ pub async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postg
 /// [`begin`] with `statement` instead of a plain `BEGIN` (see [`sqlx::Pool::begin_with`]).
 async fn begin_with(
     db: &PgPool,
-    statement: Option<String>,
+    statement: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let db = db.clone();
     let begun = async move {
@@ -91,7 +91,7 @@ async fn begin_with(
 /// each round trip made while holding it is a round trip every writer behind waits for.
 pub async fn write(db: &PgPool) -> Result<Tx, ApiError> {
     let span = hyperfleet_common::trace_span!("db.transaction", db.system.name = "postgresql");
-    let inner = begin_with(db, Some(write_begin())).instrument(span.clone()).await?;
+    let inner = begin_with(db, Some(&WRITE_BEGIN)).instrument(span.clone()).await?;
     Ok(Tx { inner, span })
 }
 
@@ -101,9 +101,8 @@ pub async fn write(db: &PgPool) -> Result<Tx, ApiError> {
 /// implicit one is rolled back with the error. `BEGIN` first would leave an aborted transaction
 /// on the connection, which sqlx — counting a transaction only once its begin succeeded — hands
 /// to the next request ("current transaction is aborted").
-fn write_begin() -> String {
-    format!("select pg_advisory_xact_lock({VERSION_LOCK}); begin")
-}
+static WRITE_BEGIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("select pg_advisory_xact_lock({VERSION_LOCK}); begin"));
 
 /// The span of one statement that writes a resource or a report (the change-feed row is written
 /// by a trigger in the same statement).

@@ -141,13 +141,17 @@ pub async fn delete(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), ApiErro
 }
 
 /// Whether `owner` has children: any (`live_only` false) or only those not marked for deletion.
-pub async fn has_children(conn: &mut PgConnection, owner: Uuid, live_only: bool) -> Result<bool, ApiError> {
+/// Only clusters have children (nodepools): for any other kind the answer is no, without a query.
+pub async fn has_children(conn: &mut PgConnection, owner: &Row, live_only: bool) -> Result<bool, ApiError> {
+    if owner.kind() != Kind::Cluster {
+        return Ok(false);
+    }
     let sql = if live_only {
         "select exists(select 1 from resources where owner_id = $1 and deleted_time is null)"
     } else {
         "select exists(select 1 from resources where owner_id = $1)"
     };
-    Ok(sqlx::query_scalar(sql).bind(owner).fetch_one(conn).await?)
+    Ok(sqlx::query_scalar(sql).bind(owner.id).fetch_one(conn).await?)
 }
 
 /// Which of `owners` have children not marked for deletion (one query; [`has_children`] for many).
@@ -191,8 +195,7 @@ pub async fn reaggregate_with(
     required: &[String],
     reports: &[aggregation::Report],
 ) -> Result<Row, ApiError> {
-    // Only clusters have children (nodepools).
-    let live_children = row.kind() == Kind::Cluster && has_children(conn, row.id, true).await?;
+    let live_children = has_children(conn, &row, true).await?;
     let conditions = aggregated(&row, required, reports, live_children);
     if conditions != row.conditions.0 {
         row.version = sqlx::query_scalar("update resources set conditions = $2 where id = $1 returning version")

@@ -28,9 +28,9 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::{box_cpu_seconds, cpu_by_command, cpu_split, ms_per, rss_mib, split_line};
+use crate::{CpuMark, rss_mib, split_line};
 
-/// Where the machine's CPU went per item, by program (see [`crate::cpu_split`]).
+/// Where the machine's CPU went per item, by program (see [`CpuMark::per_item`]).
 type Split = Vec<(String, f64)>;
 
 /// The adapter's default field manager (`kubernetes.field_manager`).
@@ -86,15 +86,14 @@ async fn adapter_rate(bin_dir: &Path, n: usize, prefetch: u16) -> Result<(f64, f
             .fetch_one(&mut *db.lock().await)
             .await?;
             if count > 0 && mark.borrow().is_none() {
-                *mark.borrow_mut() = Some((box_cpu_seconds(), cpu_by_command(), count));
+                *mark.borrow_mut() = Some((CpuMark::now(), count));
             }
             Ok((count as usize >= n).then_some(span))
         })
         .await
         .with_context(|| format!("adapter did not report every cluster\n{}", stack.logs()))?;
-        let (box_before, by_before, early) = mark.take().unwrap_or_default();
-        let (used, landed) = (box_cpu_seconds() - box_before, (n as i64 - early) as f64);
-        let (machine_cpu_ms, machine_split) = (ms_per(used, landed), cpu_split(&by_before, used, landed));
+        let (since, early) = mark.take().unwrap_or_default();
+        let (machine_cpu_ms, machine_split) = since.per_item((n as i64 - early) as f64);
         let (adapter, api) = (stack.adapter.metrics().await?, stack.api.metrics().await?);
         let per_event = PerEvent {
             machine_cpu_ms,
@@ -153,7 +152,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, 
     let client = env.kube().await?;
     let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let client = &client;
-    let (box_before, by_before) = (box_cpu_seconds(), cpu_by_command());
+    let since = CpuMark::now();
     let done: Vec<Result<Instant>> = stream::iter(ids.iter())
         .map(|id| async move {
             apply_pair(client, id).await?;
@@ -162,8 +161,7 @@ async fn raw_rate(env: &LocalEnv, n: usize, concurrency: usize) -> Result<(f64, 
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let used = box_cpu_seconds() - box_before;
-    let (machine_cpu_ms, split) = (ms_per(used, n as f64), cpu_split(&by_before, used, n as f64));
+    let (machine_cpu_ms, split) = since.per_item(n as f64);
     let cleanup = hyperfleet_tests::remove_namespaces(env, &ids).await;
     let mut times = done.into_iter().collect::<Result<Vec<_>>>()?;
     cleanup?;

@@ -74,26 +74,40 @@ fn cpu_by_command() -> std::collections::BTreeMap<u32, (String, f64)> {
     by
 }
 
-/// Where the machine's CPU went since `before` (a [`cpu_by_command`]), by command: what each
-/// process used since then (all of it for one started since), added up per command; a process
-/// that exited meanwhile is not counted. The commands that used at least 1 % of `total` seconds,
-/// in ms per item of `count`, largest first, as `("kube-apiserver", 4.1)`.
-fn cpu_split(before: &std::collections::BTreeMap<u32, (String, f64)>, total: f64, count: f64) -> Vec<(String, f64)> {
-    let mut used = std::collections::BTreeMap::<String, f64>::new();
-    for (pid, (command, now)) in cpu_by_command() {
-        let earlier = before.get(&pid).filter(|(c, _)| *c == command).map_or(0.0, |(_, s)| *s);
-        *used.entry(command).or_insert(0.0) += now - earlier;
-    }
-    let mut split: Vec<(String, f64)> = used
-        .into_iter()
-        .filter(|(_, seconds)| *seconds > 0.0 && *seconds >= 0.01 * total)
-        .map(|(command, seconds)| (command, ms_per(seconds, count)))
-        .collect();
-    split.sort_by(|a, b| b.1.total_cmp(&a.1));
-    split
+/// The machine's busy CPU and each process's at one moment, to say later where the CPU went.
+#[derive(Default)]
+struct CpuMark {
+    machine: f64,
+    processes: std::collections::BTreeMap<u32, (String, f64)>,
 }
 
-/// A [`cpu_split`] as one line: `kube-apiserver 4.1, etcd 2.0, …`.
+impl CpuMark {
+    fn now() -> Self {
+        CpuMark { machine: box_cpu_seconds(), processes: cpu_by_command() }
+    }
+
+    /// The machine's CPU since the mark in ms per item of `count`, and the same by command: what
+    /// each process used since (all of it for one started since), added up per command — a process
+    /// that exited meanwhile is not counted —, the commands with at least 1 % of the whole, largest
+    /// first, as `("kube-apiserver", 4.1)`.
+    fn per_item(&self, count: f64) -> (f64, Vec<(String, f64)>) {
+        let total = box_cpu_seconds() - self.machine;
+        let mut used = std::collections::BTreeMap::<String, f64>::new();
+        for (pid, (command, now)) in cpu_by_command() {
+            let earlier = self.processes.get(&pid).filter(|(c, _)| *c == command).map_or(0.0, |(_, s)| *s);
+            *used.entry(command).or_insert(0.0) += now - earlier;
+        }
+        let mut split: Vec<(String, f64)> = used
+            .into_iter()
+            .filter(|(_, seconds)| *seconds > 0.0 && *seconds >= 0.01 * total)
+            .map(|(command, seconds)| (command, ms_per(seconds, count)))
+            .collect();
+        split.sort_by(|a, b| b.1.total_cmp(&a.1));
+        (ms_per(total, count), split)
+    }
+}
+
+/// A split of [`CpuMark::per_item`] as one line: `kube-apiserver 4.1, etcd 2.0, …`.
 fn split_line(split: &[(String, f64)]) -> String {
     split.iter().map(|(c, ms)| format!("{c} {ms:.1}")).collect::<Vec<_>>().join(", ")
 }

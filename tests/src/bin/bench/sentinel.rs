@@ -179,12 +179,13 @@ pub async fn pass(env: &LocalEnv, bin_dir: &Path, n: i64) -> Result<Value> {
     );
     // Where the ratio's ceiling is: machine CPU per 1 000 events, and how busy the raw run kept it.
     let cores = std::thread::available_parallelism().map(|c| c.get() as f64).unwrap_or(1.0);
+    let (pass_per_k, raw_per_k) = (ms_per(pass_box, measured), ms_per(raw_box, n as f64));
     println!(
         "         machine CPU per 1 000 events: pass {:.2} s, raw {:.2} s ({:.2}x); the raw run kept the {cores} \
          cores {:.0} % busy",
-        ms_per(pass_box, measured),
-        ms_per(raw_box, n as f64),
-        ms_per(raw_box, n as f64) / ms_per(pass_box, measured).max(1e-9),
+        pass_per_k,
+        raw_per_k,
+        raw_per_k / pass_per_k.max(1e-9),
         100.0 * raw_box / (raw_wall * cores).max(1e-9)
     );
     Ok(json!({"clusters": n, "wall_s": wall, "cpu_s": cpu, "confirmed": published, "events_per_s": rate,
